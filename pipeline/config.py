@@ -34,7 +34,8 @@ class IngestConfig(Section):
 
 class ProposeConfig(Section):
     proposer: Literal["auto", "sam", "regions"] = "auto"
-    sam_model: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    # vit_tiny: a small image-size-256 architecture for tests and CPU smoke runs.
+    sam_model: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"] = "vit_b"
     sam_checkpoint: str | None = None
     # segment-anything's SamAutomaticMaskGenerator settings, under its own names.
     points_per_side: int = Field(16, ge=1, le=128)
