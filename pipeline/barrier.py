@@ -1,0 +1,179 @@
+"""The selection barrier: one process, ~1 KB per patch. Decides duplicates, selects the budget
+under the configured selector, groups the selection into mosaics and names every sample."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..manifests import schema
+from ..stages import columns as C
+from ..stages.compose import group_patches, sample_key
+from ..stages.select import diversity_stats, select_images, select_patches
+from .config import Config
+from .pass1 import Candidates
+
+log = logging.getLogger("optidel")
+
+WHOLE_IMAGE_SELECTORS = ("random", "dedup")
+
+
+@dataclass
+class Plan:
+    sources: dict[str, np.ndarray]  # sources.parquet columns (sentinels), input order
+    patches: dict[str, np.ndarray]  # patches.parquet columns (sentinels)
+    samples: list[list[int]]  # per output sample, its patch rows in slot order
+    grid: int
+    accounting: dict = field(default_factory=dict)
+
+
+def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Byte-identical ok sources after the first (in input order) become `duplicate`."""
+    status = sources[C.STATUS].copy()
+    duplicate_of = np.full(len(status), "", dtype=object)
+    first: dict[str, str] = {}
+    for i, (sid, st) in enumerate(zip(sources[C.SOURCE_ID], status)):
+        if st != schema.OK:
+            continue
+        if sid in first:
+            status[i], duplicate_of[i] = schema.DUPLICATE, sid
+        else:
+            first[sid] = sid
+    return {**sources, C.STATUS: status, "duplicate_of": duplicate_of}
+
+
+def plan(candidates: Candidates, config: Config) -> Plan:
+    sources = mark_duplicates(candidates.sources)
+    n_ok = int(np.sum(sources[C.STATUS] == schema.OK))
+    n_samples = config.budget(n_ok) if n_ok else 0
+    if config.selector in WHOLE_IMAGE_SELECTORS:
+        result = _plan_images(sources, n_samples, config)
+    else:
+        result = _plan_patches(sources, candidates.patches, n_samples, config)
+    result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(result.samples))
+    if len(result.samples) < n_samples:
+        log.warning(
+            "shortfall: the pool gave %d samples of the %d asked for (keep=%s of %d ok sources)",
+            len(result.samples), n_samples, config.keep, n_ok,
+        )
+    return result
+
+
+def _plan_images(sources, n_samples: int, config: Config) -> Plan:
+    """Whole-image baselines: one source image per output sample."""
+    ok = np.flatnonzero(sources[C.STATUS] == schema.OK)
+    ids = sources[C.SOURCE_ID][ok]
+    has_scores = C.EMBEDDING in sources
+    selection = select_images(
+        ids,
+        sources[C.SCORE][ok] if has_scores else None,
+        sources[C.EMBEDDING][ok] if has_scores else None,
+        n_samples,
+        config.selector,
+        config.seed,
+        config.select,
+    )
+    n = len(ok)
+    patches = {
+        "patch_id": np.array([f"{sid[:16]}-img" for sid in ids], dtype=object),
+        "source_id": ids,
+        "x0": np.zeros(n, np.int64),
+        "y0": np.zeros(n, np.int64),
+        "x1": sources[C.WIDTH][ok],
+        "y1": sources[C.HEIGHT][ok],
+        "mask_area": np.full(n, -1),
+        "predicted_iou": np.full(n, np.nan, np.float32),
+        "stability_score": np.full(n, np.nan, np.float32),
+        "mask_rle": np.full(n, "", dtype=object),
+        "score": sources[C.SCORE][ok] if has_scores else np.full(n, np.nan, np.float32),
+        **_selection_columns(selection),
+    }
+    # Output order follows rank (seeded for random), so it never depends on listing order.
+    chosen = sorted(np.flatnonzero(selection.selected), key=lambda i: selection.rank[i])
+    samples = [[int(i)] for i in chosen]
+    _assign_samples(patches, samples)
+    return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches))
+
+
+def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
+    """Patch selectors (optidel, hard): M patches per output sample."""
+    status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
+    patches = {name: cands[name] for name in (C.PATCH_ID, C.SOURCE_ID, *C.PATCH_COLUMNS[2:], C.SCORE)}
+    n = len(patches[C.PATCH_ID])
+    eligible = np.array([status_of.get(s) == schema.OK for s in patches[C.SOURCE_ID]], dtype=bool)
+    # A duplicate source's patches were proposed before duplicates were known; they never compete.
+    cluster = np.full(n, -1, np.int32)
+    rank = np.full(n, -1, np.int32)
+    selected = np.zeros(n, bool)
+    reason = np.where(eligible, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
+    idx = np.flatnonzero(eligible)
+    selection = select_patches(
+        patches[C.PATCH_ID][idx],
+        patches[C.SOURCE_ID][idx],
+        patches[C.SCORE][idx],
+        cands[C.EMBEDDING][idx],
+        config.mosaic * n_samples,
+        config.select,
+        config.selector,
+        config.seed,
+    ) if len(idx) else None
+    if selection is not None:
+        cluster[idx], rank[idx], selected[idx], reason[idx] = (
+            selection.cluster, selection.rank, selection.selected, selection.reason
+        )
+    patches.update(cluster=cluster, rank=rank, selected=selected, reason=reason)
+
+    chosen = np.flatnonzero(selected)
+    groups, leftover = group_patches(
+        patches[C.SOURCE_ID][chosen], cluster[chosen], rank[chosen], config.mosaic, config.seed
+    )
+    for i in chosen[list(leftover)]:
+        selected[i], reason[i] = False, schema.DROP_INCOMPLETE_GROUP
+    samples = [[int(chosen[j]) for j in group] for group in groups]
+    _assign_samples(patches, samples)
+    accounting = _accounting(patches)
+    accounting["pool_mean_entropy_nats"] = _mean(patches[C.SCORE][eligible])
+    return Plan(sources, patches, samples, grid=config.grid, accounting=accounting)
+
+
+def _selection_columns(selection) -> dict[str, np.ndarray]:
+    return {
+        "cluster": selection.cluster,
+        "rank": selection.rank,
+        "selected": selection.selected,
+        "reason": selection.reason,
+    }
+
+
+def _assign_samples(patches: dict, samples: list[list[int]]) -> None:
+    n = len(patches["patch_id"])
+    keys = np.full(n, "", dtype=object)
+    slots = np.full(n, -1, np.int64)
+    for rows in samples:
+        key = sample_key([patches["patch_id"][i] for i in rows])
+        for slot, i in enumerate(rows):
+            keys[i], slots[i] = key, slot
+    patches["sample_key"], patches["slot"] = keys, slots
+
+
+def _accounting(patches: dict) -> dict:
+    """V-information accounting: hardness (mean conditional entropy, nats/dim) of the pool vs
+    the selection, and diversity of the selection over the proxy's clusters."""
+    scores = patches["score"]
+    sel = patches["selected"]
+    out = {
+        "pool_mean_entropy_nats": _mean(scores),
+        "selected_mean_entropy_nats": _mean(scores[sel]),
+    }
+    clusters = patches["cluster"]
+    if np.any(clusters >= 0):
+        out.update(diversity_stats(clusters[sel], int(clusters.max()) + 1))
+    return out
+
+
+def _mean(values: np.ndarray):
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None

@@ -1,0 +1,202 @@
+"""INPUT arguments -> source references (where each source's bytes are), deterministically.
+
+An input is a directory tree, an image file, an uncompressed WebDataset tar, a brace pattern
+of those (`pool-{000..009}.tar`), or a list file (.parquet, .csv, .txt) naming images or tars.
+Local paths and fsspec URLs (`file://`, `memory://`, object stores) are accepted alike.
+
+Order: inputs in argument order; within an input, files sorted by path and tar members in
+archive order. Tar members are located by (offset, length) and read in place: nothing is ever
+extracted, so member names such as `../x.jpg` or `/abs.jpg` are recorded as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import posixpath
+import tarfile
+from typing import NamedTuple, Sequence
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from braceexpand import braceexpand
+from fsspec.implementations.local import LocalFileSystem
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+TAR_EXTENSION = ".tar"
+LIST_EXTENSIONS = (".parquet", ".csv", ".txt")
+COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+LIST_COLUMNS = ("uri", "path")  # the column a list file names its sources in, by preference
+
+
+class InputError(ValueError):
+    """An INPUT argument (or a list entry) that cannot be enumerated; names it and the reason."""
+
+    def __init__(self, item: str, reason: str):
+        super().__init__(f"input {item}: {reason}")
+        self.item = item
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.item, self.reason)
+
+
+class SourceRef(NamedTuple):
+    uri: str  # the file, or the tar holding the member
+    member: str  # tar member name; "" for plain files
+    offset: int  # first byte of the member's data; -1 for plain files
+    length: int  # the member's size; -1 for plain files
+
+
+def list_sources(inputs: Sequence[str]) -> list[SourceRef]:
+    """Every source named by `inputs`. Every input is checked to exist before any is listed,
+    so a typo fails at once; a list file's missing entries are kept (ingest reports them)."""
+    located = [(item, _locate(item)) for item in inputs]
+    refs: list[SourceRef] = []
+    for item, locations in located:
+        for fs, path in locations:
+            refs.extend(_list_input(item, fs, path))
+    return refs
+
+
+def _locate(item: str) -> list[tuple[fsspec.AbstractFileSystem, str]]:
+    """The existing file(s) or directory an input names; a brace pattern may name several."""
+    if not item.strip():
+        raise InputError(repr(item), "empty input")
+    fs, path = _url_to_fs(item, item)
+    if fs.exists(path):
+        return [(fs, path)]
+    if "{" not in item:
+        raise InputError(item, "does not exist")
+    expanded = sorted(braceexpand(item))
+    if expanded == [item]:
+        raise InputError(item, "does not exist (and its braces expand to nothing else)")
+    locations = []
+    for name in expanded:
+        fs, path = _url_to_fs(name, item)
+        if not fs.exists(path):
+            raise InputError(item, f"pattern names {name}, which does not exist")
+        locations.append((fs, path))
+    return locations
+
+
+def _list_input(item: str, fs, path: str) -> list[SourceRef]:
+    if fs.isdir(path):
+        refs = []
+        for found in sorted(fs.find(path)):
+            if _extension(found) in IMAGE_EXTENSIONS:
+                refs.append(_plain(fs, found))
+            elif _extension(found) == TAR_EXTENSION:
+                refs.extend(_list_tar(fs, found))
+        return refs
+    lowered = path.lower()
+    if _extension(path) in IMAGE_EXTENSIONS:
+        return [_plain(fs, path)]
+    if lowered.endswith(COMPRESSED_TAR_EXTENSIONS):
+        raise InputError(item, "compressed tars cannot be read by offset; decompress it to a .tar")
+    if _extension(path) == TAR_EXTENSION:
+        return _list_tar(fs, path)
+    if lowered.endswith(LIST_EXTENSIONS):
+        return _list_file(item, fs, path)
+    raise InputError(item, f"not a directory, image ({', '.join(sorted(IMAGE_EXTENSIONS))}), .tar or list file")
+
+
+def _list_tar(fs, path: str) -> list[SourceRef]:
+    """Regular-file image members in archive order. Headers are read by seeking past each
+    member's data; a truncated tar yields the members whose headers are whole (a cut member's
+    data then reads short and decodes as corrupt)."""
+    uri = _uri(fs, path)
+    refs = []
+    with fs.open(path, "rb") as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+        except tarfile.ReadError as exc:
+            raise InputError(uri, f"not an uncompressed tar file ({exc})") from None
+        with tar:
+            try:
+                for info in tar:
+                    if info.isreg() and _extension(info.name) in IMAGE_EXTENSIONS:
+                        refs.append(SourceRef(uri, info.name, info.offset_data, info.size))
+            except tarfile.ReadError:
+                pass  # truncated after the members listed so far
+    return refs
+
+
+def _list_file(item: str, fs, path: str) -> list[SourceRef]:
+    """Entries of a list file; relative entries resolve against the list file's directory. An
+    entry ending in .tar that exists is listed member by member; any other entry is one source,
+    whether or not it exists (ingest records a missing one)."""
+    try:
+        entries = _read_entries(fs, path)
+    except (OSError, ValueError, pa.ArrowException, csv.Error) as exc:
+        raise InputError(item, f"cannot read list file: {exc}") from None
+    local = isinstance(fs, LocalFileSystem)
+    base = os.path.dirname(path) if local else posixpath.dirname(path)
+    refs = []
+    for entry in entries:
+        if "://" in entry:
+            entry_fs, entry_path = _url_to_fs(entry, item)
+        elif local:
+            entry_fs, entry_path = fs, os.path.normpath(os.path.join(base, entry))
+        else:
+            entry_fs, entry_path = fs, posixpath.normpath(posixpath.join(base, entry))
+        if _extension(entry_path) == TAR_EXTENSION and entry_fs.isfile(entry_path):
+            refs.extend(_list_tar(entry_fs, entry_path))
+        else:
+            refs.append(_plain(entry_fs, entry_path))
+    return refs
+
+
+def _read_entries(fs, path: str) -> list[str]:
+    """Non-empty entries of a list file, in file order. Parquet: column `uri`, else `path`, else
+    the first string column. CSV: the first row is a header; column `uri`, else `path`, else the
+    first column. Text: one entry per line; blank lines and `#` comments skipped."""
+    lowered = path.lower()
+    if lowered.endswith(".parquet"):
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            column = _pick_column(parquet.schema_arrow)
+            values = parquet.read(columns=[column]).column(column).to_pylist()
+        return [v.strip() for v in values if v is not None and v.strip()]
+    text = fs.cat_file(path).decode("utf-8")
+    if lowered.endswith(".csv"):
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            return []
+        header = [cell.strip().lower() for cell in rows[0]]
+        index = next((header.index(name) for name in LIST_COLUMNS if name in header), 0)
+        return [row[index].strip() for row in rows[1:] if len(row) > index and row[index].strip()]
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _pick_column(schema: pa.Schema) -> str:
+    for name in LIST_COLUMNS:
+        if name in schema.names:
+            return name
+    for field in schema:
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            return field.name
+    raise ValueError(f"no 'uri' or 'path' column and no string column among {schema.names}")
+
+
+def _plain(fs, path: str) -> SourceRef:
+    return SourceRef(_uri(fs, path), "", -1, -1)
+
+
+def _uri(fs, path: str) -> str:
+    """Local files as absolute paths without a protocol; anything else as its URL."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def _url_to_fs(url: str, item: str):
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as exc:
+        raise InputError(item, f"cannot open {url}: {exc}") from None
+
+
+def _extension(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()

@@ -1,0 +1,56 @@
+"""The only place that knows Ray: cluster connection and mapping stages onto Ray Data.
+
+Stages are plain classes (`__init__(config)`, optional `setup()`, `__call__(batch)`); here
+they become `map_batches` operators, as tasks (cheap, stateless stages) or actor pools (stages
+that load a model once per worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from .config import RayConfig
+
+log = logging.getLogger("optidel")
+
+
+def connect(config: RayConfig) -> None:
+    """Join the cluster at config.address / RAY_ADDRESS, else start a local Ray (the embedded
+    default). Reuses a Ray already initialised in this process (tests, notebooks)."""
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    log.info("ray: %s", "cluster at " + address if address else "local")
+
+
+def map_task(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
+    """Run a stateless stage as Ray tasks (fractional CPUs: whole CPUs starve 2-core hosts)."""
+
+    def apply(batch):
+        return stage_cls(**kwargs)(batch)
+
+    apply.__name__ = stage_cls.__name__
+    return ds.map_batches(apply, batch_size=batch_size, batch_format="numpy", num_cpus=config.cpus_per_task)
+
+
+def map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
+    """Run a model stage on an actor pool: the model loads once per actor, on a GPU when
+    gpus_per_actor > 0."""
+    extra = {"num_gpus": config.gpus_per_actor} if config.gpus_per_actor else {}
+    return ds.map_batches(
+        stage_cls,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=config.actors,
+        num_cpus=config.cpus_per_actor,
+        **extra,
+    )
+
+
+def device(config: RayConfig) -> str:
+    return "cuda" if config.gpus_per_actor > 0 else "cpu"

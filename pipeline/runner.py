@@ -1,0 +1,196 @@
+"""`optidel run`: list the pool, pass 1 on Ray, the selection barrier, pass 2 on Ray into shards,
+then the manifests and run.json."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import platform
+import time
+from collections import Counter
+from contextlib import contextmanager
+from importlib import metadata
+
+import numpy as np
+
+from optidel import __version__
+from ..manifests import schema
+from ..manifests.layout import RUN_JSON, WORK_DIR, Output
+from ..stages import columns as C
+from ..stages.write import shards_table
+from . import barrier, pass1, pass2, raydata
+from .config import Config
+from .inputs import list_sources
+
+log = logging.getLogger("optidel")
+
+PACKAGES = ("torch", "torchvision", "ray", "segment-anything", "timm", "webdataset", "pyarrow", "numpy", "pillow", "faiss-cpu", "pycocotools", "scikit-image")
+
+
+class RunError(RuntimeError):
+    """A problem that stops the run before or during its work, with what to do about it."""
+
+
+def prepare_output(url: str, overwrite: bool) -> Output:
+    """Refuse a non-empty OUT unless overwrite, and prove OUT is writable, before any work."""
+    output = Output(url)
+    fs = output.fs
+    if fs.exists(output.root):
+        if not fs.isdir(output.root):
+            raise RunError(f"{url}: exists and is not a directory")
+        if fs.ls(output.root):
+            if not overwrite:
+                raise RunError(f"{url}: output directory is not empty (pass --overwrite to replace it)")
+            fs.rm(output.root, recursive=True)
+    try:
+        fs.makedirs(output.root, exist_ok=True)
+        output.write_json(RUN_JSON, {"status": "running"})
+    except OSError as exc:
+        raise RunError(f"{url}: output directory is not writable: {exc}") from exc
+    return output
+
+
+class Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        log.info("%s ...", name)
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("%s done in %.1f s", name, self.seconds[name])
+
+
+def run(inputs: list[str], out: str, config: Config) -> dict:
+    """Run the whole job; returns run.json's content."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    timer = Timer()
+    models = _check_models(config)  # a bad checkpoint fails here, before the pool is read
+    output = prepare_output(out, config.overwrite)
+    with timer.stage("list"):
+        refs = list_sources(inputs)
+    if not refs:
+        raise RunError(f"no image sources found in {inputs}")
+    log.info("pool: %d sources", len(refs))
+    raydata.connect(config.ray)
+
+    if config.selector == "random":
+        with timer.stage("pass1"):
+            candidates = pass1.ingest_only(refs, config)
+    else:
+        proposer = models["proposer"]["name"]
+        if config.score.proxy == "self":
+            with timer.stage("train_proxy"):
+                models["proxy"] = _train_proxy(refs, config, proposer, output)
+        with timer.stage("pass1"):
+            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"])
+    with timer.stage("select"):
+        plan = barrier.plan(candidates, config)
+    with timer.stage("pass2"):
+        samples, records = pass2.compose_and_write(plan, config, output)
+    with timer.stage("manifests"):
+        output.write_manifest("sources", schema.to_table("sources", plan.sources))
+        output.write_manifest("patches", schema.to_table("patches", plan.patches))
+        output.write_manifest("samples", schema.to_table("samples", samples))
+        output.write_manifest("shards", shards_table(records))
+
+    info = {
+        "status": "complete",
+        "optidel_version": __version__,
+        "started": started.isoformat(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "inputs": list(inputs),
+        "output": out,
+        "seed": config.seed,
+        "config": config.model_dump(mode="json"),
+        "versions": _versions(),
+        "models": models,
+        "counts": {
+            "sources": len(plan.sources[C.STATUS]),
+            "by_status": dict(sorted(Counter(plan.sources[C.STATUS].tolist()).items())),
+            "candidate_patches": int(len(plan.patches["patch_id"])),
+            "selected_patches": int(np.sum(plan.patches["selected"])),
+            "samples": len(samples["sample_key"]),
+            "samples_target": plan.accounting["samples_target"],
+            "shortfall": plan.accounting["samples_target"] - len(samples["sample_key"]),
+            "shards": len(records),
+        },
+        "v_information": {k: v for k, v in plan.accounting.items() if k not in ("n_ok", "samples", "samples_target")},
+        "timings_s": timer.seconds,
+    }
+    output.write_json(RUN_JSON, info)
+    return info
+
+
+def _check_models(config: Config) -> dict:
+    """Resolve the proposer and proxy, and load any checkpoint once, so a missing or wrong
+    file is reported before the pool is read."""
+    if config.selector == "random":
+        return {}
+    from ..stages import propose, sam, score
+
+    name = propose.resolve_proposer(config.propose)
+    if name == "sam":
+        sam.build_sam(config.propose.sam_model, config.propose.sam_checkpoint)
+    if config.propose.proposer == "auto":
+        log.info("proposer auto -> %s", name)
+    models = {"proposer": {**propose.proposer_info(config.propose), "name": name}}
+    if config.score.proxy != "self":
+        from ..stages import mae
+
+        mae.load_proxy(config.score.proxy, _mae_spec(config))
+        models["proxy"] = score.proxy_info(config.score.proxy)
+    return models
+
+
+def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
+    from fsspec.implementations.local import LocalFileSystem
+
+    from ..stages import mae, score
+
+    # Score actors load the checkpoint by path: it must be where every worker can read it.
+    if not isinstance(output.fs, LocalFileSystem):
+        raise RunError(f"{output.url}: --proxy self needs OUT on a local or shared file system")
+    crops = pass1.training_crops(refs, config, proposer)
+    log.info("proxy: training a small MAE on %d crops", len(crops))
+    model = mae.train_proxy(
+        crops,
+        _mae_spec(config),
+        mask_ratio=config.score.mask_ratio,
+        steps=config.score.mae.train_steps,
+        batch_size=config.score.mae.batch_size,
+        lr=config.score.mae.lr,
+        seed=config.seed,
+    )
+    output.fs.makedirs(output.path(WORK_DIR), exist_ok=True)
+    path = output.path(WORK_DIR, "proxy.pt")
+    mae.save_proxy(model, path)
+    return {**score.proxy_info(path), "trained_on_crops": int(len(crops))}
+
+
+def _mae_spec(config: Config):
+    from ..stages.mae import MAESpec
+
+    m = config.score.mae
+    return MAESpec(
+        image_size=config.score.image_size,
+        patch_size=m.patch_size,
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        decoder_embed_dim=m.decoder_embed_dim,
+        decoder_depth=m.decoder_depth,
+        decoder_num_heads=m.decoder_num_heads,
+    )
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found

@@ -1,0 +1,230 @@
+"""Pass 2: group the selected patches M per output sample, and compose each group into one
+mosaic image (grid x grid tiles on a size x size canvas) with its lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from optidel import imageio, seeding
+
+from .crops import crop_resize
+
+# Per-slot columns of a pass-2 input row: each row holds a list of M values, in slot order.
+SLOT_COLUMNS = ("patch_ids", "source_ids", "uris", "members", "offsets", "lengths", "boxes", "scores")
+
+# Fixed encoder settings: same pixels => same bytes (for a given Pillow/libjpeg/libwebp build).
+# JPEG keeps full-resolution chroma (4:4:4) so colour does not bleed across tiles of different
+# sources; PNG and WebP use fixed effort levels.
+PNG_COMPRESS_LEVEL = 6
+WEBP_METHOD = 4
+
+
+def group_patches(source_ids, clusters, ranks, mosaic: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Indices of the selected patches (rows of the inputs) grouped `mosaic` per output sample,
+    in slot order, plus the leftover indices that do not fill a group.
+
+    Ranks are the patches' unique hardness ranks, the stable key that makes the grouping ignore
+    input order. The leftover are the easiest patches, preferring those of a source that has
+    more patches than there are groups. The rest are sorted by (seeded cluster order, seeded
+    source order, rank) and dealt round-robin to the groups: a source's patches are adjacent in
+    that order, so they land in different groups whenever it has no more patches than there are
+    groups, and each group draws from M evenly spaced points of the cluster order.
+    """
+    sources = np.asarray(source_ids, dtype=object)
+    cluster = np.asarray(clusters, dtype=np.int64)
+    rank = np.asarray(ranks, dtype=np.int64)
+    n = len(rank)
+    if sources.shape != (n,) or cluster.shape != (n,):
+        lengths = (len(sources), len(cluster), n)
+        raise ValueError(f"group_patches: source_ids, clusters and ranks differ in length {lengths}")
+    if len(np.unique(rank)) != n:
+        raise ValueError("group_patches: ranks must be unique (they are the patches' stable key)")
+    if mosaic < 1:
+        raise ValueError(f"group_patches: mosaic must be >= 1, got {mosaic}")
+    n_groups = n // mosaic
+    leftover = _leftover(sources, rank, n - n_groups * mosaic, n_groups)
+    kept = np.setdiff1d(np.arange(n), leftover)
+
+    # A source sorts under the cluster of its hardest kept patch, so its patches stay adjacent.
+    home_cluster = {}
+    for i in kept[np.argsort(rank[kept])].tolist():
+        home_cluster.setdefault(sources[i], int(cluster[i]))
+
+    def deal_key(i: int):
+        c, s = home_cluster[sources[i]], sources[i]
+        return (seeding.derive(seed, "cluster", c), c, seeding.derive(seed, "source", s), s, int(rank[i]))
+
+    dealt = sorted(kept.tolist(), key=deal_key)
+    groups = [dealt[g::n_groups] for g in range(n_groups)]
+    # The deal puts the first cluster block in slot 0 of every group; shuffle slots per group.
+    for g, members in enumerate(groups):
+        order = seeding.rng(seed, "slots", min(int(rank[i]) for i in members)).permutation(mosaic)
+        groups[g] = [members[j] for j in order]
+    return groups, sorted(leftover, key=lambda i: rank[i])
+
+
+def _leftover(sources: np.ndarray, rank: np.ndarray, count: int, n_groups: int) -> list[int]:
+    """`count` rows to leave out: the easiest of a source with more rows than groups while there
+    is one (it cannot spread over the groups anyway), else the easiest."""
+    remaining = set(range(len(rank)))
+    per_source: dict = {}
+    for i in remaining:
+        per_source[sources[i]] = per_source.get(sources[i], 0) + 1
+    out = []
+    for _ in range(count):
+        crowded = [i for i in remaining if per_source[sources[i]] > n_groups]
+        i = max(crowded or remaining, key=lambda j: rank[j])
+        remaining.discard(i)
+        per_source[sources[i]] -= 1
+        out.append(i)
+    return out
+
+
+def sample_key(patch_ids: Sequence[str]) -> str:
+    """A sample's key, from its patch ids in slot order: 24 hex digits of their sha256."""
+    return hashlib.sha256("\n".join(patch_ids).encode()).hexdigest()[:24]
+
+
+def tile_boxes(size: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """Tile rectangles (x0, y0, x1, y1), half-open, row-major slot order, edges at
+    round(i * size / grid) (halves up): every canvas pixel lies in exactly one tile."""
+    edges = [(2 * i * size + grid) // (2 * grid) for i in range(grid + 1)]
+    return [(edges[c], edges[r], edges[c + 1], edges[r + 1]) for r in range(grid) for c in range(grid)]
+
+
+class Compose:
+    """Pass-2 stage: rows = samples with per-slot lists (SLOT_COLUMNS) -> encoded mosaics.
+
+    Output columns: sample_key, image (encoded bytes), json (the sample's lineage, UTF-8),
+    image_sha256, width, height.
+    """
+
+    def __init__(self, config, grid: int, max_pixels: int, min_side: int):
+        self.config = config  # OutputConfig
+        self.grid = grid
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+        self.tiles = tile_boxes(config.size, grid)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = [str(k) for k in batch["sample_key"]]
+        rows = [{col: list(batch[col][r]) for col in SLOT_COLUMNS} for r in range(len(keys))]
+        for key, row in zip(keys, rows):
+            lengths = {col: len(row[col]) for col in SLOT_COLUMNS}
+            if set(lengths.values()) != {len(self.tiles)}:
+                raise ValueError(
+                    f"sample {key}: expected {len(self.tiles)} slots in every column, got {lengths}"
+                )
+        tiles = self._cut_tiles(rows)
+        out = {"sample_key": [], "image": [], "json": [], "image_sha256": [], "width": [], "height": []}
+        for r, (key, row) in enumerate(zip(keys, rows)):
+            canvas = np.zeros((self.config.size, self.config.size, 3), dtype=np.uint8)
+            for slot, (x0, y0, x1, y1) in enumerate(self.tiles):
+                canvas[y0:y1, x0:x1] = tiles[r, slot]
+            data = self._encode(canvas)
+            out["sample_key"].append(key)
+            out["image"].append(data)
+            out["json"].append(self._lineage(key, row))
+            out["image_sha256"].append(hashlib.sha256(data).hexdigest())
+            out["width"].append(self.config.size)
+            out["height"].append(self.config.size)
+        return {
+            "sample_key": np.asarray(out["sample_key"], dtype=object),
+            "image": _object_array(out["image"]),
+            "json": _object_array(out["json"]),
+            "image_sha256": np.asarray(out["image_sha256"], dtype=object),
+            "width": np.asarray(out["width"], dtype=np.int32),
+            "height": np.asarray(out["height"], dtype=np.int32),
+        }
+
+    def _cut_tiles(self, rows: list[dict]) -> dict[tuple[int, int], np.ndarray]:
+        """Every tile of the batch, keyed (row, slot). Each distinct source is read and decoded
+        once, and its pixels are let go as soon as its tiles are cut."""
+        uses: dict[str, list[tuple[int, int]]] = {}
+        for r, row in enumerate(rows):
+            for slot, source_id in enumerate(row["source_ids"]):
+                uses.setdefault(str(source_id), []).append((r, slot))
+        tiles = {}
+        for source_id, places in uses.items():
+            first_row, first_slot = places[0]
+            image = self._read_source(source_id, rows[first_row], first_slot)
+            for r, slot in places:
+                x0, y0, x1, y1 = self.tiles[slot]
+                box = tuple(int(v) for v in rows[r]["boxes"][slot])
+                try:
+                    tiles[r, slot] = _cut(image, box, x1 - x0, y1 - y0)
+                except ValueError as exc:
+                    patch = rows[r]["patch_ids"][slot]
+                    raise ValueError(f"{rows[r]['uris'][slot]}: patch {patch}: {exc}") from exc
+        return tiles
+
+    def _read_source(self, source_id: str, row: dict, slot: int) -> np.ndarray:
+        uri, member = str(row["uris"][slot]), str(row["members"][slot])
+        where = f"{uri} (member {member})" if member else uri
+        data = imageio.read_bytes(uri, int(row["offsets"][slot]), int(row["lengths"][slot]))
+        digest = imageio.sha256_hex(data)
+        if digest != source_id:
+            raise ValueError(
+                f"{where}: content sha256 {digest} is not the source_id {source_id} seen in pass 1; "
+                "the input pool changed between passes"
+            )
+        decoded = imageio.decode(data, max_pixels=self.max_pixels, min_side=self.min_side)
+        if decoded.image is None:
+            raise ValueError(f"{where}: cannot decode in pass 2 ({decoded.status}: {decoded.error})")
+        return decoded.image
+
+    def _encode(self, canvas: np.ndarray) -> bytes:
+        image = Image.fromarray(canvas, "RGB")
+        buf = io.BytesIO()
+        fmt, quality = self.config.format, self.config.quality
+        if fmt == "jpg":
+            image.save(
+                buf, format="JPEG", quality=quality, optimize=False, progressive=False, subsampling=0
+            )
+        elif fmt == "png":
+            image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+        elif fmt == "webp":
+            image.save(buf, format="WEBP", quality=quality, method=WEBP_METHOD, lossless=False)
+        else:
+            raise ValueError(f"output.format {fmt!r}: expected jpg, png or webp")
+        return buf.getvalue()
+
+    def _lineage(self, key: str, row: dict) -> bytes:
+        lineage = {
+            "key": key,
+            "grid": self.grid,
+            "size": self.config.size,
+            "patch_ids": [str(p) for p in row["patch_ids"]],
+            "source_ids": [str(s) for s in row["source_ids"]],
+            "boxes": [[int(v) for v in box] for box in row["boxes"]],
+            "slots": list(range(len(self.tiles))),
+            "tiles": [list(t) for t in self.tiles],
+            # JSON has no NaN: an unscored slot (whole-image baselines) is null.
+            "scores": [float(np.float32(s)) if np.isfinite(s) else None for s in row["scores"]],
+        }
+        return json.dumps(lineage, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _cut(image: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """The box resized to a width x height tile. Tiles are square unless size is not a multiple
+    of grid; then a tile may be a pixel narrower or shorter than its square cut, and that square
+    is resized once more (a near-identity bicubic step) so crop_resize stays the one crop."""
+    square = crop_resize(image, box, width)
+    if width == height:
+        return square
+    tile = Image.fromarray(square).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(tile, dtype=np.uint8)
+
+
+def _object_array(values: list) -> np.ndarray:
+    # np.asarray would turn a list of bytes into a fixed-width bytes array that strips trailing
+    # NULs; an object array keeps each value whole.
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array

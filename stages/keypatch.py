@@ -1,0 +1,101 @@
+"""From proposer masks (segment-anything's record format) to key patches: square boxes in
+source pixels, filtered, de-duplicated and capped, in a deterministic order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torchvision.ops import nms
+
+
+@dataclass(frozen=True)
+class KeyPatch:
+    """A key patch: half-open square box [x0, x1) x [y0, y1) (after the margin) and the mask
+    that proposed it."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    mask_area: int
+    predicted_iou: float
+    stability_score: float
+    mask: np.ndarray  # bool (H, W), full source resolution
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+def key_patches(masks: list[dict], image_shape: tuple[int, ...], config) -> list[KeyPatch]:
+    """Masks -> at most `config.max_patches_per_image` key patches, best first.
+
+    `config` is a ProposeConfig (min/max_area_frac, patch_nms_thresh, max_patches_per_image,
+    margin, min_patch_side)."""
+    height, width = image_shape[:2]
+    image_area = height * width
+    candidates = []
+    for index, record in enumerate(masks):
+        mask = np.asarray(record["segmentation"], dtype=bool)
+        if mask.shape != (height, width):
+            raise ValueError(f"mask {index} has shape {mask.shape}, image is {(height, width)}")
+        area = int(mask.sum())
+        if area == 0 or not config.min_area_frac <= area / image_area <= config.max_area_frac:
+            continue
+        box = square_box(tight_box(mask), width, height, config.margin, config.min_patch_side)
+        quality = float(record["predicted_iou"]) * float(record["stability_score"])
+        # The index only breaks exact ties, so equal inputs always rank the same way.
+        rank_key = (-quality, -area, box[1], box[0], box[3], box[2], index)
+        candidates.append((rank_key, box, area, record, mask))
+    if not candidates:
+        return []
+    candidates.sort(key=lambda c: c[0])
+    # NMS on the square crops actually cut: two masks whose crops nearly coincide give the proxy
+    # the same pixels twice. Strictly falling scores make NMS follow our order exactly.
+    boxes = torch.tensor([c[1] for c in candidates], dtype=torch.float64)
+    scores = torch.arange(len(candidates), 0, -1, dtype=torch.float64)
+    kept = sorted(nms(boxes, scores, config.patch_nms_thresh).tolist())[: config.max_patches_per_image]
+    return [
+        KeyPatch(
+            *candidates[i][1],
+            mask_area=candidates[i][2],
+            predicted_iou=float(candidates[i][3]["predicted_iou"]),
+            stability_score=float(candidates[i][3]["stability_score"]),
+            mask=candidates[i][4],
+        )
+        for i in kept
+    ]
+
+
+def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Half-open bounding box of a non-empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def square_box(
+    box: tuple[int, int, int, int], width: int, height: int, margin: float, min_side: int
+) -> tuple[int, int, int, int]:
+    """Square around `box`, its side the box's longer side grown by `margin` (at least
+    `min_side`), centred, then shifted (not shrunk) to lie inside the image; shrunk only when
+    the image itself is smaller."""
+    x0, y0, x1, y1 = box
+    side = max(round(max(x1 - x0, y1 - y0) * (1 + margin)), min_side)
+    side = min(side, width, height)
+    left = min(max((x0 + x1 - side) // 2, 0), width - side)
+    top = min(max((y0 + y1 - side) // 2, 0), height - side)
+    return left, top, left + side, top + side
+
+
+def mask_to_rle(mask: np.ndarray) -> str:
+    """COCO compressed RLE counts of a bool (H, W) mask (the size is stored beside it)."""
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return rle["counts"].decode("ascii")
+
+
+def rle_to_mask(rle: str, height: int, width: int) -> np.ndarray:
+    return mask_utils.decode({"size": [height, width], "counts": rle.encode("ascii")}).astype(bool)

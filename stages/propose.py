@@ -1,0 +1,126 @@
+"""The propose stage: masks from SAM (or the weight-free regions proposer) -> key patches, each
+with its crop resized for the proxy; one source row, then its patch rows, per ingested source."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+
+from optidel import seeding
+
+from ..manifests import schema
+from . import columns
+from .crops import crop_resize
+from .keypatch import key_patches, mask_to_rle
+from .regions import RegionsProposer
+from .sam import CheckpointError, build_sam, file_sha256
+
+TINY_MODEL = "vit_tiny"
+
+
+def resolve_proposer(config) -> str:
+    """'sam' or 'regions' for a ProposeConfig: 'auto' means SAM when a checkpoint is given.
+    Random SAM weights are allowed only for vit_tiny (smoke tests)."""
+    if config.proposer == "auto":
+        return "sam" if config.sam_checkpoint else "regions"
+    if config.proposer == "sam" and not config.sam_checkpoint and config.sam_model != TINY_MODEL:
+        raise CheckpointError("propose.proposer=sam needs propose.sam_checkpoint")
+    return config.proposer
+
+
+def proposer_info(config) -> dict:
+    """What run.json records about the proposer."""
+    name = resolve_proposer(config)
+    checkpoint = config.sam_checkpoint if name == "sam" else None
+    return {
+        "name": name,
+        "model": config.sam_model if name == "sam" else None,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+    }
+
+
+class Propose:
+    """Ingest batch (SOURCE_COLUMNS + IMAGE) -> CANDIDATE_COLUMNS + CROP (uint8 (n, S, S, 3))."""
+
+    def __init__(self, config, crop_size: int, seed: int = 0, device: str = "cpu"):
+        self.config = config
+        self.crop_size = crop_size
+        self.seed = seed
+        self.device = device
+        self.proposer_name = resolve_proposer(config)
+        self._generator = None
+
+    def setup(self) -> None:
+        if self._generator is not None:
+            return
+        if self.proposer_name == "regions":
+            self._generator = RegionsProposer(self.config)
+            return
+        cfg = self.config
+        # Forked so that seeding random weights leaves the caller's torch RNG untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.derive(self.seed, "sam"))
+            model = build_sam(cfg.sam_model, cfg.sam_checkpoint)
+        model.to(self.device).eval()
+        try:
+            self._generator = SamAutomaticMaskGenerator(
+                model,
+                points_per_side=cfg.points_per_side,
+                points_per_batch=cfg.points_per_batch,
+                pred_iou_thresh=cfg.pred_iou_thresh,
+                stability_score_thresh=cfg.stability_score_thresh,
+                box_nms_thresh=cfg.box_nms_thresh,
+                crop_n_layers=cfg.crop_n_layers,
+                min_mask_region_area=cfg.min_mask_region_area,
+                output_mode="binary_mask",
+            )
+        except ImportError as exc:  # segment_anything needs OpenCV for min_mask_region_area > 0
+            raise ValueError(f"propose.min_mask_region_area > 0 needs OpenCV (cv2): {exc}") from None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.setup()
+        rows, crops = [], []
+        for i in range(len(batch[columns.INPUT_INDEX])):
+            source = {col: batch[col][i] for col in columns.SOURCE_COLUMNS}
+            image = batch[columns.IMAGE][i]
+            ok = source[columns.STATUS] == schema.OK
+            rows.append({**source, columns.PATCH_INDEX: -1})
+            if not ok:
+                crops.append(np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8))
+                continue
+            height, width = image.shape[:2]
+            crops.append(crop_resize(image, (0, 0, width, height), self.crop_size))
+            for k, patch in enumerate(key_patches(self._masks(image), image.shape, self.config)):
+                rows.append(self._patch_row(source, k, patch))
+                crops.append(crop_resize(image, patch.box, self.crop_size))
+        out = columns.to_batch(rows, columns.CANDIDATE_COLUMNS)
+        size = self.crop_size
+        out[columns.CROP] = np.stack(crops) if crops else np.zeros((0, size, size, 3), dtype=np.uint8)
+        return out
+
+    def _masks(self, image: np.ndarray) -> list[dict]:
+        if self.proposer_name == "regions":
+            return self._generator.generate(image)
+        with torch.inference_mode():
+            return self._generator.generate(np.ascontiguousarray(image))
+
+    @staticmethod
+    def _patch_row(source: dict, k: int, patch) -> dict:
+        source_id = str(source[columns.SOURCE_ID])
+        x0, y0, x1, y1 = patch.box
+        return {
+            columns.SOURCE_ID: source_id,
+            columns.INPUT_INDEX: source[columns.INPUT_INDEX],
+            columns.PATCH_INDEX: k,
+            columns.PATCH_ID: f"{source_id[:16]}-{k:03d}",
+            "x0": x0,
+            "y0": y0,
+            "x1": x1,
+            "y1": y1,
+            "mask_area": patch.mask_area,
+            "predicted_iou": patch.predicted_iou,
+            "stability_score": patch.stability_score,
+            "mask_rle": mask_to_rle(patch.mask),
+        }

@@ -1,0 +1,126 @@
+"""Building segment-anything models and loading their weights safely.
+
+segment_anything's own builders `torch.load` a checkpoint without `weights_only`, which would
+run any code pickled into the file; here the architecture comes from its registry and the
+weights are loaded separately, as plain tensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+
+
+class CheckpointError(ValueError):
+    """A SAM checkpoint that is missing, unreadable, unsafe or of the wrong shape."""
+
+
+def build_sam(model_type: str, checkpoint: str | None) -> Sam:
+    """SAM of `model_type` in eval mode; random weights (seeded by the caller) when
+    `checkpoint` is None, else the checkpoint's weights, loaded strictly."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown SAM model type {model_type!r}; expected one of {MODEL_TYPES}")
+    model = _build_tiny() if model_type == "vit_tiny" else sam_model_registry[model_type](checkpoint=None)
+    if checkpoint is not None:
+        _load_weights(model, checkpoint, model_type)
+    return model.eval()
+
+
+def save_sam(model: Sam, path: str | Path) -> None:
+    """Save the model's state dict only (loadable with weights_only=True)."""
+    torch.save(model.state_dict(), path)
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _build_tiny() -> Sam:
+    """A small but complete SAM (image size 256) for tests and CPU smoke runs."""
+    image_size, patch_size, dim = 256, 16, 64
+    grid = image_size // patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size,
+            patch_size=patch_size,
+            embed_dim=dim,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=4,
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=4,
+            global_attn_indexes=(1,),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=4 * dim, num_heads=2),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dim,
+        ),
+        # SAM's own normalisation constants, so the tiny model sees inputs as the real ones do.
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def _load_weights(model: Sam, checkpoint: str, model_type: str) -> None:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint}: SAM checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses anything but tensors and plain containers: the file would run code.
+        raise CheckpointError(f"{checkpoint}: refused: not a plain weights file ({_unpickler_reason(exc)})") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, OSError... for broken files
+        raise CheckpointError(f"{checkpoint}: unreadable SAM checkpoint: {_first_line(exc)}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{checkpoint}: not a state dict (a mapping of parameter names to tensors)")
+    problem = _first_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{checkpoint}: does not fit SAM {model_type}: {problem}")
+    model.load_state_dict(state, strict=True)
+
+
+def _first_mismatch(expected: dict, given: dict) -> str | None:
+    """The first key (in the model's order) that is missing or shaped differently, or the
+    first unexpected key; None when the state dict fits."""
+    for key, tensor in expected.items():
+        if key not in given:
+            return f"missing key {key}"
+        if tuple(given[key].shape) != tuple(tensor.shape):
+            return f"key {key} has shape {tuple(given[key].shape)}, expected {tuple(tensor.shape)}"
+    extra = [key for key in given if key not in expected]
+    return f"unexpected key {extra[0]}" if extra else None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """torch wraps the reason (e.g. "Unsupported global: GLOBAL print ...") in advice about
+    loading the file unsafely, which must not be passed on."""
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?:\. Please|\n|$)", str(exc))
+    return found.group(1) if found else "the pickle holds more than tensors"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,125 @@
+"""Score stage: a conditional-entropy estimate and an embedding for every candidate row.
+
+A row's score is H(Y|X) in nats per dimension, estimated from the proxy MAE's masked
+reconstruction: with mse the masked patches' mean squared error in normalised pixel space,
+averaged over R = score.masks_per_patch random masks of ratio score.mask_ratio,
+
+    score = 0.5 * ln(2 * pi * e * mse)
+
+the differential entropy, per dimension, of a Gaussian whose variance is the reconstruction's
+residual variance. Harder patches (more the proxy cannot predict from context) score higher.
+
+The masks of row k derive from (seed, k, r) through optidel.seeding, k being the patch_id (or
+the source_id for a source row), so a score never depends on luck, batch or worker. BLAS
+results can depend on a matmul's size, so each listed source's rows (same input_index) run as
+one forward micro-batch in patch_index order, whatever else the batch holds; this relies on a
+source's rows arriving in one batch, as propose emits them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from optidel import seeding
+
+from ..manifests import schema
+from . import columns
+from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input
+
+_MSE_FLOOR = 1e-12  # a pixel-perfect reconstruction would otherwise score -inf
+
+
+def proxy_spec(config) -> MAESpec:
+    """The MAE shape a ScoreConfig asks for (also the head counts for official checkpoints)."""
+    mae = config.mae
+    return MAESpec(
+        image_size=config.image_size,
+        patch_size=mae.patch_size,
+        embed_dim=mae.embed_dim,
+        depth=mae.depth,
+        num_heads=mae.num_heads,
+        decoder_embed_dim=mae.decoder_embed_dim,
+        decoder_depth=mae.decoder_depth,
+        decoder_num_heads=mae.decoder_num_heads,
+    )
+
+
+def proxy_info(path: str, fallback_spec: MAESpec | None = None) -> dict:
+    """What run.json records about the proxy: path, sha256, spec."""
+    _, spec, sha256 = read_checkpoint(path, fallback_spec)
+    return {"path": str(path), "sha256": sha256, "spec": asdict(spec)}
+
+
+def mask_noise(seed: int, row_key: str, masks: int, num_patches: int) -> torch.Tensor:
+    """(masks, num_patches) masking noise for one row: mask r from (seed, row_key, r) alone."""
+    return torch.stack(
+        [torch.rand(num_patches, generator=seeding.torch_generator(seed, "score-mask", row_key, r)) for r in range(masks)]
+    )
+
+
+class Score:
+    """CANDIDATE_COLUMNS + CROP -> CANDIDATE_COLUMNS + SCORE + EMBEDDING (see module docstring)."""
+
+    def __init__(self, config, seed: int, checkpoint: str, device: str = "cpu"):
+        self.config = config
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.device = device
+        self.model: MAE | None = None
+
+    def setup(self) -> None:
+        model = load_proxy(self.checkpoint, fallback_spec=proxy_spec(self.config))
+        if model.spec.image_size != self.config.image_size:
+            raise ValueError(
+                f"{self.checkpoint}: the proxy takes {model.spec.image_size} px crops but "
+                f"score.image_size is {self.config.image_size}; set score.image_size={model.spec.image_size}"
+            )
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.model is None:
+            self.setup()
+        crops = self._crops(batch[columns.CROP])
+        patch_index = np.asarray(batch[columns.PATCH_INDEX])
+        # Patch rows carry sentinel source fields; only a source row's status says "not ok".
+        scored = (patch_index >= 0) | (np.asarray(batch[columns.STATUS]) == schema.OK)
+        keys = np.where(patch_index >= 0, batch[columns.PATCH_ID], batch[columns.SOURCE_ID])
+
+        n = len(patch_index)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        embeddings = np.zeros((n, self.model.spec.embed_dim), dtype=np.float32)
+        groups: dict[int, list[int]] = {}
+        for row in np.flatnonzero(scored):
+            groups.setdefault(int(batch[columns.INPUT_INDEX][row]), []).append(int(row))
+        for rows in groups.values():
+            rows.sort(key=lambda row: int(patch_index[row]))
+            scores[rows], embeddings[rows] = self._score_source(crops[rows], [str(keys[r]) for r in rows])
+
+        out = {name: values for name, values in batch.items() if name != columns.CROP}
+        out[columns.SCORE] = scores
+        out[columns.EMBEDDING] = embeddings
+        return out
+
+    def _crops(self, values: np.ndarray) -> np.ndarray:
+        crops = np.stack(list(values)) if values.dtype == object else np.asarray(values)
+        s = self.config.image_size
+        if crops.dtype != np.uint8 or crops.shape[1:] != (s, s, 3):
+            raise ValueError(f"column {columns.CROP!r}: expected uint8 (n, {s}, {s}, 3), got {crops.dtype} {crops.shape}")
+        return crops
+
+    @torch.inference_mode()
+    def _score_source(self, crops: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One source's rows -> (scores (k,), unit embeddings (k, D)), as one micro-batch."""
+        r, num_patches = self.config.masks_per_patch, self.model.spec.num_patches
+        images = to_input(crops).to(self.device)
+        noise = torch.cat([mask_noise(self.seed, key, r, num_patches) for key in keys]).to(self.device)
+        mse = self.model.masked_mse(images.repeat_interleave(r, dim=0), noise, self.config.mask_ratio)
+        mse = mse.view(len(keys), r).mean(dim=1).clamp_min(_MSE_FLOOR).double().cpu().numpy()
+        scores = 0.5 * np.log(2 * math.pi * math.e * mse)
+        embeddings = F.normalize(self.model.embed(images), dim=1)
+        return scores.astype(np.float32), embeddings.float().cpu().numpy()

@@ -1,0 +1,322 @@
+"""The selection barrier: which candidate patches (or whole images) become output samples.
+
+OptiDEL maximises V-information I_V(X->Y) = H_V(Y|empty) - H_V(Y|X): hard patches (high
+conditional entropy under the proxy) raise the second term, diverse ones the first. So the
+`optidel` selector ranks by hardness under diversity constraints (cluster quotas, near-duplicate
+and per-source limits); `hard` is the hardness-only baseline; `select_images` holds the
+whole-image baselines (`random`, `dedup`).
+
+Every choice depends only on ids, scores, embeddings and the seed, never on row order: rows are
+put in id order before anything order-sensitive (k-means included) sees them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from optidel import seeding
+
+from ..manifests import schema
+
+PATCH_METHODS = ("optidel", "hard")
+IMAGE_METHODS = ("random", "dedup")
+
+
+@dataclass
+class Selection:
+    """Per-row outcome, aligned with the input rows."""
+
+    selected: np.ndarray  # bool
+    cluster: np.ndarray  # int32, -1 when not clustered
+    rank: np.ndarray  # int32, 0 = hardest (ties by id); the seeded draw order when unscored
+    reason: np.ndarray  # object (str): a schema.DROP_* value, "" when selected
+    n_clusters: int = 0  # k of the k-means behind `cluster` (0 when not clustered)
+
+
+def select_patches(
+    patch_ids,
+    source_ids,
+    scores,
+    embeddings,
+    budget: int,
+    config,
+    method: str,
+    seed: int,
+) -> Selection:
+    """Choose up to `budget` candidate patches. `config` is a SelectConfig.
+
+    Both methods cluster the embeddings, so the diversity of either selection can be reported
+    on the same footing; only `optidel` uses the clusters to choose. When fewer than `budget`
+    patches are eligible, all eligible ones are selected and the caller records the shortfall.
+    """
+    if method not in PATCH_METHODS:
+        raise ValueError(f"unknown patch selector {method!r}; expected one of {PATCH_METHODS}")
+    ids = _ids(patch_ids, "patch_ids")
+    n = len(ids)
+    sources = _aligned(source_ids, n, "source_ids")
+    rank = hardness_rank(ids, scores)
+    emb = _unit_rows(embeddings, n)
+    k = min(config.clusters, n)
+    cluster = cluster_embeddings(ids, emb, k, seed)
+    hardest_first = np.argsort(rank, kind="stable")
+
+    selected = np.zeros(n, dtype=bool)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    if method == "hard":
+        _take_hardest(hardest_first, sources, budget, config.per_source_cap, selected, reason)
+    else:
+        n_trim = int(config.trim_top_frac * n)
+        reason[hardest_first[:n_trim]] = schema.DROP_OUTLIER
+        eligible = hardest_first[n_trim:]
+        _take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason)
+        # Never looked at, yet hard enough for a hardness-only pick: its cluster's share was full.
+        unseen_hard = eligible[:budget][reason[eligible[:budget]] == schema.DROP_BUDGET]
+        reason[unseen_hard] = schema.DROP_QUOTA
+    return Selection(selected, cluster, rank, reason, k)
+
+
+def select_images(source_ids, scores, embeddings, budget: int, method: str, seed: int, config) -> Selection:
+    """Whole-image baselines. `random`: a seeded draw (embeddings may be None). `dedup`:
+    SemDeDup-style (arXiv 2401.17542) — k-means the image embeddings, drop images cosine-near a
+    kept one of their cluster, then draw the budget from the survivors in seeded order, spread
+    round-robin across clusters. `scores` only fill `rank`; without them rank is the draw order."""
+    if method not in IMAGE_METHODS:
+        raise ValueError(f"unknown image selector {method!r}; expected one of {IMAGE_METHODS}")
+    ids = _ids(source_ids, "source_ids")
+    n = len(ids)
+    # The draw is a sort by a hash of (seed, id): independent of input order and of the pool's
+    # other members, so a source keeps its place when the pool grows.
+    draw_keys = [(seeding.derive(seed, "draw", sid), sid) for sid in ids]
+    drawn = np.asarray(sorted(range(n), key=draw_keys.__getitem__), dtype=np.int64)
+    if scores is not None:
+        rank = hardness_rank(ids, scores)
+    else:
+        rank = np.empty(n, dtype=np.int32)
+        rank[drawn] = np.arange(n, dtype=np.int32)
+
+    selected = np.zeros(n, dtype=bool)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    if method == "random":
+        cluster, k = np.full(n, -1, dtype=np.int32), 0
+        chosen = drawn[:budget]
+    else:
+        emb = _unit_rows(embeddings, n)
+        k = min(config.clusters, n)
+        cluster = cluster_embeddings(ids, emb, k, seed)
+        survivors: dict[int, list[int]] = {}
+        guards: dict[int, _NearDuplicates] = {}
+        sizes = Counter(cluster.tolist())
+        for i in drawn.tolist():
+            c = int(cluster[i])
+            if c not in guards:
+                guards[c] = _NearDuplicates(emb.shape[1], sizes[c], config.near_duplicate_cosine)
+            guard = guards[c]
+            if guard.near(emb[i]):
+                reason[i] = schema.DROP_DUPLICATE
+            else:
+                guard.add(emb[i])
+                survivors.setdefault(c, []).append(i)
+        chosen = np.asarray(_interleave(list(survivors.values()))[:budget], dtype=np.int64)
+    selected[chosen] = True
+    reason[chosen] = ""
+    return Selection(selected, cluster, rank, reason, k)
+
+
+def diversity_stats(cluster_of_selected, n_clusters: int) -> dict:
+    """Diversity of a selection over k clusters (entries of -1 are ignored): coverage (fraction
+    of clusters holding a selected item) and the entropy of its cluster histogram in nats, with
+    its maximum ln(k) for scale — the H_V(Y|empty) side of the V-information accounting."""
+    labels = np.asarray(cluster_of_selected, dtype=np.int64)
+    labels = labels[labels >= 0]
+    if labels.size and labels.max() >= n_clusters:
+        raise ValueError(f"cluster label {labels.max()} out of range for {n_clusters} clusters")
+    counts = np.bincount(labels, minlength=max(n_clusters, 0))
+    covered = int((counts > 0).sum())
+    p = counts[counts > 0] / max(labels.size, 1)
+    return {
+        "clusters": int(max(n_clusters, 0)),
+        "clusters_covered": covered,
+        "coverage": covered / n_clusters if n_clusters > 0 else 0.0,
+        "entropy_nats": float(np.sum(p * np.log(1 / p))),
+        "max_entropy_nats": math.log(n_clusters) if n_clusters > 0 else 0.0,
+    }
+
+
+def hardness_rank(ids, scores) -> np.ndarray:
+    """int32 rank per row: 0 = highest score, ties broken by id."""
+    ids = _ids(ids, "ids")
+    values = np.asarray(scores, dtype=np.float64)
+    if values.shape != (len(ids),):
+        raise ValueError(f"scores: expected shape ({len(ids)},), got {values.shape}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"scores: non-finite score for {ids[bad[0]]!r} ({bad.size} rows)")
+    by_id = np.argsort(ids, kind="stable")
+    order = by_id[np.argsort(-values[by_id], kind="stable")]
+    rank = np.empty(len(ids), dtype=np.int32)
+    rank[order] = np.arange(len(ids), dtype=np.int32)
+    return rank
+
+
+def cluster_embeddings(ids, embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """int32 cluster per row: spherical (cosine) k-means with faiss, k-means++ seeded from
+    (seed, "kmeans"), run on the rows in id order so the result ignores input order."""
+    ids = _ids(ids, "ids")
+    n = len(ids)
+    if n == 0 or k <= 1:
+        return np.zeros(n, dtype=np.int32)
+    by_id = np.argsort(ids, kind="stable")
+    x = np.ascontiguousarray(embeddings[by_id], dtype=np.float32)
+    kmeans = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=25,
+        spherical=True,
+        init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+        seed=seeding.derive(seed, "kmeans") & 0x7FFF_FFFF,
+        min_points_per_centroid=1,  # small pools are fine; silences faiss's "too few points" warning
+        verbose=False,
+    )
+    # One thread: faiss's multi-threaded reductions may sum in a different order per run.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        kmeans.train(x)
+        _, labels = kmeans.assign(x)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    cluster = np.empty(n, dtype=np.int32)
+    cluster[by_id] = labels.astype(np.int32)
+    return cluster
+
+
+def _take_hardest(hardest_first, sources, budget, cap, selected, reason) -> None:
+    taken = Counter()
+    n_selected = 0
+    for i in hardest_first.tolist():
+        if n_selected >= budget:
+            break
+        if taken[sources[i]] >= cap:
+            reason[i] = schema.DROP_SOURCE_CAP
+            continue
+        taken[sources[i]] += 1
+        selected[i], reason[i] = True, ""
+        n_selected += 1
+
+
+def _take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason) -> None:
+    """Balanced cluster quotas, water-filled: each round every cluster with candidates left takes
+    its hardest acceptable one, so all clusters get equal shares and a cluster that runs out
+    leaves the rest of the budget to the others. Clusters take turns in the order of their
+    hardest candidate. A skipped patch stays skipped: the selection only grows.
+
+    A round's proposals are checked against the kept patches in one matrix product (the
+    selection can be tens of thousands of patches); a cluster whose proposal is refused proposes
+    its next one in a further pass of the same round."""
+    queues: dict[int, list[int]] = {}
+    for i in eligible.tolist():
+        queues.setdefault(int(cluster[i]), []).append(i)
+    position = dict.fromkeys(queues, 0)
+    active = list(queues)
+    guard = _NearDuplicates(emb.shape[1], budget, config.near_duplicate_cosine)
+    taken = Counter()
+    n_selected = 0
+    while active and n_selected < budget:
+        owing = active
+        while owing and n_selected < budget:
+            proposals = [queues[c][position[c]] for c in owing]
+            kept_before = guard.count
+            near_kept = guard.max_cosine(emb[proposals]) > guard.threshold
+            still_owing = []
+            for c, i, near in zip(owing, proposals, near_kept):
+                if n_selected >= budget:
+                    break
+                position[c] += 1
+                if taken[sources[i]] >= config.per_source_cap:
+                    reason[i] = schema.DROP_SOURCE_CAP
+                elif near or guard.near(emb[i], since=kept_before):
+                    reason[i] = schema.DROP_DUPLICATE
+                else:
+                    guard.add(emb[i])
+                    taken[sources[i]] += 1
+                    selected[i], reason[i] = True, ""
+                    n_selected += 1
+                    continue
+                if position[c] < len(queues[c]):
+                    still_owing.append(c)
+            owing = still_owing
+        active = [c for c in active if position[c] < len(queues[c])]
+
+
+class _NearDuplicates:
+    """Kept unit vectors, and whether a new one's cosine to one of them exceeds the threshold."""
+
+    def __init__(self, dim: int, capacity: int, threshold: float):
+        self.kept = np.empty((max(capacity, 0), dim), dtype=np.float32)
+        self.count = 0
+        self.threshold = threshold
+
+    def near(self, e: np.ndarray, since: int = 0) -> bool:
+        """Near one of the vectors kept from position `since` on?"""
+        return self.count > since and float((self.kept[since : self.count] @ e).max()) > self.threshold
+
+    def max_cosine(self, batch: np.ndarray) -> np.ndarray:
+        """Per row of `batch`, its largest cosine to a kept vector (-inf when none is kept)."""
+        if self.count == 0:
+            return np.full(len(batch), -np.inf, dtype=np.float32)
+        return (self.kept[: self.count] @ batch.T).max(axis=0)
+
+    def add(self, e: np.ndarray) -> None:
+        self.kept[self.count] = e
+        self.count += 1
+
+
+def _interleave(queues: list[list[int]]) -> list[int]:
+    """Round-robin over the queues: first of each, then second of each, ..."""
+    out = []
+    depth = 0
+    while True:
+        layer = [q[depth] for q in queues if depth < len(q)]
+        if not layer:
+            return out
+        out.extend(layer)
+        depth += 1
+
+
+def _ids(values, name: str) -> np.ndarray:
+    ids = np.asarray(values, dtype=object)
+    if ids.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of ids, got shape {ids.shape}")
+    if len(set(ids.tolist())) != len(ids):
+        dup = next(v for v, count in Counter(ids.tolist()).items() if count > 1)
+        raise ValueError(f"{name}: id {dup!r} occurs more than once")
+    return ids.astype(str)
+
+
+def _aligned(values, n: int, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=object)
+    if array.shape != (n,):
+        raise ValueError(f"{name}: expected {n} rows, got shape {array.shape}")
+    return array
+
+
+def _unit_rows(embeddings, n: int) -> np.ndarray:
+    """float32 (n, D) rows scaled to unit length: cosine similarity becomes a dot product."""
+    if embeddings is None:
+        raise ValueError("embeddings are required by this selector")
+    emb = np.asarray(embeddings)
+    if emb.dtype == object:  # Ray hands array-valued columns over as object arrays of rows
+        emb = np.stack(list(emb)) if len(emb) else np.zeros((0, 1))
+    emb = emb.astype(np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise ValueError(f"embeddings: expected shape ({n}, D), got {emb.shape}")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise ValueError(f"embeddings: row {bad[0]} is zero or not finite ({bad.size} rows)")
+    return emb / norms

@@ -1,0 +1,27 @@
+"""Shared fixtures: one real local Ray for the whole session, and the kvasir-seg data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+KVASIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kvasir-seg"
+
+
+@pytest.fixture(scope="session")
+def kvasir() -> Path:
+    if not (KVASIR / "images").is_dir():
+        pytest.skip(f"kvasir-seg not found at {KVASIR}")
+    return KVASIR
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster, started once: the runner reuses an initialised Ray."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

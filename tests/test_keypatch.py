@@ -1,0 +1,115 @@
+"""Key patches from hand-made masks: area filters, NMS, ordering, cap, square margins, RLE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from optidel.pipeline.config import ProposeConfig
+from optidel.stages.keypatch import key_patches, mask_to_rle, rle_to_mask
+
+H, W = 100, 120
+
+
+def record(x0, y0, x1, y1, iou=0.9, stability=1.0, shape=(H, W)):
+    """A rectangular mask [x0, x1) x [y0, y1) in segment-anything's record format."""
+    seg = np.zeros(shape, dtype=bool)
+    seg[y0:y1, x0:x1] = True
+    return {
+        "segmentation": seg,
+        "area": int(seg.sum()),
+        "bbox": [x0, y0, x1 - 1 - x0, y1 - 1 - y0],
+        "predicted_iou": iou,
+        "stability_score": stability,
+        "point_coords": [[(x0 + x1) / 2, (y0 + y1) / 2]],
+        "crop_box": [0, 0, shape[1], shape[0]],
+    }
+
+
+def config(**overrides):
+    base = dict(min_area_frac=0.01, max_area_frac=0.5, patch_nms_thresh=0.5, margin=0.0, min_patch_side=1)
+    return ProposeConfig(**{**base, **overrides})
+
+
+def test_area_filters_keep_only_masks_within_the_fraction_range():
+    masks = [
+        record(0, 0, 10, 11, iou=0.9),  # 110 px = 0.92 %: too small
+        record(20, 20, 40, 40, iou=0.8),  # 400 px = 3.3 %
+        record(0, 0, 120, 60, iou=0.7),  # 60 %: too large
+        record(60, 50, 120, 100, iou=0.6),  # 3000 px = 25 %
+    ]
+    patches = key_patches(masks, (H, W, 3), config())
+    assert [p.mask_area for p in patches] == [400, 3000]
+    assert [p.predicted_iou for p in patches] == [0.8, 0.6]
+
+
+def test_nms_keeps_the_better_of_overlapping_boxes_and_disjoint_ones():
+    masks = [
+        record(10, 10, 50, 50, iou=0.7),
+        record(12, 10, 52, 50, iou=0.95),  # overlaps the first almost fully, better quality
+        record(70, 40, 110, 80, iou=0.8),
+    ]
+    patches = key_patches(masks, (H, W, 3), config())
+    assert [p.box for p in patches] == [(12, 10, 52, 50), (70, 40, 110, 80)]
+    loose = key_patches(masks, (H, W, 3), config(patch_nms_thresh=1.0))
+    assert len(loose) == 3
+
+
+def test_ordering_is_quality_then_area_then_position():
+    masks = [
+        record(70, 60, 90, 80, iou=0.5),  # same quality and area as the next; lower down
+        record(70, 10, 90, 30, iou=0.5),
+        record(5, 5, 35, 35, iou=0.5),  # same quality, larger
+        record(5, 60, 25, 80, iou=0.9, stability=0.5),  # quality 0.45: last
+    ]
+    boxes = [p.box for p in key_patches(masks, (H, W, 3), config())]
+    assert boxes == [(5, 5, 35, 35), (70, 10, 90, 30), (70, 60, 90, 80), (5, 60, 25, 80)]
+    assert [p.box for p in key_patches(masks[::-1], (H, W, 3), config())] == boxes
+
+
+def test_cap_keeps_the_best_patches():
+    masks = [record(12 * i, 0, 12 * i + 12, 12, iou=0.1 * (i + 1)) for i in range(8)]
+    patches = key_patches(masks, (H, W, 3), config(max_patches_per_image=3))
+    assert [p.x0 for p in patches] == [84, 72, 60]
+
+
+def test_square_margin_centres_and_grows_the_box():
+    # 20 x 10 box, margin 0.5 -> side 30, centred on (50, 45).
+    [patch] = key_patches([record(40, 40, 60, 50)], (H, W, 3), config(margin=0.5))
+    assert patch.box == (35, 30, 65, 60)
+    assert patch.mask_area == 200 and patch.mask[45, 50] and not patch.mask[30, 35]
+
+
+def test_square_box_is_shifted_inside_at_borders_not_shrunk():
+    [corner] = key_patches([record(0, 0, 10, 10)], (H, W, 3), config(min_patch_side=40, min_area_frac=0.001))
+    assert corner.box == (0, 0, 40, 40)
+    [far] = key_patches([record(110, 90, 120, 100)], (H, W, 3), config(margin=1.0, min_area_frac=0.001))
+    assert far.box == (100, 80, 120, 100)
+
+
+def test_square_box_shrinks_only_to_the_image():
+    # A 70 x 30 mask in a 120 x 40 image: side would be 84, the image allows 40.
+    masks = [record(10, 5, 80, 35, shape=(40, 120))]
+    [patch] = key_patches(masks, (40, 120, 3), config(margin=0.2, max_area_frac=0.9))
+    assert patch.box == (25, 0, 65, 40)
+
+
+def test_mask_shape_must_match_the_image():
+    with pytest.raises(ValueError, match="mask 0 has shape"):
+        key_patches([record(0, 0, 20, 20, shape=(50, 50))], (H, W, 3), config())
+
+
+def test_rle_round_trip_on_a_non_square_mask():
+    mask = np.random.default_rng(0).random((37, 53)) > 0.6
+    rle = mask_to_rle(mask)
+    assert isinstance(rle, str)
+    restored = rle_to_mask(rle, 37, 53)
+    assert restored.dtype == bool and np.array_equal(restored, mask)
+
+
+def test_rle_is_coco_column_major():
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[:, 1] = True  # column-major runs: 3 off, 3 on, 6 off
+    expected = mask_utils.frPyObjects({"size": [3, 4], "counts": [3, 3, 6]}, 3, 4)["counts"].decode()
+    assert mask_to_rle(mask) == expected

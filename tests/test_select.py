@@ -1,0 +1,248 @@
+"""The selection barrier's selectors: hardness baseline, OptiDEL's diverse hard selection and
+the whole-image baselines, on synthetic clustered embeddings (real faiss k-means)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from optidel.manifests import schema
+from optidel.pipeline.config import SelectConfig
+from optidel.stages.select import diversity_stats, hardness_rank, select_images, select_patches
+
+DROP_REASONS = {
+    schema.DROP_BUDGET,
+    schema.DROP_DUPLICATE,
+    schema.DROP_QUOTA,
+    schema.DROP_SOURCE_CAP,
+    schema.DROP_OUTLIER,
+}
+
+
+def clustered_pool(n_clusters=20, per_cluster=30, dim=16, per_source=2, hard_cluster=0, seed=0):
+    """Unit embeddings around n_clusters random directions; the hard_cluster's patches score
+    far above all others, so hardness alone would take them all."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    truth = np.repeat(np.arange(n_clusters), per_cluster)
+    emb = centers[truth] + 0.15 * rng.normal(size=(len(truth), dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = rng.uniform(0.0, 1.0, len(truth))
+    scores[truth == hard_cluster] += 2.0
+    n = len(truth)
+    ids = np.array([f"patch-{i:05d}" for i in range(n)], dtype=object)
+    # Sources stay within a true cluster, like the patches of one image.
+    sources = np.array([f"src-{i // per_source:05d}" for i in range(n)], dtype=object)
+    return ids, sources, scores.astype(np.float32), emb.astype(np.float32), truth
+
+
+def check_reasons(sel):
+    assert np.all(sel.reason[sel.selected] == "")
+    dropped = sel.reason[~sel.selected]
+    assert set(dropped.tolist()) <= DROP_REASONS, set(dropped.tolist())
+
+
+def assert_water_filled(sel):
+    """Picks spread evenly over the clusters: a cluster has fewer than the fullest one minus
+    one only when it ran out of eligible rows."""
+    picked = Counter(sel.cluster[sel.selected].tolist())
+    unseen = np.isin(sel.reason, [schema.DROP_BUDGET, schema.DROP_QUOTA])
+    eligible = Counter(sel.cluster[sel.selected | unseen].tolist())
+    top = max(picked.values())
+    for c, available in eligible.items():
+        assert picked[c] >= min(available, top - 1), (c, picked, eligible)
+
+
+def test_hard_is_top_k_by_score_under_the_source_cap():
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=4, per_cluster=50, per_source=5)
+    budget = 30
+    config = SelectConfig(clusters=4, per_source_cap=2)
+    sel = select_patches(ids, sources, scores, emb, budget, config, "hard", 0)
+    check_reasons(sel)
+    assert sel.selected.sum() == budget
+    assert max(Counter(sources[sel.selected]).values()) == 2
+    floor = scores[sel.selected].min()
+    harder_dropped = ~sel.selected & (scores > floor)
+    assert harder_dropped.any()
+    assert set(sel.reason[harder_dropped]) == {schema.DROP_SOURCE_CAP}
+    at_cap = {s for s, c in Counter(sources[sel.selected]).items() if c == 2}
+    assert all(s in at_cap for s in sources[harder_dropped])
+    assert np.all(scores[sel.reason == schema.DROP_BUDGET] <= floor)
+
+    # Without a binding cap it is exactly the top-k by score.
+    config = SelectConfig(clusters=4, per_source_cap=10)
+    loose = select_patches(ids, sources, scores, emb, budget, config, "hard", 0)
+    assert set(np.flatnonzero(loose.selected)) == set(np.argsort(-scores)[:budget])
+
+
+def test_rank_is_hardness_order_with_ties_broken_by_id():
+    ids = np.array(["c", "a", "d", "b"], dtype=object)
+    scores = np.array([1.0, 2.0, 1.0, 1.0], dtype=np.float32)
+    assert hardness_rank(ids, scores).tolist() == [2, 0, 3, 1]
+
+
+def test_optidel_covers_the_clusters_hardness_alone_misses():
+    ids, sources, scores, emb, truth = clustered_pool(per_cluster=50)
+    budget = 40
+    config = SelectConfig(clusters=20, trim_top_frac=0.0)
+    optidel = select_patches(ids, sources, scores, emb, budget, config, "optidel", 0)
+    hard = select_patches(ids, sources, scores, emb, budget, config, "hard", 0)
+    for sel in (optidel, hard):
+        check_reasons(sel)
+        assert sel.selected.sum() == budget
+    assert len(set(truth[optidel.selected])) >= 18  # >= 90% of the 20 true clusters
+    assert len(set(truth[hard.selected])) <= 2
+    d_opt = diversity_stats(optidel.cluster[optidel.selected], optidel.n_clusters)
+    d_hard = diversity_stats(hard.cluster[hard.selected], hard.n_clusters)
+    assert d_opt["coverage"] >= 0.9 > d_hard["coverage"]
+    assert d_opt["entropy_nats"] > d_hard["entropy_nats"] + 1.0
+    assert d_opt["entropy_nats"] <= d_opt["max_entropy_nats"] + 1e-9
+    assert_water_filled(optidel)
+    # Hard patches passed over because their cluster's share was full say so.
+    assert (optidel.reason[truth == 0] == schema.DROP_QUOTA).sum() > 0
+    # The diversity costs hardness, but OptiDEL still takes each cluster's hardest first.
+    assert scores[optidel.selected].mean() < scores[hard.selected].mean()
+    for c in set(optidel.cluster[optidel.selected].tolist()):
+        members = (optidel.cluster == c) & (optidel.reason != schema.DROP_OUTLIER)
+        assert optidel.selected[members][np.argmax(scores[members])]
+
+
+def test_optidel_drops_near_duplicates():
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=10, per_cluster=20, per_source=1)
+    rng = np.random.default_rng(1)
+    twin = emb + 0.01 * rng.normal(size=emb.shape).astype(np.float32)
+    twin /= np.linalg.norm(twin, axis=1, keepdims=True)
+    all_ids = np.concatenate([ids, [f"{p}-twin" for p in ids]])
+    all_sources = np.concatenate([sources, [f"{s}-twin" for s in sources]])
+    # A twin scores a little lower than its original, so the original is met first.
+    all_scores = np.concatenate([scores, scores - 1e-3]).astype(np.float32)
+    all_emb = np.concatenate([emb, twin])
+    config = SelectConfig(clusters=10, near_duplicate_cosine=0.95, trim_top_frac=0.0)
+    # A budget as large as the pool: every patch is looked at.
+    sel = select_patches(all_ids, all_sources, all_scores, all_emb, len(all_ids), config, "optidel", 0)
+    check_reasons(sel)
+    chosen = all_emb[sel.selected]
+    sims = chosen @ chosen.T
+    np.fill_diagonal(sims, -1)
+    assert sims.max() <= 0.95
+    n = len(ids)
+    originals = np.flatnonzero(sel.selected[:n])
+    assert len(originals) >= 0.9 * n
+    assert not sel.selected[n:].any()
+    assert set(sel.reason[n + originals]) == {schema.DROP_DUPLICATE}
+
+
+def test_optidel_respects_the_per_source_cap():
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=5, per_cluster=40, per_source=8)
+    config = SelectConfig(clusters=5, per_source_cap=3, trim_top_frac=0.0, near_duplicate_cosine=1.0)
+    sel = select_patches(ids, sources, scores, emb, 60, config, "optidel", 0)
+    check_reasons(sel)
+    counts = Counter(sources[sel.selected])
+    assert max(counts.values()) == 3
+    capped = sel.reason == schema.DROP_SOURCE_CAP
+    assert capped.any()
+    assert all(counts[s] == 3 for s in sources[capped])
+
+
+def test_trim_drops_the_extreme_top_tail():
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=5, per_cluster=40, per_source=1)
+    config = SelectConfig(clusters=5, trim_top_frac=0.1, near_duplicate_cosine=1.0)
+    sel = select_patches(ids, sources, scores, emb, 30, config, "optidel", 0)
+    check_reasons(sel)
+    top = np.argsort(-scores)[:20]  # 10% of 200
+    assert set(np.flatnonzero(sel.reason == schema.DROP_OUTLIER)) == set(top)
+    assert not sel.selected[top].any()
+    assert sel.selected.sum() == 30
+
+
+@pytest.mark.parametrize("method", ["optidel", "hard"])
+def test_patch_selection_is_deterministic_and_ignores_row_order(method):
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=8, per_cluster=25)
+    config = SelectConfig(clusters=8)
+    first = select_patches(ids, sources, scores, emb, 40, config, method, 7)
+    again = select_patches(ids, sources, scores, emb, 40, config, method, 7)
+    perm = np.random.default_rng(3).permutation(len(ids))
+    shuffled = select_patches(ids[perm], sources[perm], scores[perm], emb[perm], 40, config, method, 7)
+    for field in ("selected", "cluster", "rank", "reason"):
+        assert np.array_equal(getattr(first, field), getattr(again, field))
+        assert np.array_equal(getattr(first, field)[perm], getattr(shuffled, field)), field
+
+
+def test_shortfall_selects_every_eligible_patch():
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=3, per_cluster=4, per_source=1)
+    config = SelectConfig(clusters=50, trim_top_frac=0.0, near_duplicate_cosine=1.0)
+    sel = select_patches(ids, sources, scores, emb, 100, config, "optidel", 0)
+    assert sel.selected.all()
+    assert sel.n_clusters == len(ids)  # k shrinks to the number of candidates
+
+
+def test_bad_input_is_named():
+    ids, sources, scores, emb, _ = clustered_pool(n_clusters=2, per_cluster=5)
+    with pytest.raises(ValueError, match="unknown patch selector"):
+        select_patches(ids, sources, scores, emb, 4, SelectConfig(), "greedy", 0)
+    dup_ids = ids.copy()
+    dup_ids[1] = dup_ids[0]
+    with pytest.raises(ValueError, match="patch-00000"):
+        select_patches(dup_ids, sources, scores, emb, 4, SelectConfig(), "optidel", 0)
+    bad = scores.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="patch-00003"):
+        select_patches(ids, sources, bad, emb, 4, SelectConfig(), "optidel", 0)
+
+
+def test_random_images_are_seeded_and_order_free():
+    ids = np.array([f"{i:064x}" for i in range(200)], dtype=object)
+    pick = {seed: select_images(ids, None, None, 20, "random", seed, SelectConfig()) for seed in (0, 1)}
+    for sel in pick.values():
+        assert sel.selected.sum() == 20
+        assert set(sel.reason[~sel.selected]) == {schema.DROP_BUDGET}
+        assert sorted(sel.rank.tolist()) == list(range(200))
+    assert set(ids[pick[0].selected]) != set(ids[pick[1].selected])
+    perm = np.random.default_rng(0).permutation(200)
+    shuffled = select_images(ids[perm], None, None, 20, "random", 0, SelectConfig())
+    assert set(ids[perm][shuffled.selected]) == set(ids[pick[0].selected])
+    # A source's draw does not depend on the rest of the pool.
+    half = select_images(ids[:100], None, None, 200, "random", 0, SelectConfig())
+    assert half.selected.all()
+
+
+def test_dedup_images_drops_planted_near_duplicates():
+    _, _, scores, emb, _ = clustered_pool(n_clusters=6, per_cluster=10, per_source=1)
+    rng = np.random.default_rng(2)
+    planted = rng.choice(len(emb), 15, replace=False)
+    copies = emb[planted] + 0.005 * rng.normal(size=(15, emb.shape[1])).astype(np.float32)
+    all_emb = np.concatenate([emb, copies])
+    n = len(all_emb)
+    ids = np.array([f"{i:064x}" for i in range(n)], dtype=object)
+    all_scores = np.concatenate([scores, scores[planted]])
+    config = SelectConfig(clusters=6, near_duplicate_cosine=0.95)
+
+    generous = select_images(ids, all_scores, all_emb, n, "dedup", 0, config)
+    check_reasons(generous)
+    for original, copy in zip(planted, range(len(emb), n)):
+        assert generous.selected[original] != generous.selected[copy]
+    assert (generous.reason == schema.DROP_DUPLICATE).sum() >= 15
+    assert generous.selected.sum() == n - (generous.reason == schema.DROP_DUPLICATE).sum()
+
+    tight = select_images(ids, all_scores, all_emb, 12, "dedup", 0, config)
+    assert tight.selected.sum() == 12
+    assert set(tight.reason[~tight.selected]) == {schema.DROP_BUDGET, schema.DROP_DUPLICATE}
+    assert_water_filled(tight)
+
+    perm = np.random.default_rng(5).permutation(n)
+    shuffled = select_images(ids[perm], all_scores[perm], all_emb[perm], 12, "dedup", 0, config)
+    assert np.array_equal(tight.selected[perm], shuffled.selected)
+    assert np.array_equal(tight.reason[perm], shuffled.reason)
+
+
+def test_diversity_stats():
+    stats = diversity_stats([0, 0, 1, 1, -1], 4)
+    assert stats["clusters_covered"] == 2
+    assert stats["coverage"] == 0.5
+    assert stats["entropy_nats"] == pytest.approx(np.log(2))
+    assert stats["max_entropy_nats"] == pytest.approx(np.log(4))
+    with pytest.raises(ValueError, match="out of range"):
+        diversity_stats([5], 4)
