@@ -94,7 +94,7 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
     chosen = sorted(np.flatnonzero(selection.selected), key=lambda i: selection.rank[i])
     samples = [[int(i)] for i in chosen]
     _assign_samples(patches, samples)
-    return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches))
+    return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches, selection.n_clusters))
 
 
 def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
@@ -133,7 +133,7 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
         selected[i], reason[i] = False, schema.DROP_INCOMPLETE_GROUP
     samples = [[int(chosen[j]) for j in group] for group in groups]
     _assign_samples(patches, samples)
-    accounting = _accounting(patches)
+    accounting = _accounting(patches, selection.n_clusters if selection is not None else 0)
     accounting["pool_mean_entropy_nats"] = _mean(patches[C.SCORE][eligible])
     return Plan(sources, patches, samples, grid=config.grid, accounting=accounting)
 
@@ -158,7 +158,7 @@ def _assign_samples(patches: dict, samples: list[list[int]]) -> None:
     patches["sample_key"], patches["slot"] = keys, slots
 
 
-def _accounting(patches: dict) -> dict:
+def _accounting(patches: dict, n_clusters: int) -> dict:
     """V-information accounting: hardness (mean conditional entropy, nats/dim) of the pool vs
     the selection, and diversity of the selection over the proxy's clusters."""
     scores = patches["score"]
@@ -167,9 +167,8 @@ def _accounting(patches: dict) -> dict:
         "pool_mean_entropy_nats": _mean(scores),
         "selected_mean_entropy_nats": _mean(scores[sel]),
     }
-    clusters = patches["cluster"]
-    if np.any(clusters >= 0):
-        out.update(diversity_stats(clusters[sel], int(clusters.max()) + 1))
+    if n_clusters:
+        out.update(diversity_stats(patches["cluster"][sel], n_clusters))
     return out
 
 

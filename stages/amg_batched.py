@@ -91,8 +91,21 @@ class BatchedMaskGenerator:
         resized = [torch.as_tensor(self.transform.apply_image(image), device=device) for image in images]
         batch = torch.cat([self.model.preprocess(x.permute(2, 0, 1)[None]) for x in resized])
         with self._autocast():
-            embeddings = self.model.image_encoder(batch)
+            embeddings = self._encode(batch)
         return embeddings.float(), [tuple(x.shape[:2]) for x in resized]
+
+    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """ImageEncoderViT.forward with the neck run image by image: its 3x3 convolution gives
+        batch-size-dependent rounding on CPU, and an image's masks must not depend on which
+        images share its batch. The transformer blocks, nearly all of the work, stay batched."""
+        encoder = self.model.image_encoder
+        x = encoder.patch_embed(batch)
+        if encoder.pos_embed is not None:
+            x = x + encoder.pos_embed
+        for block in encoder.blocks:
+            x = block(x)
+        x = x.permute(0, 3, 1, 2)
+        return torch.cat([encoder.neck(x[i : i + 1]) for i in range(len(x))])
 
     def _masks_for_image(self, embedding: torch.Tensor, orig_size: tuple[int, int], input_size: tuple[int, int]):
         """The reference's _process_crop for the whole image: decode, filter, NMS; then the

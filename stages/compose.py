@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 from optidel import imageio, seeding
 
 from .crops import crop_resize
+from .write import sample_json
 
 # Per-slot columns of a pass-2 input row: each row holds a list of M values, in slot order.
 SLOT_COLUMNS = ("patch_ids", "source_ids", "uris", "members", "offsets", "lengths", "boxes", "scores")
@@ -158,7 +158,7 @@ class Compose:
                 x0, y0, x1, y1 = self.tiles[slot]
                 box = tuple(int(v) for v in rows[r]["boxes"][slot])
                 try:
-                    tiles[r, slot] = _cut(image, box, x1 - x0, y1 - y0)
+                    tiles[r, slot] = crop_resize(image, box, (x1 - x0, y1 - y0))
                 except ValueError as exc:
                     patch = rows[r]["patch_ids"][slot]
                     raise ValueError(f"{rows[r]['uris'][slot]}: patch {patch}: {exc}") from exc
@@ -197,7 +197,7 @@ class Compose:
 
     def _lineage(self, key: str, row: dict) -> bytes:
         lineage = {
-            "key": key,
+            "sample_key": key,
             "grid": self.grid,
             "size": self.config.size,
             "patch_ids": [str(p) for p in row["patch_ids"]],
@@ -208,18 +208,7 @@ class Compose:
             # JSON has no NaN: an unscored slot (whole-image baselines) is null.
             "scores": [float(np.float32(s)) if np.isfinite(s) else None for s in row["scores"]],
         }
-        return json.dumps(lineage, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _cut(image: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
-    """The box resized to a width x height tile. Tiles are square unless size is not a multiple
-    of grid; then a tile may be a pixel narrower or shorter than its square cut, and that square
-    is resized once more (a near-identity bicubic step) so crop_resize stays the one crop."""
-    square = crop_resize(image, box, width)
-    if width == height:
-        return square
-    tile = Image.fromarray(square).resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(tile, dtype=np.uint8)
+        return sample_json(lineage)
 
 
 def _object_array(values: list) -> np.ndarray:

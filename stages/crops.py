@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image
 
 
-def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> the half-open box [x0, x1) x [y0, y1) resized to (size, size, 3).
+def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int | tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> the half-open box [x0, x1) x [y0, y1) resized to (size, size, 3),
+    or to (height, width, 3) when size is a (width, height) pair.
 
     Bicubic through PIL: deterministic, and antialiased when shrinking, which big endoscopy
     frames cut to small tiles need."""
@@ -17,5 +18,6 @@ def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) ->
     h, w = image.shape[:2]
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise ValueError(f"box {(x0, y0, x1, y1)} outside image of size {w}x{h}")
+    width, height = (size, size) if isinstance(size, int) else size
     region = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
-    return np.asarray(region.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return np.asarray(region.resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)

@@ -57,9 +57,8 @@ def proxy_info(path: str, fallback_spec: MAESpec | None = None) -> dict:
 
 def mask_noise(seed: int, row_key: str, masks: int, num_patches: int) -> torch.Tensor:
     """(masks, num_patches) masking noise for one row: mask r from (seed, row_key, r) alone."""
-    return torch.stack(
-        [torch.rand(num_patches, generator=seeding.torch_generator(seed, "score-mask", row_key, r)) for r in range(masks)]
-    )
+    generators = (seeding.torch_generator(seed, "score-mask", row_key, r) for r in range(masks))
+    return torch.stack([torch.rand(num_patches, generator=g) for g in generators])
 
 
 class Score:
@@ -109,7 +108,9 @@ class Score:
         crops = np.stack(list(values)) if values.dtype == object else np.asarray(values)
         s = self.config.image_size
         if crops.dtype != np.uint8 or crops.shape[1:] != (s, s, 3):
-            raise ValueError(f"column {columns.CROP!r}: expected uint8 (n, {s}, {s}, 3), got {crops.dtype} {crops.shape}")
+            raise ValueError(
+                f"column {columns.CROP!r}: expected uint8 (n, {s}, {s}, 3), got {crops.dtype} {crops.shape}"
+            )
         return crops
 
     @torch.inference_mode()

@@ -176,7 +176,7 @@ def test_png_mosaic_tiles_are_exact_crops_with_lineage(sources):
             assert np.array_equal(canvas[y0:y1, x0:x1], expected)
 
         lineage = json.loads(out["json"][i].decode())
-        assert lineage["key"] == row["sample_key"]
+        assert lineage["sample_key"] == row["sample_key"]
         assert lineage["grid"] == 2 and lineage["size"] == 96
         assert lineage["patch_ids"] == row["patch_ids"]
         assert lineage["source_ids"] == row["source_ids"]
@@ -234,7 +234,26 @@ def test_changed_source_is_detected(sources, tmp_path):
         compose(to_batch([row]))
 
 
-def test_wrong_slot_count_names_the_sample(sources):
-    row = sample_row(sources, [(0, (0, 0, 64, 64))] * 3, 2)
-    with pytest.raises(ValueError, match=row["sample_key"]):
-        Compose(OutputConfig(size=64, format="png"), grid=2, **LIMITS)(to_batch([row]))
+def test_bad_rows_are_named(sources):
+    compose = Compose(OutputConfig(size=64, format="png"), grid=2, **LIMITS)
+    short = sample_row(sources, [(0, (0, 0, 64, 64))] * 3, 2)
+    with pytest.raises(ValueError, match=short["sample_key"]):
+        compose(to_batch([short]))
+    h, w = sources[2]["image"].shape[:2]
+    outside = sample_row(sources, [(0, (0, 0, 64, 64))] * 3 + [(2, (w - 10, 0, w + 10, 20))], 2)
+    with pytest.raises(ValueError, match=f"{sources[2]['uri']}: patch {outside['patch_ids'][3]}: box"):
+        compose(to_batch([outside]))
+
+
+def test_ray_style_columns_and_unscored_slots(sources):
+    """Ray Data hands equal-length lists over as 2-D arrays; a whole-image baseline may have no
+    scores (NaN), which the JSON lineage records as null."""
+    rows = two_samples(sources)
+    rows[1]["scores"][2] = float("nan")
+    arrays = {col: np.array([r[col] for r in rows]) for col in rows[0]}
+    assert arrays["boxes"].shape == (2, 4, 4)
+    compose = Compose(OutputConfig(size=64, format="png"), grid=2, **LIMITS)
+    from_lists, from_arrays = compose(to_batch(rows)), compose(arrays)
+    for col in from_lists:
+        assert list(from_lists[col]) == list(from_arrays[col])
+    assert json.loads(from_lists["json"][1])["scores"][2] is None

@@ -48,12 +48,12 @@ def test_kvasir_random_keep_5_percent(tmp_path, kvasir, ray_local):
     for sample in read_back:
         assert sample["jpg"].size == (224, 224)
         lineage = sample["json"]
-        assert lineage["key"] == sample["__key__"]
+        assert lineage["sample_key"] == sample["__key__"]
         assert lineage["source_ids"] == by_key[sample["__key__"]]["source_ids"]
 
     indexed = wids.ShardListDataset(str(out / "shards" / "index.json"))
     assert len(indexed) == 50
-    assert {json.loads(indexed[i][".json"].read())["key"] for i in range(len(indexed))} == set(by_key)
+    assert {json.loads(indexed[i][".json"].read())["sample_key"] for i in range(len(indexed))} == set(by_key)
 
     assert ray_local.data.read_webdataset(str(out / "shards")).count() == 50
     assert verify(str(out)).ok
