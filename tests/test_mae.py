@@ -79,6 +79,15 @@ def mae_sincos_reference(dim: int, grid: int) -> np.ndarray:
     return np.concatenate([np.zeros((1, dim)), table])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second OpenMP thread mostly spins and waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     return kvasir_crops(n_images=12, per_image=6, size=32)

@@ -71,6 +71,15 @@ def make_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     return batch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second OpenMP thread mostly spins and waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def rows_by_source() -> list[list[dict]]:
     return [source_rows(i, f"src{i:02d}-{stem}", image) for i, (stem, image) in enumerate(load_sources(8))]
