@@ -140,8 +140,9 @@ def _check_models(config: Config) -> dict:
     if config.score.proxy != "self":
         from ..stages import mae
 
-        mae.load_proxy(config.score.proxy, _mae_spec(config))
-        models["proxy"] = score.proxy_info(config.score.proxy)
+        spec = score.proxy_spec(config.score)
+        mae.load_proxy(config.score.proxy, spec)
+        models["proxy"] = score.proxy_info(config.score.proxy, spec)
     return models
 
 
@@ -157,7 +158,7 @@ def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
     log.info("proxy: training a small MAE on %d crops", len(crops))
     model = mae.train_proxy(
         crops,
-        _mae_spec(config),
+        score.proxy_spec(config.score),
         mask_ratio=config.score.mask_ratio,
         steps=config.score.mae.train_steps,
         batch_size=config.score.mae.batch_size,
@@ -168,22 +169,6 @@ def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
     path = output.path(WORK_DIR, "proxy.pt")
     mae.save_proxy(model, path)
     return {**score.proxy_info(path), "trained_on_crops": int(len(crops))}
-
-
-def _mae_spec(config: Config):
-    from ..stages.mae import MAESpec
-
-    m = config.score.mae
-    return MAESpec(
-        image_size=config.score.image_size,
-        patch_size=m.patch_size,
-        embed_dim=m.embed_dim,
-        depth=m.depth,
-        num_heads=m.num_heads,
-        decoder_embed_dim=m.decoder_embed_dim,
-        decoder_depth=m.decoder_depth,
-        decoder_num_heads=m.decoder_num_heads,
-    )
 
 
 def _versions() -> dict:

@@ -11,9 +11,10 @@ residual variance. Harder patches (more the proxy cannot predict from context) s
 
 The masks of row k derive from (seed, k, r) through optidel.seeding, k being the patch_id (or
 the source_id for a source row), so a score never depends on luck, batch or worker. BLAS
-results can depend on a matmul's size, so each listed source's rows (same input_index) run as
-one forward micro-batch in patch_index order, whatever else the batch holds; this relies on a
-source's rows arriving in one batch, as propose emits them.
+results can change in the last bit with a matmul's size (seen on CPU at ViT-B width), so each
+row runs as its own micro-batches of fixed shape (its R masked copies; then itself, unmasked,
+for the embedding): a row's bytes cannot depend on what else Ray put in the batch, nor on
+where Ray cut a source's rows into batches. The price is more, smaller forwards.
 """
 
 from __future__ import annotations
@@ -89,15 +90,10 @@ class Score:
         scored = (patch_index >= 0) | (np.asarray(batch[columns.STATUS]) == schema.OK)
         keys = np.where(patch_index >= 0, batch[columns.PATCH_ID], batch[columns.SOURCE_ID])
 
-        n = len(patch_index)
-        scores = np.full(n, np.nan, dtype=np.float32)
-        embeddings = np.zeros((n, self.model.spec.embed_dim), dtype=np.float32)
-        groups: dict[int, list[int]] = {}
+        scores = np.full(len(patch_index), np.nan, dtype=np.float32)
+        embeddings = np.zeros((len(patch_index), self.model.spec.embed_dim), dtype=np.float32)
         for row in np.flatnonzero(scored):
-            groups.setdefault(int(batch[columns.INPUT_INDEX][row]), []).append(int(row))
-        for rows in groups.values():
-            rows.sort(key=lambda row: int(patch_index[row]))
-            scores[rows], embeddings[rows] = self._score_source(crops[rows], [str(keys[r]) for r in rows])
+            scores[row], embeddings[row] = self._score_row(crops[row], str(keys[row]))
 
         out = {name: values for name, values in batch.items() if name != columns.CROP}
         out[columns.SCORE] = scores
@@ -114,13 +110,12 @@ class Score:
         return crops
 
     @torch.inference_mode()
-    def _score_source(self, crops: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """One source's rows -> (scores (k,), unit embeddings (k, D)), as one micro-batch."""
-        r, num_patches = self.config.masks_per_patch, self.model.spec.num_patches
-        images = to_input(crops).to(self.device)
-        noise = torch.cat([mask_noise(self.seed, key, r, num_patches) for key in keys]).to(self.device)
-        mse = self.model.masked_mse(images.repeat_interleave(r, dim=0), noise, self.config.mask_ratio)
-        mse = mse.view(len(keys), r).mean(dim=1).clamp_min(_MSE_FLOOR).double().cpu().numpy()
-        scores = 0.5 * np.log(2 * math.pi * math.e * mse)
-        embeddings = F.normalize(self.model.embed(images), dim=1)
-        return scores.astype(np.float32), embeddings.float().cpu().numpy()
+    def _score_row(self, crop: np.ndarray, key: str) -> tuple[np.float32, np.ndarray]:
+        """One crop -> (score, unit embedding (D,))."""
+        r = self.config.masks_per_patch
+        image = to_input(crop[None]).to(self.device)
+        noise = mask_noise(self.seed, key, r, self.model.spec.num_patches).to(self.device)
+        mse = self.model.masked_mse(image.repeat(r, 1, 1, 1), noise, self.config.mask_ratio)
+        mse = max(float(mse.double().mean()), _MSE_FLOOR)
+        embedding = F.normalize(self.model.embed(image), dim=1)[0]
+        return np.float32(0.5 * math.log(2 * math.pi * math.e * mse)), embedding.float().cpu().numpy()
