@@ -80,10 +80,13 @@ class BatchedMaskGenerator:
             for i, image in enumerate(images)
         ]
 
+    @property
+    def bf16(self) -> bool:
+        """Whether the image encoder and mask decoder run under bfloat16 autocast."""
+        return self.use_bf16 if self.use_bf16 is not None else self.model.device.type == "cuda"
+
     def _autocast(self):
-        device = self.model.device
-        enabled = self.use_bf16 if self.use_bf16 is not None else device.type == "cuda"
-        return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+        return torch.autocast(self.model.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def _embed(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Image embeddings, one encoder call for all images (preprocess pads each to square)."""
@@ -112,7 +115,9 @@ class BatchedMaskGenerator:
         survivors' full-resolution masks. The reference's is_box_near_crop_edge filter is
         skipped: with the crop equal to the image it never removes anything."""
         points = self.point_grid * np.array(orig_size)[None, ::-1]
-        found = [self._decode_and_filter(embedding, batch, orig_size, input_size) for batch in self._point_batches(points)]
+        found = [
+            self._decode_and_filter(embedding, batch, orig_size, input_size) for batch in self._point_batches(points)
+        ]
         logits, iou_preds, stability, point_coords, boxes = (torch.cat(parts) for parts in zip(*found))
         keep = batched_nms(boxes.float(), iou_preds, torch.zeros_like(iou_preds), iou_threshold=self.box_nms_thresh)
         masks = torch.cat(
@@ -130,7 +135,8 @@ class BatchedMaskGenerator:
             "points": point_coords[keep].cpu().numpy(),
         }
         if self.min_mask_region_area > 0:
-            result = _remove_small_regions(result, self.min_mask_region_area, max(self.box_nms_thresh, REFERENCE_CROP_NMS_THRESH))
+            nms_thresh = max(self.box_nms_thresh, REFERENCE_CROP_NMS_THRESH)
+            result = _remove_small_regions(result, self.min_mask_region_area, nms_thresh)
         return result
 
     def _point_batches(self, points: np.ndarray):

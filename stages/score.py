@@ -11,10 +11,11 @@ residual variance. Harder patches (more the proxy cannot predict from context) s
 
 The masks of row k derive from (seed, k, r) through optidel.seeding, k being the patch_id (or
 the source_id for a source row), so a score never depends on luck, batch or worker. BLAS
-results can change in the last bit with a matmul's size (seen on CPU at ViT-B width), so each
-row runs as its own micro-batches of fixed shape (its R masked copies; then itself, unmasked,
-for the embedding): a row's bytes cannot depend on what else Ray put in the batch, nor on
-where Ray cut a source's rows into batches. The price is more, smaller forwards.
+results can change in the last bit with a matmul's size (seen on CPU at ViT-B width), so rows
+run in micro-batches of one fixed shape (ROWS_PER_FORWARD rows, the last padded with blank
+crops): no computation mixes samples of a batch, and with the shape fixed the kernels are
+fixed too, so a row's bytes cannot depend on what else Ray put in the batch, nor on where Ray
+cut a source's rows into batches.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import columns
 from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input
 
 _MSE_FLOOR = 1e-12  # a pixel-perfect reconstruction would otherwise score -inf
+ROWS_PER_FORWARD = 32  # rows per fixed-shape micro-batch (x R masked copies)
 
 
 def proxy_spec(config) -> MAESpec:
@@ -92,8 +94,10 @@ class Score:
 
         scores = np.full(len(patch_index), np.nan, dtype=np.float32)
         embeddings = np.zeros((len(patch_index), self.model.spec.embed_dim), dtype=np.float32)
-        for row in np.flatnonzero(scored):
-            scores[row], embeddings[row] = self._score_row(crops[row], str(keys[row]))
+        rows = np.flatnonzero(scored)
+        for start in range(0, len(rows), ROWS_PER_FORWARD):
+            chunk = rows[start : start + ROWS_PER_FORWARD]
+            scores[chunk], embeddings[chunk] = self._score_rows(crops[chunk], [str(keys[i]) for i in chunk])
 
         out = {name: values for name, values in batch.items() if name != columns.CROP}
         out[columns.SCORE] = scores
@@ -110,12 +114,21 @@ class Score:
         return crops
 
     @torch.inference_mode()
-    def _score_row(self, crop: np.ndarray, key: str) -> tuple[np.float32, np.ndarray]:
-        """One crop -> (score, unit embedding (D,))."""
-        r = self.config.masks_per_patch
-        image = to_input(crop[None]).to(self.device)
-        noise = mask_noise(self.seed, key, r, self.model.spec.num_patches).to(self.device)
-        mse = self.model.masked_mse(image.repeat(r, 1, 1, 1), noise, self.config.mask_ratio)
-        mse = max(float(mse.double().mean()), _MSE_FLOOR)
-        embedding = F.normalize(self.model.embed(image), dim=1)[0]
-        return np.float32(0.5 * math.log(2 * math.pi * math.e * mse)), embedding.float().cpu().numpy()
+    def _score_rows(self, crops: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ROWS_PER_FORWARD crops -> (scores (n,), unit embeddings (n, D)), computed on a
+        micro-batch padded to the fixed shape."""
+        n, r, spec = len(keys), self.config.masks_per_patch, self.model.spec
+        padded = np.zeros((ROWS_PER_FORWARD, *crops.shape[1:]), dtype=np.uint8)
+        padded[:n] = crops
+        images = to_input(padded).to(self.device)
+        noise = torch.zeros(ROWS_PER_FORWARD, r, spec.num_patches)
+        for i, key in enumerate(keys):
+            noise[i] = mask_noise(self.seed, key, r, spec.num_patches)
+        # Row i's R masked copies are rows i*R .. i*R+R-1.
+        mse = self.model.masked_mse(
+            images.repeat_interleave(r, dim=0), noise.flatten(0, 1).to(self.device), self.config.mask_ratio
+        )
+        mse = mse.double().view(ROWS_PER_FORWARD, r).mean(dim=1)[:n].clamp_min(_MSE_FLOOR)
+        scores = (0.5 * torch.log(2 * math.pi * math.e * mse)).float().cpu().numpy()
+        embeddings = F.normalize(self.model.embed(images)[:n], dim=1).float().cpu().numpy()
+        return scores, embeddings

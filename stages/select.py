@@ -60,7 +60,7 @@ def select_patches(
     n = len(ids)
     sources = _aligned(source_ids, n, "source_ids")
     rank = hardness_rank(ids, scores)
-    emb = _unit_rows(embeddings, n)
+    emb = _unit_rows(embeddings, ids)
     k = min(config.clusters, n)
     cluster = cluster_embeddings(ids, emb, k, seed)
     hardest_first = np.argsort(rank, kind="stable")
@@ -105,7 +105,7 @@ def select_images(source_ids, scores, embeddings, budget: int, method: str, seed
         cluster, k = np.full(n, -1, dtype=np.int32), 0
         chosen = drawn[:budget]
     else:
-        emb = _unit_rows(embeddings, n)
+        emb = _unit_rows(embeddings, ids)
         k = min(config.clusters, n)
         cluster = cluster_embeddings(ids, emb, k, seed)
         survivors: dict[int, list[int]] = {}
@@ -305,8 +305,15 @@ def _aligned(values, n: int, name: str) -> np.ndarray:
     return array
 
 
-def _unit_rows(embeddings, n: int) -> np.ndarray:
-    """float32 (n, D) rows scaled to unit length: cosine similarity becomes a dot product."""
+def _unit_rows(embeddings, ids: np.ndarray) -> np.ndarray:
+    """float32 (n, D) rows, centred on the pool's mean and scaled to unit length: cosine
+    similarity becomes a dot product.
+
+    Why centre: mean-pooled ViT features share a large common component, so raw cosines are
+    all close to 1 (on kvasir with the self-trained proxy, 1511 of 1540 patches were
+    "near-duplicates" at 0.95). Cosines of the centred features measure what tells patches
+    apart. The mean is summed in id order, in float64, so it does not depend on row order."""
+    n = len(ids)
     if embeddings is None:
         raise ValueError("embeddings are required by this selector")
     emb = np.asarray(embeddings)
@@ -315,8 +322,13 @@ def _unit_rows(embeddings, n: int) -> np.ndarray:
     emb = emb.astype(np.float32)
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"embeddings: expected shape ({n}, D), got {emb.shape}")
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    norms = np.linalg.norm(emb, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         raise ValueError(f"embeddings: row {bad[0]} is zero or not finite ({bad.size} rows)")
-    return emb / norms
+    if n > 1:
+        mean = emb[np.argsort(ids, kind="stable")].astype(np.float64).sum(axis=0) / n
+        emb = (emb - mean).astype(np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    # A row equal to the mean has no direction of its own: it stays zero, near nothing.
+    return np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)

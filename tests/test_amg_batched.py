@@ -55,6 +55,16 @@ def reference(model, images):
     return [generator.generate(image) for image in images]
 
 
+@pytest.fixture(scope="module")
+def large_batches(model):
+    return BatchedMaskGenerator(model, points_per_batch=256, **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def batched(large_batches, images):
+    return large_batches.generate_batch(images)
+
+
 def _assert_same_records(expected: list[dict], actual: list[dict]) -> None:
     assert len(actual) == len(expected)
     for want, got in zip(expected, actual):
@@ -87,10 +97,9 @@ def test_same_point_batches_reproduce_the_reference_exactly(model, images, refer
         _assert_same_records(expected, actual)
 
 
-def test_large_point_batches_match_the_reference(model, images, reference):
+def test_large_point_batches_match_the_reference(reference, batched):
     # Another decoder batch size rounds differently, which may flip a mask near a threshold.
-    generator = BatchedMaskGenerator(model, points_per_batch=256, **SETTINGS)
-    for expected, actual in zip(reference, generator.generate_batch(images)):
+    for expected, actual in zip(reference, batched):
         assert abs(len(actual) - len(expected)) <= max(1, len(expected) // 10)
         ref_masks = [r["segmentation"] for r in expected]
         new_masks = [r["segmentation"] for r in actual]
@@ -98,19 +107,17 @@ def test_large_point_batches_match_the_reference(model, images, reference):
         assert _best_match_iou(new_masks, ref_masks) >= 0.95
 
 
-def test_results_do_not_depend_on_the_batch_composition(model, images):
-    generator = BatchedMaskGenerator(model, points_per_batch=256, **SETTINGS)
-    alone = [generator.generate(image) for image in images]
-    together = generator.generate_batch(images)
-    reversed_batch = generator.generate_batch(images[::-1])[::-1]
-    for single, batched, reordered in zip(alone, together, reversed_batch):
-        _assert_same_records(single, batched)
-        _assert_same_records(single, reordered)
+def test_results_do_not_depend_on_the_batch_composition(large_batches, images, batched):
+    alone = [large_batches.generate(image) for image in images]
+    reordered = large_batches.generate_batch(images[::-1])[::-1]
+    for single, together, reversed_order in zip(alone, batched, reordered):
+        _assert_same_records(single, together)
+        _assert_same_records(single, reversed_order)
 
 
-def test_min_mask_region_area_removes_small_islands_and_holes(model, images):
+def test_min_mask_region_area_removes_small_islands_and_holes(model, images, batched):
     min_area = 60
-    plain = BatchedMaskGenerator(model, points_per_batch=256, **SETTINGS).generate_batch(images[:1])[0]
+    plain = batched[0]
     cleaned = BatchedMaskGenerator(
         model, points_per_batch=256, min_mask_region_area=min_area, **SETTINGS
     ).generate_batch(images[:1])[0]
@@ -129,7 +136,21 @@ def test_min_mask_region_area_removes_small_islands_and_holes(model, images):
         assert record["area"] == int(mask.sum())
 
 
+def test_min_mask_region_area_matches_the_reference(model, images):
+    pytest.importorskip("cv2", reason="the reference's small-region removal needs OpenCV")
+    settings = {**SETTINGS, "min_mask_region_area": 60}
+    expected = SamAutomaticMaskGenerator(model, **settings).generate(images[0])
+    _assert_same_records(expected, BatchedMaskGenerator(model, **settings).generate(images[0]))
+
+
 def test_bad_image_is_refused_with_its_index(model, images):
     generator = BatchedMaskGenerator(model, **SETTINGS)
     with pytest.raises(ValueError, match=r"image 1: expected RGB uint8 \(H, W, 3\), got float32"):
         generator.generate_batch([images[0], images[1].astype(np.float32)])
+
+
+def test_no_surviving_masks_gives_empty_lists_like_the_reference(model, images):
+    strict = {**SETTINGS, "pred_iou_thresh": 0.99}
+    assert SamAutomaticMaskGenerator(model, **strict).generate(images[0]) == []
+    assert BatchedMaskGenerator(model, **strict).generate_batch(images[:2]) == [[], []]
+    assert BatchedMaskGenerator(model, **strict).generate_batch([]) == []
