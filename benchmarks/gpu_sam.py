@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,14 +31,10 @@ from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import build_point_grid, calculate_stability_score
 
+from optidel.stages.amg_batched import BatchedMaskGenerator
+from optidel.stages.sam import build_sam
+
 REPO = Path(__file__).resolve().parents[1]
-try:
-    from optidel.stages.amg_batched import BatchedMaskGenerator
-    from optidel.stages.sam import build_sam
-except ImportError:  # not installed (the GPU machine gets a bare copy): import from the checkout
-    sys.path.insert(0, str(REPO))
-    from stages.amg_batched import BatchedMaskGenerator
-    from stages.sam import build_sam
 
 KVASIR_IMAGES = REPO.parent / "shared" / "datasets" / "kvasir-seg" / "images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
