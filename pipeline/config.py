@@ -109,6 +109,9 @@ class RayConfig(Section):
     gpus_per_actor: float = Field(0.0, ge=0, description="0 = run models on the CPU")
     actors: int = Field(1, ge=1, description="model actors per GPU stage")
     model_batch_size: int = Field(8, ge=1, description="sources per call of a model stage")
+    max_retries: int = Field(
+        3, ge=0, description="retries of a task, or restarts of an actor, whose worker died; then the run stops"
+    )
 
 
 class Config(Section):

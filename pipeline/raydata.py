@@ -3,6 +3,11 @@
 Stages are plain classes (`__init__(config)`, optional `setup()`, `__call__(batch)`); here
 they become `map_batches` operators, as tasks (cheap, stateless stages) or actor pools (stages
 that load a model once per worker).
+
+Retries are bounded by ray.max_retries: a task whose worker dies, or an actor that dies
+mid-batch, is retried (a dead actor is restarted and its batch resubmitted) at most that many
+times, where Ray Data's defaults retry forever. An exception a stage raises is not retried: it
+would raise again (stages record bad sources themselves).
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ def map_task(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, 
         return stage_cls(**kwargs)(batch)
 
     apply.__name__ = stage_cls.__name__
-    return ds.map_batches(apply, batch_size=batch_size, batch_format="numpy", num_cpus=config.cpus_per_task)
+    return ds.map_batches(
+        apply,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=config.cpus_per_task,
+        max_retries=config.max_retries,
+    )
 
 
 def map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
@@ -48,6 +59,8 @@ def map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int
         batch_format="numpy",
         concurrency=config.actors,
         num_cpus=config.cpus_per_actor,
+        max_restarts=config.max_retries,
+        max_task_retries=config.max_retries,
         **extra,
     )
 

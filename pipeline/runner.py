@@ -18,36 +18,15 @@ from ..manifests import schema
 from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages import columns as C
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, raydata
+from . import barrier, pass1, pass2, raydata, resume
 from .config import Config
 from .inputs import list_sources
+from .partitions import PartStore
+from .resume import RunError  # noqa: F401 - the run's error type, imported from here by the CLI
 
 log = logging.getLogger("optidel")
 
 PACKAGES = ("torch", "torchvision", "ray", "segment-anything", "timm", "webdataset", "pyarrow", "numpy", "pillow", "faiss-cpu", "pycocotools", "scikit-image")
-
-
-class RunError(RuntimeError):
-    """A problem that stops the run before or during its work, with what to do about it."""
-
-
-def prepare_output(url: str, overwrite: bool) -> Output:
-    """Refuse a non-empty OUT unless overwrite, and prove OUT is writable, before any work."""
-    output = Output(url)
-    fs = output.fs
-    if fs.exists(output.root):
-        if not fs.isdir(output.root):
-            raise RunError(f"{url}: exists and is not a directory")
-        if fs.ls(output.root):
-            if not overwrite:
-                raise RunError(f"{url}: output directory is not empty (pass --overwrite to replace it)")
-            fs.rm(output.root, recursive=True)
-    try:
-        fs.makedirs(output.root, exist_ok=True)
-        output.write_json(RUN_JSON, {"status": "running"})
-    except OSError as exc:
-        raise RunError(f"{url}: output directory is not writable: {exc}") from exc
-    return output
 
 
 class Timer:
@@ -64,28 +43,38 @@ class Timer:
 
 
 def run(inputs: list[str], out: str, config: Config) -> dict:
-    """Run the whole job; returns run.json's content."""
+    """Run the whole job, or resume it from what OUT holds (pipeline/resume.py); returns
+    run.json's content."""
     started = datetime.datetime.now(datetime.timezone.utc)
     timer = Timer()
     models = _check_models(config)  # a bad checkpoint fails here, before the pool is read
-    output = prepare_output(out, config.overwrite)
+    output, recorded = resume.open_output(out, config.overwrite)
     with timer.stage("list"):
         refs = list_sources(inputs)
     if not refs:
         raise RunError(f"no image sources found in {inputs}")
     log.info("pool: %d sources", len(refs))
+    finished = resume.claim(output, recorded, resume.job_record(inputs, config, refs, models))
+    if finished is not None:
+        log.info("%s already holds this job, complete: nothing to do", out)
+        return finished
     raydata.connect(config.ray)
 
+    store = PartStore(output, len(refs), config.ingest.partition_size)
+    reused = {"pass1_partitions": store.n_partitions}
     if config.selector == "random":
         with timer.stage("pass1"):
-            candidates = pass1.ingest_only(refs, config)
+            reused["pass1_partitions_reused"] = len(store.done())
+            candidates = pass1.ingest_only(refs, config, store)
     else:
         proposer = models["proposer"]["name"]
         if config.score.proxy == "self":
             with timer.stage("train_proxy"):
-                models["proxy"] = _train_proxy(refs, config, proposer, output)
+                models["proxy"] = _self_trained_proxy(refs, config, proposer, output, store)
+            reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
-            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"])
+            reused["pass1_partitions_reused"] = len(store.done())
+            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store)
     with timer.stage("select"):
         plan = barrier.plan(candidates, config)
     with timer.stage("pass2"):
@@ -119,6 +108,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
         },
         "v_information": {k: v for k, v in plan.accounting.items() if k not in ("n_ok", "samples", "samples_target")},
         "timings_s": timer.seconds,
+        "reused": reused,
     }
     output.write_json(RUN_JSON, info)
     return info
@@ -146,6 +136,26 @@ def _check_models(config: Config) -> dict:
     return models
 
 
+PROXY_FILE = "proxy.pt"
+PROXY_RECORD = "proxy.json"  # sha256 of proxy.pt and what it was trained on, written after it
+
+
+def _self_trained_proxy(refs, config: Config, proposer: str, output: Output, store: PartStore) -> dict:
+    """The proxy this job trained before (a resumed run), or a newly trained one."""
+    from ..stages import score
+
+    path = output.path(WORK_DIR, PROXY_FILE)
+    if output.exists(WORK_DIR, PROXY_RECORD) and output.exists(WORK_DIR, PROXY_FILE):
+        record = output.read_json(f"{WORK_DIR}/{PROXY_RECORD}")
+        info = score.proxy_info(path)
+        if info["sha256"] == record["sha256"]:
+            log.info("proxy: reusing %s", path)
+            return {**info, "trained_on_crops": record["trained_on_crops"], "reused": True}
+    # Parts scored by a proxy that is gone must not mix with the new proxy's scores.
+    store.clear()
+    return {**_train_proxy(refs, config, proposer, output), "reused": False}
+
+
 def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
     from fsspec.implementations.local import LocalFileSystem
 
@@ -165,9 +175,9 @@ def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
         lr=config.score.mae.lr,
         seed=config.seed,
     )
-    output.fs.makedirs(output.path(WORK_DIR), exist_ok=True)
-    path = output.path(WORK_DIR, "proxy.pt")
-    mae.save_proxy(model, path)
+    path = output.path(WORK_DIR, PROXY_FILE)
+    sha256 = mae.save_proxy(model, path)
+    output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", {"sha256": sha256, "trained_on_crops": int(len(crops))})
     return {**score.proxy_info(path), "trained_on_crops": int(len(crops))}
 
 

@@ -11,6 +11,7 @@ from optidel import seeding
 
 from ..manifests import schema
 from . import columns
+from .amg_batched import BatchedMaskGenerator
 from .crops import crop_resize
 from .keypatch import key_patches, mask_to_rle
 from .regions import RegionsProposer
@@ -64,7 +65,20 @@ class Propose:
             torch.manual_seed(seeding.derive(self.seed, "sam"))
             model = build_sam(cfg.sam_model, cfg.sam_checkpoint)
         model.to(self.device).eval()
+        if cfg.crop_n_layers == 0:
+            # Same masks as the reference generator (tests/test_amg_batched.py), many times faster.
+            self._generator = BatchedMaskGenerator(
+                model,
+                points_per_side=cfg.points_per_side,
+                points_per_batch=cfg.points_per_batch,
+                pred_iou_thresh=cfg.pred_iou_thresh,
+                stability_score_thresh=cfg.stability_score_thresh,
+                box_nms_thresh=cfg.box_nms_thresh,
+                min_mask_region_area=cfg.min_mask_region_area,
+            )
+            return
         try:
+            # Crop layers (zoomed-in re-runs) exist only in the reference generator.
             self._generator = SamAutomaticMaskGenerator(
                 model,
                 points_per_side=cfg.points_per_side,
@@ -81,18 +95,20 @@ class Propose:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.setup()
+        n = len(batch[columns.INPUT_INDEX])
+        ok = [i for i in range(n) if batch[columns.STATUS][i] == schema.OK]
+        masks = dict(zip(ok, self.masks([batch[columns.IMAGE][i] for i in ok])))
         rows, crops = [], []
-        for i in range(len(batch[columns.INPUT_INDEX])):
+        for i in range(n):
             source = {col: batch[col][i] for col in columns.SOURCE_COLUMNS}
-            image = batch[columns.IMAGE][i]
-            ok = source[columns.STATUS] == schema.OK
             rows.append({**source, columns.PATCH_INDEX: -1})
-            if not ok:
+            if i not in masks:
                 crops.append(np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8))
                 continue
+            image = batch[columns.IMAGE][i]
             height, width = image.shape[:2]
             crops.append(crop_resize(image, (0, 0, width, height), self.crop_size))
-            for k, patch in enumerate(key_patches(self._masks(image), image.shape, self.config)):
+            for k, patch in enumerate(key_patches(masks[i], image.shape, self.config)):
                 rows.append(self._patch_row(source, k, patch))
                 crops.append(crop_resize(image, patch.box, self.crop_size))
         out = columns.to_batch(rows, columns.CANDIDATE_COLUMNS)
@@ -100,11 +116,13 @@ class Propose:
         out[columns.CROP] = np.stack(crops) if crops else np.zeros((0, size, size, 3), dtype=np.uint8)
         return out
 
-    def _masks(self, image: np.ndarray) -> list[dict]:
-        if self.proposer_name == "regions":
-            return self._generator.generate(image)
+    def masks(self, images: list[np.ndarray]) -> list[list[dict]]:
+        """Mask records per image; SAM's batched generator takes the whole batch at once."""
+        images = [np.ascontiguousarray(image) for image in images]
+        if isinstance(self._generator, BatchedMaskGenerator):
+            return self._generator.generate_batch(images)
         with torch.inference_mode():
-            return self._generator.generate(np.ascontiguousarray(image))
+            return [self._generator.generate(image) for image in images]
 
     @staticmethod
     def _patch_row(source: dict, k: int, patch) -> dict:

@@ -152,7 +152,7 @@ def test_random_sam_weights_are_seeded_and_leave_the_torch_rng_alone():
     def weights(seed):
         stage = Propose(config, crop_size=CROP, seed=seed)
         stage.setup()
-        return stage._generator.predictor.model.state_dict()
+        return stage._generator.model.state_dict()
 
     a, b, c = weights(0), weights(0), weights(1)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -136,3 +136,18 @@ def test_missing_checkpoint_fails_before_reading_the_pool(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pth"):
         run([str(tmp_path / "no-such-pool")], str(tmp_path / "out"), config)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("selector", ["hard", "dedup"])
+def test_baseline_selectors_reuse_the_saved_proxy(optidel_run, selector):
+    pool, tmp, _, info = optidel_run
+    proxy = tmp / "a" / "work" / "proxy.pt"
+    config = config_mod.load(overrides={"selector": selector, "score.proxy": str(proxy)}, sets=FAST)
+    out = tmp / selector
+    result = run([str(pool)], str(out), config)
+    assert result["models"]["proxy"]["sha256"] == info["models"]["proxy"]["sha256"]
+    samples = pq.read_table(out / "manifests" / "samples.parquet").to_pylist()
+    assert len(samples) == math.ceil(0.05 * 120)
+    # hard composes 2x2 mosaics of patches; dedup keeps whole images, one per sample.
+    assert {s["grid"] for s in samples} == ({2} if selector == "hard" else {1})
+    assert verify(str(out)).ok

@@ -1,0 +1,209 @@
+"""Throughput of every stage against the whole run, on kvasir-seg, default CPU path.
+
+One command, one process: each stage's kernel is timed alone, in sequence, on the same pool
+(decode, propose, crop, score, select, compose+encode, write), then the whole `optidel run` on
+a local Ray, then pass 1 with 1 and 2 Ray workers. Printed: images/s and share of time per
+stage, the run's wall time and wall / sum-of-kernels (orchestration overhead), the fraction of
+the pool read again in pass 2, and the speed-up of 2 workers over 1 on pass 1. The proxy is
+trained once up front (timed apart) and passed to the runs as a file, so every run does the
+same work. The last line reads `overhead=<ratio> scaling=<ratio> pass2_fraction=<fraction>`.
+
+    python benchmarks/throughput.py --quick      # 64 images, a few minutes on 2 cores
+    python benchmarks/throughput.py              # 400 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from optidel.manifests.layout import Output
+from optidel.pipeline import barrier, config as config_mod, pass1, pass2
+from optidel.pipeline.inputs import list_sources
+from optidel.pipeline.runner import run
+from optidel.stages import columns as C
+from optidel.stages import mae, score
+from optidel.stages.compose import Compose
+from optidel.stages.crops import crop_resize
+from optidel.stages.ingest import Ingest
+from optidel.stages.keypatch import key_patches
+from optidel.stages.propose import Propose
+from optidel.stages.score import Score
+from optidel.stages.write import ShardWriter
+
+REPO = Path(__file__).resolve().parents[1]
+KVASIR = REPO.parent / "shared" / "datasets" / "kvasir-seg" / "images"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="64 images, fewer proxy steps")
+    parser.add_argument("--images", type=int, help="pool size (default 400, or 64 with --quick)")
+    parser.add_argument("--data", type=Path, default=KVASIR)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    n = args.images or (64 if args.quick else 400)
+    paths = sorted(args.data.glob("*.jpg"))[:n]
+    if len(paths) < n:
+        sys.exit(f"{args.data}: {len(paths)} images, {n} wanted")
+    sets = (["score.mae.train_steps=60", "score.mae.train_patches=512"] if args.quick else []) + args.sets
+
+    with tempfile.TemporaryDirectory(prefix="optidel-bench-") as tmp:
+        tmp = Path(tmp)
+        listing = tmp / "pool.txt"
+        listing.write_text("".join(f"{p}\n" for p in paths))
+        config = config_mod.load(sets=sets)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+        proxy, train_s = _train_proxy(listing, config, tmp)
+        config = config_mod.load(sets=sets + [f"score.proxy={proxy}"])
+        kernels = _kernels(listing, config, tmp)
+
+        start = time.perf_counter()
+        info = run([str(listing)], str(tmp / "run"), config)
+        wall = time.perf_counter() - start
+        pass2_reads = _pass2_reads(tmp / "run")
+
+        pass1_s = {}
+        for workers in (1, 2):
+            ray.shutdown()
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            scaled = config_mod.load(sets=sets + [f"score.proxy={proxy}", f"ray.actors={workers}"])
+            pass1_s[workers] = run([str(listing)], str(tmp / f"w{workers}"), scaled)["timings_s"]["pass1"]
+        ray.shutdown()
+
+    total = sum(kernels.values())
+    overhead = wall / total
+    scaling = pass1_s[1] / pass1_s[2]
+    fraction = pass2_reads / n
+    print(f"\npool: {n} kvasir-seg images; proxy trained once in {train_s:.1f} s (not in the figures)")
+    print(f"{'stage':<16}{'seconds':>10}{'images/s':>11}{'share':>8}")
+    for name, seconds in kernels.items():
+        print(f"{name:<16}{seconds:>10.2f}{n / seconds:>11.1f}{seconds / total:>8.1%}")
+    print(f"{'sum of kernels':<16}{total:>10.2f}{n / total:>11.1f}")
+    print(f"{'optidel run':<16}{wall:>10.2f}{n / wall:>11.1f}   (run.json: {info['timings_s']})")
+    print(f"pass 1: 1 worker {pass1_s[1]:.2f} s, 2 workers {pass1_s[2]:.2f} s")
+    print(f"pass 2 read {pass2_reads} sources of {n} (bound M*keep = {config.mosaic * config.keep:.2f})")
+    result = {
+        "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else "") + "".join(f" --set {s}" for s in args.sets),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "images": n,
+        "kernels_s": kernels,
+        "run_wall_s": wall,
+        "run_timings_s": info["timings_s"],
+        "pass1_s_by_workers": pass1_s,
+        "proxy_train_s": train_s,
+        "overhead": overhead,
+        "scaling": scaling,
+        "pass2_fraction": fraction,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"throughput-{'quick' if args.quick else 'full'}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {out.relative_to(REPO)}")
+    print(f"overhead={overhead:.3f} scaling={scaling:.3f} pass2_fraction={fraction:.3f}")
+    return 0
+
+
+def _train_proxy(listing: Path, config, tmp: Path) -> tuple[str, float]:
+    start = time.perf_counter()
+    crops = pass1.training_crops(list_sources([str(listing)]), config, "regions")
+    model = mae.train_proxy(
+        crops,
+        score.proxy_spec(config.score),
+        mask_ratio=config.score.mask_ratio,
+        steps=config.score.mae.train_steps,
+        batch_size=config.score.mae.batch_size,
+        lr=config.score.mae.lr,
+        seed=config.seed,
+    )
+    path = tmp / "proxy.pt"
+    mae.save_proxy(model, str(path))
+    return str(path), time.perf_counter() - start
+
+
+def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
+    """Each stage's work alone, in this process, on the whole pool."""
+    seconds = {}
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        seconds[name] = time.perf_counter() - start
+        return result
+
+    rows = pass1.listing(list_sources([str(listing)]))
+    batch = C.to_batch(rows, C.LISTING_COLUMNS)
+    ingested = timed("decode", Ingest(config.ingest), batch)
+
+    propose = Propose(config.propose, config.score.image_size, config.seed)
+    propose.setup()
+    images = list(ingested[C.IMAGE])
+    masks = timed("propose", propose.masks, images)
+    patches = [key_patches(m, image.shape, config.propose) for m, image in zip(masks, images)]
+
+    def crop_all():
+        size = config.score.image_size
+        return [
+            [crop_resize(image, (0, 0, image.shape[1], image.shape[0]), size)]
+            + [crop_resize(image, p.box, size) for p in found]
+            for image, found in zip(images, patches)
+        ]
+
+    timed("crop", crop_all)
+    proposed = propose(ingested)  # the stage's own output, to feed the next kernels (untimed)
+    scored = timed("score", Score(config.score, config.seed, config.score.proxy), proposed)
+
+    is_source = scored[C.PATCH_INDEX] < 0
+    candidates = pass1.Candidates(
+        sources={k: v[is_source] for k, v in scored.items()},
+        patches={k: v[~is_source] for k, v in scored.items()},
+    )
+    plan = timed("select", barrier.plan, candidates, config)
+
+    sample_rows = pass2.sample_rows(plan)
+    compose_batch = {k: _column([r[k] for r in sample_rows]) for k in sample_rows[0]}
+    compose = Compose(config.output, plan.grid, config.ingest.max_pixels, config.ingest.min_side)
+    composed = timed("compose+encode", compose, compose_batch)
+
+    def write_all():
+        output = Output(str(tmp / "kernel-out"))
+        with ShardWriter(output, config.output.shard_max_count, config.output.shard_max_bytes) as writer:
+            for key, image, meta in zip(composed["sample_key"], composed["image"], composed["json"]):
+                writer.write(key, [(config.output.format, image), ("json", meta)])
+
+    timed("write", write_all)
+    return seconds
+
+
+def _column(values: list) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _pass2_reads(out: Path) -> int:
+    """Source reads pass 2 made: each compose task reads each of its distinct sources once."""
+    import pyarrow.parquet as pq
+
+    samples = pq.read_table(out / "manifests" / "samples.parquet").column("source_ids").to_pylist()
+    per_task = pass2.SAMPLES_PER_TASK
+    return sum(
+        len({s for ids in samples[i : i + per_task] for s in ids}) for i in range(0, len(samples), per_task)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
