@@ -12,10 +12,11 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 POOL = "#9aa5b1"
 SELECTION = "#1f6fb4"
-SIZE = (6.4, 3.4)  # inches; at DPI, 640 x 340 px
+SIZE = (6.0, 3.3)  # inches; at DPI, 600 x 330 px: two side by side on a laptop screen
 DPI = 100
 
 
@@ -31,7 +32,7 @@ def score_histogram(pool: np.ndarray, selected: np.ndarray) -> bytes | None:
         ax.hist(selected, bins=bins, density=True, color=SELECTION, alpha=0.75, label=f"selection ({selected.size})")
     ax.set_xlabel("score: conditional entropy, nats per dimension")
     ax.set_ylabel("density")
-    ax.legend(frameon=False)
+    _legend(fig)
     return _png(fig)
 
 
@@ -53,7 +54,7 @@ def cluster_coverage(pool: np.ndarray, selected: np.ndarray) -> bytes | None:
     ax.set_ylabel("share of patches")
     if k <= 40:
         ax.set_xticks(x)
-    ax.legend(frameon=False)
+    _legend(fig)
     return _png(fig)
 
 
@@ -83,7 +84,7 @@ def v_information(accounting: dict) -> bytes | None:
     left, right = fig.subplots(1, 2)
     if has_hardness:
         left.bar(["pool", "selection"], [pool, chosen], color=[POOL, SELECTION])
-        left.set_title("hardness: mean H(Y|X), nats/dim", fontsize=10)
+        left.set_title("hardness: mean H(Y|X)\n(nats per dimension)", fontsize=10)
         _value_labels(left, [pool, chosen])
     else:
         _empty(left, "no scores")
@@ -91,7 +92,7 @@ def v_information(accounting: dict) -> bytes | None:
         maximum = accounting.get("max_entropy_nats") or 0.0
         right.bar(["selection", "maximum ln k"], [entropy, maximum], color=[SELECTION, POOL])
         right.set_title(
-            f"diversity: cluster entropy, nats ({accounting.get('clusters_covered')}/{accounting['clusters']} covered)",
+            f"diversity: cluster entropy, nats\n({accounting.get('clusters_covered')} of {accounting['clusters']} clusters covered)",
             fontsize=10,
         )
         _value_labels(right, [entropy, maximum])
@@ -105,6 +106,11 @@ def _figure():
     return fig, fig.subplots()
 
 
+def _legend(fig: Figure) -> None:
+    # Below the axes, not over the bars.
+    fig.legend(loc="outside lower center", ncols=2, frameon=False)
+
+
 def _count_bars(ax, counts: np.ndarray, colour: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     if counts.size == 0:
@@ -112,6 +118,8 @@ def _count_bars(ax, counts: np.ndarray, colour: str, title: str) -> None:
         return
     values = np.bincount(counts)
     ax.bar(np.arange(len(values)), values, color=colour)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("patches")
     ax.set_ylabel("sources")
 

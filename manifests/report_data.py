@@ -108,14 +108,10 @@ def status_counts(sources: pa.Table) -> list[tuple[str, int]]:
 
 def reason_counts(patches: pa.Table) -> list[tuple[str, int]]:
     """(reason, patches): SELECTED first, then drop reasons by count (ties by name)."""
-    selected = patches["selected"].to_numpy(zero_copy_only=False)
-    reasons = np.asarray(patches["reason"].to_pylist(), dtype=object)
-    counts: dict[str, int] = {}
-    for reason in reasons[~selected]:
-        key = reason or "(none recorded)"
-        counts[key] = counts.get(key, 0) + 1
-    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [(SELECTED, int(selected.sum()))] + rows
+    dropped = patches.filter(pc.invert(patches["selected"]))["reason"]
+    counts = [(row["values"] or "(none recorded)", row["counts"]) for row in pc.value_counts(dropped).to_pylist()]
+    n_selected = patches.num_rows - len(dropped)
+    return [(SELECTED, n_selected)] + sorted(counts, key=lambda kv: (-kv[1], kv[0]))
 
 
 def bad_sources(sources: pa.Table) -> list[dict]:
@@ -145,17 +141,12 @@ def clusters(patches: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def patches_per_source(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:
     """Candidate patches per ok source (zeros included), selected patches per contributing source."""
-    ok = facts.sources.filter(pc.equal(facts.sources["status"], schema.OK))["source_id"].to_pylist()
-    ids = facts.patches["source_id"].to_pylist()
-    selected = facts.patches["selected"].to_numpy(zero_copy_only=False)
-    candidates = dict.fromkeys(ok, 0)
-    chosen: dict[str, int] = {}
-    for source_id, is_selected in zip(ids, selected):
-        if source_id in candidates:
-            candidates[source_id] += 1
-        if is_selected:
-            chosen[source_id] = chosen.get(source_id, 0) + 1
-    return np.array(list(candidates.values()), np.int64), np.array(list(chosen.values()), np.int64)
+    per = facts.patches.group_by("source_id").aggregate([("selected", "count"), ("selected", "sum")])
+    ok = facts.sources.filter(pc.equal(facts.sources["status"], schema.OK))["source_id"]
+    row_of_ok = pc.index_in(ok, value_set=per["source_id"])
+    candidates = pc.take(per["selected_count"], row_of_ok).fill_null(0)
+    selected = per["selected_sum"].to_numpy(zero_copy_only=False)
+    return candidates.to_numpy(zero_copy_only=False).astype(np.int64), selected[selected > 0].astype(np.int64)
 
 
 @dataclass
@@ -164,13 +155,14 @@ class Shown:
     first: int  # how many are the first in output order
     random: int  # how many are a seeded random choice among the rest
     total: int
+    seed: int  # of the random choice
 
-    def describe(self, seed: int) -> str:
+    def describe(self) -> str:
         if self.random == 0:
             return f"all {self.total} samples, in output order"
         return (
             f"{len(self.indices)} of {self.total} samples: the first {self.first} in output order and "
-            f"a seeded random {self.random} of the other {self.total - self.first} (seed {seed})"
+            f"a seeded random {self.random} of the other {self.total - self.first} (seed {self.seed})"
         )
 
 
@@ -182,11 +174,11 @@ def choose_samples(keys: list[str], max_samples: int, seed: int) -> Shown:
         raise ReportError(f"max_samples must be at least 1, got {max_samples}")
     total = len(keys)
     if total <= max_samples:
-        return Shown(list(range(total)), total, 0, total)
+        return Shown(list(range(total)), total, 0, total, seed)
     first = math.ceil(max_samples / 2)
     rest = sorted(range(first, total), key=lambda i: seeding.derive(seed, "report-sample", keys[i]))
     picked = sorted(rest[: max_samples - first])
-    return Shown(list(range(first)) + picked, first, len(picked), total)
+    return Shown(list(range(first)) + picked, first, len(picked), total, seed)
 
 
 def sample_views(facts: RunFacts, shown: Shown) -> dict[str, dict]:
@@ -196,7 +188,8 @@ def sample_views(facts: RunFacts, shown: Shown) -> dict[str, dict]:
     wanted = {p for s in rows for p in s["patch_ids"]}
     patches = facts.patches.filter(pc.is_in(facts.patches["patch_id"], pa.array(sorted(wanted), pa.string())))
     by_patch = {p["patch_id"]: p for p in patches.to_pylist()}
-    by_source = {s["source_id"]: s for s in facts.sources.to_pylist() if s["source_id"]}
+    used = pa.array(sorted({i for s in rows for i in s["source_ids"]}), pa.string())
+    by_source = {s["source_id"]: s for s in facts.sources.filter(pc.is_in(facts.sources["source_id"], used)).to_pylist()}
     views = {}
     for s in rows:
         slots = []

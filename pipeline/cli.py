@@ -70,10 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--png", help="also draw the mosaic beside its sources to this PNG")
     inspect.set_defaults(func=_inspect)
 
+    report = sub.add_parser("report", help="write an HTML audit report to OUT/report/index.html")
+    report.add_argument("out")
+    report.add_argument(
+        "--max-samples", type=int, help="mosaics on the contact sheet, each with its lineage (default 200)"
+    )
+    report.set_defaults(func=_report)
+
     demo = sub.add_parser("demo", help="build a small offline pool and distil it")
     demo.add_argument("out")
     demo.add_argument("--frames", type=int, default=30, help="frames per demo photo")
     demo.set_defaults(func=_demo)
+
+    from ..eval import command as eval_command  # its parser imports no torch
+
+    evaluate = sub.add_parser("eval", help="pre-train on each arm's shards, fine-tune a segmenter, report mIoU and NormDEL")
+    eval_command.add_arguments(evaluate)
+    evaluate.set_defaults(func=eval_command.run)
     return parser
 
 
@@ -144,6 +157,19 @@ def _inspect(args) -> int:
     if args.png:
         lineage.draw_lineage(args.out, args.key, args.png)
         print(f"drawn: {args.png}")
+    return 0
+
+
+def _report(args) -> int:
+    from ..manifests.report import ReportError, build_report
+
+    limit = {} if args.max_samples is None else {"max_samples": args.max_samples}
+    try:
+        index = build_report(args.out, **limit)
+    except ReportError as exc:
+        print(f"optidel: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {index}")
     return 0
 
 

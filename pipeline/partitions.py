@@ -96,6 +96,8 @@ class PartitionSink:
         partition = index // self.store.size
         patch = np.asarray(batch[C.PATCH_INDEX]) if C.PATCH_INDEX in batch else np.full(len(index), -1)
         for p in np.unique(partition).tolist():
+            if p in self.written:
+                continue  # a retried batch's copy of rows already written
             if p not in self._buffers:
                 raise RuntimeError(f"pass 1: rows of partition {p}, which was not asked for")
             rows = np.flatnonzero(partition == p)

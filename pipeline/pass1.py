@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import ray
@@ -49,8 +50,10 @@ class Candidates:
     patches: dict[str, np.ndarray]
 
 
-def listing(refs: list[SourceRef], indices) -> list[dict]:
-    """Listing rows of refs[i] for i in indices, keeping each source's listing position."""
+def listing(refs: list[SourceRef], indices: Iterable[int] | None = None) -> list[dict]:
+    """Listing rows of refs[i] for i in indices (default all), each keeping its position."""
+    if indices is None:
+        indices = range(len(refs))
     return [
         {C.INPUT_INDEX: i, C.URI: refs[i].uri, C.MEMBER: refs[i].member, C.OFFSET: refs[i].offset, C.LENGTH: refs[i].length}
         for i in indices

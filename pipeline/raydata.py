@@ -12,8 +12,10 @@ would raise again (stages record bad sources themselves).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 
 import ray
 
@@ -39,30 +41,41 @@ def map_task(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, 
         return stage_cls(**kwargs)(batch)
 
     apply.__name__ = stage_cls.__name__
-    return ds.map_batches(
-        apply,
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=config.cpus_per_task,
-        max_retries=config.max_retries,
-    )
+    with _retry_args_allowed():
+        return ds.map_batches(
+            apply,
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=config.cpus_per_task,
+            max_retries=config.max_retries,
+        )
 
 
 def map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
     """Run a model stage on an actor pool: the model loads once per actor, on a GPU when
     gpus_per_actor > 0."""
     extra = {"num_gpus": config.gpus_per_actor} if config.gpus_per_actor else {}
-    return ds.map_batches(
-        stage_cls,
-        fn_constructor_kwargs=kwargs,
-        batch_size=batch_size,
-        batch_format="numpy",
-        concurrency=config.actors,
-        num_cpus=config.cpus_per_actor,
-        max_restarts=config.max_retries,
-        max_task_retries=config.max_retries,
-        **extra,
-    )
+    with _retry_args_allowed():
+        return ds.map_batches(
+            stage_cls,
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=config.actors,
+            num_cpus=config.cpus_per_actor,
+            max_restarts=config.max_retries,
+            max_task_retries=config.max_retries,
+            **extra,
+        )
+
+
+@contextlib.contextmanager
+def _retry_args_allowed():
+    """Ray 2.60 warns that extra remote args (our retry bounds) go away in Ray 2.64, yet has
+    no named parameter for them; silenced here only, so other deprecations still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        yield
 
 
 def device(config: RayConfig) -> str:

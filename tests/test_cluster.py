@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from test_run_optidel import FAST
 POOL_SIZE = 24
 KEEP = 0.25
 START_TIMEOUT_S = 120
+RAY_CLI = str(Path(sys.executable).with_name("ray"))  # the Ray of this interpreter, not PATH's
 
 
 def _free_port() -> int:
@@ -59,23 +61,28 @@ class LocalCluster:
         self.worker_cpus = worker_cpus
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
-        # Token auth, as `ray start` enables by default, with a token of this test's own; the
-        # driver gets it through the environment. RAY_ADDRESS is dropped so nothing else leaks in.
+        # Token auth with a token of this test's own (none of the machine's token files is read
+        # or written); every node and the driver get it through the environment. RAY_ADDRESS is
+        # dropped so that no other cluster leaks in.
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
         self.nodes: list[subprocess.Popen] = []
+        self.temp_dirs: list[str] = []
+        self.logs: list = []
         self.started: set[int] = set()  # every pid seen under our nodes, for the leftover check
 
     def start(self) -> None:
-        self._node("head", ["--head", f"--port={self.port}", f"--ray-client-server-port={_free_port()}", "--num-cpus=0", "--include-dashboard=false"])
+        self._node("head", ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false"])
         self._node("worker", [f"--address={self.address}", f"--num-cpus={self.worker_cpus}"])
         self._wait_for_nodes(2)
 
     def _node(self, name: str, args: list[str]) -> None:
         # Short temp dirs: Ray's unix socket paths must stay under ~107 characters.
         temp_dir = tempfile.mkdtemp(prefix=f"optidel-{name}-", dir="/tmp")
+        self.temp_dirs.append(temp_dir)
         log = open(self.workdir / f"{name}.log", "wb")
-        command = ["ray", "start", *args, f"--temp-dir={temp_dir}", "--num-gpus=0", "--object-store-memory=200000000", "--disable-usage-stats", *_node_ports(), "--block"]
+        self.logs.append(log)
+        command = [RAY_CLI, "start", *args, f"--temp-dir={temp_dir}", "--num-gpus=0", "--object-store-memory=200000000", "--disable-usage-stats", *_node_ports(), "--block"]
         self.nodes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
         self._wait_for_log(name, "Ray runtime started")
 
@@ -127,6 +134,10 @@ class LocalCluster:
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
         psutil.wait_procs([p for p in map(_process, self.started) if p], timeout=10)
+        for log in self.logs:
+            log.close()
+        for temp_dir in self.temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
     def leftovers(self) -> list[int]:
         return sorted(pid for pid in self.started if (p := _process(pid)) and p.status() != psutil.STATUS_ZOMBIE)
@@ -140,8 +151,14 @@ def _process(pid: int) -> psutil.Process | None:
 
 
 def _tree_bytes(out: Path) -> dict[str, bytes]:
-    """Every output file but run.json (which holds timings and the address), by path."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "run.json"}
+    """The shards and manifests, by relative path (run.json holds timings and the address;
+    work/ is intermediate state)."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for part in ("shards", "manifests")
+        for p in sorted((out / part).rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture()

@@ -1,0 +1,207 @@
+"""Peak memory of a whole `optidel run` at 1x and 4x the pool size: does the run stream?
+
+Two pools are made from the same kvasir-seg images: 1x holds N of them, 4x holds each of those
+4 times. Every file is decoded and re-encoded (JPEG, quality 95) with a JPEG comment naming its
+copy, so the copies have the same pixels and sizes but different bytes (byte-identical copies
+would be marked duplicate and skipped) and both pools go through the same encoder. Each pool
+then runs through `optidel run` in a subprocess, on a local Ray of its own, with FAST-like
+settings (tests/test_run_optidel.py) and one fixed random proxy checkpoint (so every run does
+the same work and no proxy training is timed; training uses a fixed-size sample anyway).
+
+While a run goes, the resident memory of the driver and of every process under it (Ray's GCS,
+raylet, workers and actors) is sampled every 0.2 s with psutil. Reported per pool: peak total
+RSS (shared pages, e.g. the object store, counted once per process that maps them), peak total
+PSS (shared pages split between the processes: the sum is the memory actually used), the
+driver's own peak RSS, and the number of candidate patches; then the 4x/1x ratios and the
+growth per added patch, to compare with the ~1 KB per patch the selection barrier holds.
+
+    python benchmarks/memory.py                  # 150 and 600 images
+    python benchmarks/memory.py --images 40      # quicker: 40 and 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+
+from optidel.pipeline import config as config_mod
+from optidel.stages import mae, score
+
+REPO = Path(__file__).resolve().parents[1]
+KVASIR = REPO.parent / "shared" / "datasets" / "kvasir-seg" / "images"
+RESULTS = REPO / "benchmarks" / "results"
+FAST = [
+    "score.mae.train_steps=60",
+    "score.mae.train_patches=512",
+    "score.masks_per_patch=2",
+    "select.clusters=8",
+    "output.size=128",
+    "output.format=png",
+]
+SAMPLE_EVERY_S = 0.2
+
+
+def build_pools(sources: list[Path], factor: int, directory: Path) -> dict[int, Path]:
+    """List files {1: 1x pool, factor: factor-x pool}; copy k of a source has comment `copy k`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines: dict[int, list[str]] = {1: [], factor: []}
+    for i, path in enumerate(sources):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        for k in range(factor):
+            buffer = io.BytesIO()
+            rgb.save(buffer, "JPEG", quality=95, comment=f"optidel memory benchmark copy {k}".encode())
+            name = directory / f"{i:04d}-{k}.jpg"
+            name.write_bytes(buffer.getvalue())
+            lines[factor].append(str(name))
+            if k == 0:
+                lines[1].append(str(name))
+    pools = {}
+    for size, entries in lines.items():
+        pools[size] = directory / f"pool-{size}x.txt"
+        pools[size].write_text("".join(f"{e}\n" for e in entries))
+    return pools
+
+
+class Sampler(threading.Thread):
+    """Sums RSS and PSS over a process and all its descendants until stopped; keeps peaks."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak_rss = self.peak_pss = self.peak_driver_rss = 0
+        self.peak_processes = 0
+        self.samples = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.sample()
+            self.done.wait(SAMPLE_EVERY_S)
+
+    def sample(self) -> None:
+        try:
+            processes = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = pss = 0
+        for process in processes:
+            try:
+                info = process.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # exited between the listing and the read
+            rss += info.rss
+            pss += info.pss
+            if process.pid == self.root.pid:
+                self.peak_driver_rss = max(self.peak_driver_rss, info.rss)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
+        self.peak_processes = max(self.peak_processes, len(processes))
+        self.samples += 1
+
+
+def measure(pool: Path, out: Path, proxy: Path, sets: list[str]) -> dict:
+    """Run `optidel run` on `pool` in a subprocess while sampling its memory."""
+    command = [sys.executable, "-m", "optidel.pipeline.cli", "--quiet", "run", str(pool), "-o", str(out), "--proxy", str(proxy)]
+    command += [arg for item in sets for arg in ("--set", item)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = Sampler(process.pid)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    sampler.done.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        sys.exit(f"optidel run failed ({process.returncode}):\n{stderr[-4000:]}")
+    info = json.loads((out / "run.json").read_text())
+    return {
+        "sources": info["counts"]["sources"],
+        "candidate_patches": info["counts"]["candidate_patches"],
+        "samples": info["counts"]["samples"],
+        "wall_s": round(wall, 1),
+        "timings_s": info["timings_s"],
+        "peak_total_rss_mib": _mib(sampler.peak_rss),
+        "peak_total_pss_mib": _mib(sampler.peak_pss),
+        "peak_driver_rss_mib": _mib(sampler.peak_driver_rss),
+        "peak_processes": sampler.peak_processes,
+        "memory_samples": sampler.samples,
+    }
+
+
+def _mib(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=150, help="1x pool size (default 150)")
+    parser.add_argument("--factor", type=int, default=4, help="the larger pool is this many times the 1x pool")
+    parser.add_argument("--data", type=Path, default=KVASIR)
+    parser.add_argument("--seed", type=int, default=0, help="which kvasir images form the 1x pool")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    names = sorted(args.data.glob("*.jpg"))
+    if len(names) < args.images:
+        sys.exit(f"{args.data}: {len(names)} images, {args.images} wanted")
+    pick = sorted(np.random.default_rng(args.seed).choice(len(names), args.images, replace=False))
+    sets = FAST + args.sets
+    config = config_mod.load(sets=sets)
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="optidel-memory-") as tmp:
+        tmp = Path(tmp)
+        pools = build_pools([names[i] for i in pick], args.factor, tmp / "pool")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            proxy_model = mae.MAE(score.proxy_spec(config.score))
+        proxy = tmp / "proxy.pt"
+        mae.save_proxy(proxy_model, str(proxy))
+        for size, pool in sorted(pools.items()):
+            results[f"{size}x"] = measure(pool, tmp / f"out-{size}x", proxy, sets)
+            print(f"{size}x: {json.dumps(results[f'{size}x'])}", flush=True)
+
+    small, large = results["1x"], results[f"{args.factor}x"]
+    rss_ratio = large["peak_total_rss_mib"] / small["peak_total_rss_mib"]
+    pss_ratio = large["peak_total_pss_mib"] / small["peak_total_pss_mib"]
+    added_patches = large["candidate_patches"] - small["candidate_patches"]
+    growth_per_patch_kib = (large["peak_total_pss_mib"] - small["peak_total_pss_mib"]) * 1024 / max(added_patches, 1)
+    summary = {
+        "command": "python benchmarks/memory.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "pool_images": {"1x": args.images, f"{args.factor}x": args.images * args.factor},
+        "settings": sets,
+        "results": results,
+        "rss_ratio": round(rss_ratio, 3),
+        "pss_ratio": round(pss_ratio, 3),
+        "pss_growth_per_added_patch_kib": round(growth_per_patch_kib, 2),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"memory-{args.images}x{args.factor}.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"peak total RSS: 1x {small['peak_total_rss_mib']:.0f} MiB, {args.factor}x {large['peak_total_rss_mib']:.0f} MiB")
+    print(f"peak total PSS: 1x {small['peak_total_pss_mib']:.0f} MiB, {args.factor}x {large['peak_total_pss_mib']:.0f} MiB")
+    print(f"candidate patches: 1x {small['candidate_patches']}, {args.factor}x {large['candidate_patches']}; "
+          f"PSS growth per added patch {growth_per_patch_kib:.2f} KiB")
+    print(f"written: {path.relative_to(REPO)}")
+    print(f"rss_ratio={rss_ratio:.3f} pss_ratio={pss_ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

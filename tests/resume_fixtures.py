@@ -1,0 +1,75 @@
+"""What the crash and fault tests share: a small kvasir pool, fast settings cut into several
+partitions, and one uninterrupted reference run that every recovered run must equal byte for
+byte (every file but run.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from optidel.manifests.verify import verify
+from optidel.pipeline import config as config_mod
+from optidel.pipeline.runner import run
+
+IMAGES = 16
+# tests/test_run_optidel.py's FAST, a smaller proxy, and partitions of 4 sources.
+SETS = [
+    "score.mae.train_steps=20",
+    "score.mae.train_patches=64",
+    "score.masks_per_patch=2",
+    "select.clusters=4",
+    "output.size=128",
+    "output.format=png",
+    "ingest.partition_size=4",
+    "keep=0.5",
+    "output.shard_max_count=2",
+]
+# Killed runs: small model batches, so partitions finish one after another, not all at once.
+# A Ray setting, so not part of the job: the rerun and the reference use the default.
+SMALL_BATCHES = ["ray.model_batch_size=1"]
+
+_references: dict[str, tuple[Path, Path, dict]] = {}
+
+
+def config(*extra: str):
+    return config_mod.load(sets=[*SETS, *extra])
+
+
+def pool(kvasir: Path, tmp: Path) -> Path:
+    """A list file naming a seeded sample of IMAGES kvasir images, read in place."""
+    names = sorted(p.name for p in (kvasir / "images").glob("*.jpg"))
+    pick = sorted(np.random.default_rng(11).choice(len(names), IMAGES, replace=False))
+    listing = tmp / "pool.txt"
+    listing.write_text("".join(f"{kvasir / 'images' / names[i]}\n" for i in pick))
+    return listing
+
+
+def reference(kvasir: Path, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(pool, OUT, run.json) of the uninterrupted run, made once per test session."""
+    if "run" not in _references:
+        tmp = tmp_path_factory.mktemp("reference")
+        listing = pool(kvasir, tmp)
+        info = run([str(listing)], str(tmp / "out"), config())
+        _references["run"] = (listing, tmp / "out", info)
+    return _references["run"]
+
+
+def tree(out: Path) -> dict[str, bytes]:
+    """Every file under OUT but run.json (which holds timings), by relative path."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "run.json"
+    }
+
+
+def assert_same_as_reference(out: Path, reference_out: Path) -> None:
+    got, want = tree(out), tree(reference_out)
+    assert sorted(got) == sorted(want)
+    assert [name for name in want if got[name] != want[name]] == []
+    keys = pq.read_table(out / "manifests" / "samples.parquet").column("sample_key").to_pylist()
+    assert keys and len(keys) == len(set(keys))
+    report = verify(str(out))
+    assert report.ok, report.problems

@@ -1,0 +1,222 @@
+"""`optidel eval`: the metrics on hand-made masks, the labeled split, the shard stream, and the
+whole harness end to end on real `optidel run` outputs (real Ray, real tars) with a tiny MAE."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from optidel.eval import labeled
+from optidel.eval.arms import open_arm, stream
+from optidel.eval.labeled import EvalError
+from optidel.eval.metrics import class_iou, iou_counts, miou, normdel
+from optidel.eval.pretrain import PretrainSettings, model_spec, pretrain
+from optidel.pipeline import cli
+from optidel.pipeline import config as config_mod
+from optidel.pipeline.runner import run
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def _mask(rows: list[str]) -> np.ndarray:
+    return np.array([[c == "#" for c in row] for row in rows])
+
+
+def test_miou_on_hand_made_masks():
+    target = _mask(["....", ".##.", ".##.", "...."])  # 4 foreground pixels
+    pred = _mask(["....", ".###", ".###", "...."])  # 6, covering the 4
+    counts = iou_counts(pred, target)
+    # foreground 4/6; background: 10 pixels in both, 12 in either
+    assert counts.tolist() == [[10, 12], [4, 6]]
+    assert miou(counts) == pytest.approx((4 / 6 + 10 / 12) / 2)
+
+    # Summed over the split, not averaged per image: an all-background image adds 16/16 to
+    # the background and nothing to the foreground.
+    empty = np.zeros((4, 4), bool)
+    both = counts + iou_counts(empty, empty)
+    assert class_iou(both).tolist() == pytest.approx([26 / 28, 4 / 6])
+
+    assert miou(iou_counts(target, target)) == 1.0
+    assert class_iou(iou_counts(~target, target))[1] == 0.0  # disjoint foreground
+    assert miou(iou_counts(empty, empty)) == 1.0  # no foreground anywhere: nothing wrong
+    with pytest.raises(ValueError, match="shape"):
+        iou_counts(pred, target[:3])
+
+
+def test_normdel_formula():
+    m, r = 0.8, 0.05
+    assert normdel(m, r, alpha=1.0) == pytest.approx(1 / (1 + math.exp(-m * math.exp(-r))))
+    assert normdel(m, 1.0, alpha=math.log(2)) == pytest.approx(1 / (1 + math.exp(-m / 2)))
+    assert normdel(m, r, alpha=0.0) == pytest.approx(1 / (1 + math.exp(-m)))
+    # Same mIoU, less data -> higher; same data, higher mIoU -> higher.
+    assert normdel(m, 0.05) > normdel(m, 1.0)
+    assert normdel(0.9, 0.05) > normdel(0.8, 0.05)
+    assert 0.5 <= normdel(0.0, 1.0) and normdel(1.0, 0.0) <= 1 / (1 + math.exp(-1))
+
+
+# --- labeled sets -------------------------------------------------------------------------
+
+
+def _labeled_copy(kvasir, dest, names):
+    for kind in ("images", "masks"):
+        (dest / kind).mkdir(parents=True)
+        for name in names:
+            shutil.copy(kvasir / kind / name, dest / kind / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def kvasir_names(kvasir):
+    return sorted(p.name for p in (kvasir / "images").glob("*.jpg"))
+
+
+def test_split_is_by_sorted_name_and_pool_list_excludes_test(kvasir, kvasir_names, tmp_path):
+    root = _labeled_copy(kvasir, tmp_path / "set", kvasir_names[:10])
+    split = labeled.split(root, 0.25)
+    assert [p.image.name for p in split.train] == kvasir_names[:7]
+    assert [p.image.name for p in split.test] == kvasir_names[7:10]  # ceil(0.25 * 10) = 3
+
+    listing = tmp_path / "pool.txt"
+    assert labeled.write_pool_list(root, 0.25, listing) == 7
+    assert [line.rsplit("/", 1)[1] for line in listing.read_text().splitlines()] == kvasir_names[:7]
+
+    images, masks, native = labeled.load_resized(split.test, 32)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert masks.shape == (3, 32, 32) and masks.dtype == bool
+    source = np.asarray(Image.open(kvasir / "masks" / kvasir_names[7]).convert("L"))
+    assert np.array_equal(native[0], source >= 128)
+
+    other = _labeled_copy(kvasir, tmp_path / "other", kvasir_names[20:24])
+    assert [p.image.name for p in labeled.split(root, 0.25, test_only=other).test] == kvasir_names[20:24]
+
+
+def test_labeled_set_problems_name_the_file(kvasir, kvasir_names, tmp_path):
+    root = _labeled_copy(kvasir, tmp_path / "set", kvasir_names[:4])
+    (root / "masks" / kvasir_names[2]).unlink()
+    with pytest.raises(EvalError, match=f"no mask for 1 image.*{kvasir_names[2]}"):
+        labeled.pairs(root)
+    (tmp_path / "no-masks" / "images").mkdir(parents=True)
+    with pytest.raises(EvalError, match="no-masks: a labeled set needs a folder masks/"):
+        labeled.pairs(tmp_path / "no-masks")
+
+    shutil.copy(kvasir / "masks" / kvasir_names[2], root / "masks" / kvasir_names[2])
+    Image.open(root / "masks" / kvasir_names[0]).resize((20, 20)).save(root / "masks" / kvasir_names[0])
+    with pytest.raises(EvalError, match=f"{kvasir_names[0]}: mask is 20x20"):
+        labeled.load_resized(labeled.pairs(root), 32)
+    (root / "images" / kvasir_names[1]).write_bytes(b"not a jpeg")
+    with pytest.raises(EvalError, match=f"{kvasir_names[1]}: cannot use this image"):
+        labeled.load_resized(labeled.pairs(root)[1:2], 32)
+
+
+# --- arms, pre-training and the harness on real `optidel run` outputs ---------------------
+
+
+@pytest.fixture(scope="module")
+def arms(kvasir, kvasir_names, tmp_path_factory, ray_local):
+    """Two arms from one 16-image pool: every image (R = 1) and a random quarter (R = 0.25)."""
+    tmp = tmp_path_factory.mktemp("eval-arms")
+    pool = tmp / "pool.txt"
+    pool.write_text("".join(f"{kvasir / 'images' / n}\n" for n in kvasir_names[:16]))
+    outs = {}
+    for name, keep in (("full", 1.0), ("quarter", 0.25)):
+        outs[name] = tmp / name
+        run([str(pool)], str(outs[name]), config_mod.load(overrides={"selector": "random", "keep": keep}, sets=["output.size=64"]))
+    return outs
+
+
+def test_stream_cycles_every_sample_once_per_epoch(arms):
+    arm = open_arm("quarter", str(arms["quarter"]))
+    assert (arm.samples, arm.pool_ok, arm.retained) == (4, 16, 0.25)
+    first = [img.tobytes() for _, img in zip(range(12), stream(arm, seed=0, shuffle_buffer=2))]
+    epochs = [first[i : i + 4] for i in range(0, 12, 4)]
+    assert all(len(set(e)) == 4 and set(e) == set(epochs[0]) for e in epochs)
+    again = [img.tobytes() for _, img in zip(range(12), stream(arm, seed=0, shuffle_buffer=2))]
+    assert again == first
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # reshuffled between epochs
+
+
+@pytest.fixture()
+def one_thread():
+    """A tiny model gains nothing from more threads, and shared CPUs make them spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_pretraining_is_seeded(arms, one_thread):
+    arm = open_arm("quarter", str(arms["quarter"]))
+    spec = model_spec("tiny", 32)
+    settings = PretrainSettings(steps=3, batch_size=4, lr=1e-3)
+    a, stats = pretrain(arm, spec, settings, seed=5, device="cpu")
+    b, _ = pretrain(arm, spec, settings, seed=5, device="cpu")
+    c, _ = pretrain(arm, spec, settings, seed=6, device="cpu")
+    assert stats["images_seen"] == 12
+    same = [torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict()]
+    assert all(same)
+    assert not torch.equal(a.state_dict()["blocks.0.attn.qkv.weight"], c.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+TINY = ["--threads", "1", "--size", "32", "--steps", "10", "--batch-size", "8", "--finetune-steps", "10", "--finetune-batch-size", "4"]
+
+
+def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
+    lab = _labeled_copy(kvasir, tmp_path / "labeled", kvasir_names[100:112])  # disjoint from the pool
+    out = tmp_path / "results"
+    argv = ["eval", "--arm", f"full={arms['full']}", "--arm", f"quarter={arms['quarter']}", "--labeled", str(lab),
+            "--out", str(out), "--seeds", "2", "--test-fraction", "0.25", "--scratch", *TINY]
+    assert cli.main(argv) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["arms"]) == ["full", "quarter", "scratch"]
+    assert (results["labeled"]["train"], results["labeled"]["test"]) == (9, 3)
+    full, quarter, scratch = (results["arms"][k] for k in ("full", "quarter", "scratch"))
+    assert (full["retained_fraction"], quarter["retained_fraction"]) == (1.0, 0.25)
+    assert full["images_seen"] == quarter["images_seen"] == 10 * 8  # equal compute
+    assert scratch["images_seen"] == 0 and scratch["normdel"] is None
+    for arm in (full, quarter, scratch):
+        assert arm["seeds"] == [0, 1]
+        assert all(0.0 <= m <= 1.0 for m in arm["miou"])
+        assert arm["miou_mean"] == pytest.approx(np.mean(arm["miou"]))
+        assert arm["miou_std"] == pytest.approx(np.std(arm["miou"], ddof=1))
+    for arm in (full, quarter):
+        assert arm["normdel"] == pytest.approx([normdel(m, arm["retained_fraction"], results["alpha"]) for m in arm["miou"]])
+        assert all(0.5 <= s <= 1.0 for s in arm["normdel"])
+    # Different pre-training data, same seeds and fine-tune: different encoders, different scores.
+    assert full["miou"] != quarter["miou"] and full["pretrain_loss_last"] != quarter["pretrain_loss_last"]
+
+    table = (out / "results.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"arm", "full", "quarter", "scratch"}
+    assert f"{full['miou_mean']:.4f} ± {full['miou_std']:.4f}" in rows["full"]
+    assert "| 0.250 |" in rows["quarter"] and "n/a" in rows["scratch"]
+    with Image.open(out / "results.png") as png:
+        assert png.format == "PNG" and png.width > 300
+    assert "quarter" in capsys.readouterr().out
+
+    # A rerun reuses every unit: same numbers, unit files untouched.
+    units = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
+    assert len(units) == 6
+    assert cli.main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == units
+    assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
+
+
+def test_eval_refuses_test_images_in_the_pool_and_bad_arms(arms, kvasir, kvasir_names, tmp_path, capsys):
+    leaky = _labeled_copy(kvasir, tmp_path / "leaky", kvasir_names[:8])  # test split inside the pool
+    out = tmp_path / "results"
+    assert cli.main(["eval", "--arm", f"full={arms['full']}", "--labeled", str(leaky), "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "arm full" in err and "contains 2 test image(s)" in err and "--write-pool-list" in err
+
+    assert cli.main(["eval", "--arm", f"x={tmp_path}", "--labeled", str(leaky), "--out", str(out)]) == 2
+    assert "run.json not found" in capsys.readouterr().err
+    assert cli.main(["eval", "--arm", "no-equals-sign", "--labeled", str(leaky), "--out", str(out)]) == 2
+    assert "expected NAME=OUT" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
