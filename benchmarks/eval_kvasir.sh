@@ -36,8 +36,9 @@ for arm in $ARMS; do
     esac
     start=$SECONDS
     # Rerunning the same job on a finished output is a no-op, so arms are built once.
-    optidel --quiet run "$WORK/pool.txt" -o "$WORK/arms/$arm" "${selection[@]}" --seed 0 >/dev/null
-    echo "arm $arm built in $((SECONDS - start)) s"
+    optidel run "$WORK/pool.txt" -o "$WORK/arms/$arm" "${selection[@]}" --seed 0 >"$WORK/arms/$arm.log" 2>&1 \
+        || { echo "eval_kvasir.sh: building arm $arm failed; see $WORK/arms/$arm.log" >&2; exit 1; }
+    echo "arm $arm built in $((SECONDS - start)) s (log: $WORK/arms/$arm.log)"
     arm_flags+=(--arm "$arm=$WORK/arms/$arm")
 done
 built=$SECONDS

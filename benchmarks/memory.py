@@ -148,6 +148,25 @@ def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
+def summarize(results: dict, images: int, factor: int) -> dict:
+    """Ratios of the larger pool's peaks to the 1x pool's, and memory growth per added
+    candidate patch (for the whole run, and for the driver, which holds the barrier)."""
+    small, large = results["1x"], results[f"{factor}x"]
+    added = max(large["candidate_patches"] - small["candidate_patches"], 1)
+
+    def per_patch_kib(key: str) -> float:
+        return round((large[key] - small[key]) * 1024 / added, 2)
+
+    return {
+        "pool_images": {"1x": images, f"{factor}x": images * factor},
+        "results": results,
+        "rss_ratio": round(large["peak_total_rss_mib"] / small["peak_total_rss_mib"], 3),
+        "pss_ratio": round(large["peak_total_pss_mib"] / small["peak_total_pss_mib"], 3),
+        "pss_growth_per_added_patch_kib": per_patch_kib("peak_total_pss_mib"),
+        "driver_rss_growth_per_added_patch_kib": per_patch_kib("peak_driver_rss_mib"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=150, help="1x pool size (default 150)")
@@ -176,30 +195,24 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{size}x"] = measure(pool, tmp / f"out-{size}x", proxy, sets)
             print(f"{size}x: {json.dumps(results[f'{size}x'])}", flush=True)
 
-    small, large = results["1x"], results[f"{args.factor}x"]
-    rss_ratio = large["peak_total_rss_mib"] / small["peak_total_rss_mib"]
-    pss_ratio = large["peak_total_pss_mib"] / small["peak_total_pss_mib"]
-    added_patches = large["candidate_patches"] - small["candidate_patches"]
-    growth_per_patch_kib = (large["peak_total_pss_mib"] - small["peak_total_pss_mib"]) * 1024 / max(added_patches, 1)
+    summary = summarize(results, args.images, args.factor)
     summary = {
         "command": "python benchmarks/memory.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
-        "pool_images": {"1x": args.images, f"{args.factor}x": args.images * args.factor},
         "settings": sets,
-        "results": results,
-        "rss_ratio": round(rss_ratio, 3),
-        "pss_ratio": round(pss_ratio, 3),
-        "pss_growth_per_added_patch_kib": round(growth_per_patch_kib, 2),
+        **summary,
     }
+    small, large = results["1x"], results[f"{args.factor}x"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"memory-{args.images}x{args.factor}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"peak total RSS: 1x {small['peak_total_rss_mib']:.0f} MiB, {args.factor}x {large['peak_total_rss_mib']:.0f} MiB")
     print(f"peak total PSS: 1x {small['peak_total_pss_mib']:.0f} MiB, {args.factor}x {large['peak_total_pss_mib']:.0f} MiB")
-    print(f"candidate patches: 1x {small['candidate_patches']}, {args.factor}x {large['candidate_patches']}; "
-          f"PSS growth per added patch {growth_per_patch_kib:.2f} KiB")
+    print(f"candidate patches: 1x {small['candidate_patches']}, {args.factor}x {large['candidate_patches']}; growth per "
+          f"added patch: total PSS {summary['pss_growth_per_added_patch_kib']:.2f} KiB, "
+          f"driver RSS {summary['driver_rss_growth_per_added_patch_kib']:.2f} KiB")
     print(f"written: {path.relative_to(REPO)}")
-    print(f"rss_ratio={rss_ratio:.3f} pss_ratio={pss_ratio:.3f}")
+    print(f"rss_ratio={summary['rss_ratio']:.3f} pss_ratio={summary['pss_ratio']:.3f}")
     return 0
 
 

@@ -70,6 +70,12 @@ def plot(results: dict) -> bytes:
             high = max(max(r[metric]) for r in rows if r[metric] is not None)
             pad = max(0.02, 0.5 * (high - low))
             ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    config = results["config"]
+    fig.suptitle(
+        f"{config['model']} MAE, {config['size']} px, {config['steps']} x {config['batch_size']} images pre-training per arm; "
+        f"test: {results['labeled']['test']} pairs",
+        fontsize=9,
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

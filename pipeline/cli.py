@@ -15,14 +15,12 @@ log = logging.getLogger("optidel")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    # --log-level is optidel's own; libraries (faiss, ray) only speak up with warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    log.setLevel(logging.WARNING if args.quiet else getattr(logging, args.log_level))
     try:
         return args.func(args)
-    except (config_mod.ConfigError, _user_errors()) as exc:
+    except (config_mod.ConfigError, *_user_errors()) as exc:
         print(f"optidel: error: {exc}", file=sys.stderr)
         return 2
 

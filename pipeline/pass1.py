@@ -250,7 +250,7 @@ def _cause(exc: BaseException) -> str:
     """The first line of Ray's error (its full text repeats the remote traceback)."""
     inner = exc.__cause__ if isinstance(exc, ray.exceptions.UserCodeException) and exc.__cause__ else exc
     first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    return f"{type(inner).__name__}: {first}"
+    return f"{type(inner).__name__}: {first.rstrip('.')}"
 
 
 def _candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:

@@ -4,6 +4,7 @@ byte (every file but run.json)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from optidel.manifests.verify import verify
 from optidel.pipeline import config as config_mod
 from optidel.pipeline.runner import run
 
-IMAGES = 16
+IMAGES = 12
 # tests/test_run_optidel.py's FAST, a smaller proxy, and partitions of 4 sources.
 SETS = [
     "score.mae.train_steps=20",
@@ -22,13 +23,13 @@ SETS = [
     "select.clusters=4",
     "output.size=128",
     "output.format=png",
-    "ingest.partition_size=4",
+    "ingest.partition_size=3",
     "keep=0.5",
     "output.shard_max_count=2",
 ]
 # Killed runs: small model batches, so partitions finish one after another, not all at once.
 # A Ray setting, so not part of the job: the rerun and the reference use the default.
-SMALL_BATCHES = ["ray.model_batch_size=1"]
+SMALL_BATCHES = ["ray.model_batch_size=2"]
 
 _references: dict[str, tuple[Path, Path, dict]] = {}
 
@@ -54,6 +55,14 @@ def reference(kvasir: Path, tmp_path_factory) -> tuple[Path, Path, dict]:
         info = run([str(listing)], str(tmp / "out"), config())
         _references["run"] = (listing, tmp / "out", info)
     return _references["run"]
+
+
+def trained(reference_out: Path, out: Path) -> None:
+    """Start OUT where a run of the reference's job killed right after training its proxy
+    would leave it: the job record and the proxy, nothing of pass 1."""
+    (out / "work").mkdir(parents=True)
+    for name in ("job.json", "proxy.pt", "proxy.json"):
+        shutil.copy(reference_out / "work" / name, out / "work" / name)
 
 
 def tree(out: Path) -> dict[str, bytes]:

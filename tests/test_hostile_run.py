@@ -82,8 +82,7 @@ def test_one_status_and_reason_per_source(pool, runs, selector):
     assert sum(info["counts"]["by_status"].values()) == len(rows)
 
 
-def test_hostile_kinds_are_recorded_faithfully(pool, runs):
-    _, _, root, _ = pool
+def test_hostile_kinds_are_recorded_faithfully(runs):
     out, _ = runs["optidel"]
     rows = pq.read_table(out / "manifests" / "sources.parquet").to_pylist()
     by_name = {r["uri"].rsplit("/", 1)[-1]: r for r in rows if not r["member"]}
