@@ -42,19 +42,20 @@ EXIT_ONCE_ENV = "OPTIDEL_TEST_EXIT_ONCE"
 
 
 def settings(partition_size: int) -> list[str]:
-    """tests/test_run_optidel.py's FAST settings, smaller batches so partitions finish apart,
-    more samples and small shards so pass 2 writes several shards."""
+    """tests/test_run_optidel.py's FAST settings with small model batches, so partitions finish
+    apart; and many large samples in small shards, so that pass 2 takes long enough (several
+    compose tasks, whose results arrive apart) for a kill to land inside it."""
     return [
         "score.mae.train_steps=20",
         "score.mae.train_patches=128",
         "score.masks_per_patch=2",
         "select.clusters=8",
-        "output.size=128",
         "output.format=png",
         f"ingest.partition_size={partition_size}",
         "ray.model_batch_size=2",
-        "keep=0.5",
-        "output.shard_max_count=2",
+        "keep=1.0",
+        "output.size=512",
+        "output.shard_max_count=4",
     ]
 
 

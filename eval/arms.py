@@ -43,7 +43,9 @@ def open_arm(name: str, out: str) -> Arm:
         raise EvalError(f"arm {name}: {output.path(layout.RUN_JSON)} not found: not a finished `optidel run` output")
     info = output.read_json(layout.RUN_JSON)
     if info.get("status") != "complete":
-        raise EvalError(f"arm {name}: {output.path(layout.RUN_JSON)} says the run is {info.get('status')!r}, not complete")
+        raise EvalError(
+            f"arm {name}: {output.path(layout.RUN_JSON)} says the run is {info.get('status')!r}, not complete"
+        )
     counts = info["counts"]
     pool_ok = counts["by_status"].get(schema.OK, 0)
     if counts["samples"] == 0 or pool_ok == 0:

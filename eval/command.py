@@ -19,25 +19,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Pre-train a small MAE on each arm's shards for the same number of optimizer steps, "
         "fine-tune a segmenter on a labeled set of images/ + masks/, report mIoU and NormDEL. " + DEFAULTS_NOTE
     )
-    parser.add_argument("--arm", action="append", default=[], metavar="NAME=OUT", help="an `optidel run` output to pre-train on (repeat)")
-    parser.add_argument("--labeled", required=True, metavar="DIR", help="folder with images/ and masks/ (same names; mask >= 128 is foreground)")
-    parser.add_argument("--out", metavar="RESULTS_DIR", help="where results.json, results.md, results.png and units/ go")
-    parser.add_argument("--test-only", metavar="DIR", help="test on all of this labeled folder and fine-tune on all of --labeled")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="last fraction of --labeled by sorted name that tests (default 0.2)")
-    parser.add_argument("--write-pool-list", metavar="FILE", help="only write the non-test image paths of --labeled, an `optidel run` list file")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, each a pre-training + fine-tuning seed (default 3)")
+    parser.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=OUT",
+        help="an `optidel run` output to pre-train on (repeat)",
+    )
+    parser.add_argument(
+        "--labeled",
+        required=True,
+        metavar="DIR",
+        help="folder with images/ and masks/ (same names; mask >= 128 is foreground)",
+    )
+    parser.add_argument(
+        "--out", metavar="RESULTS_DIR", help="where results.json, results.md, results.png and units/ go"
+    )
+    parser.add_argument(
+        "--test-only", metavar="DIR", help="test on all of this labeled folder and fine-tune on all of --labeled"
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="last fraction of --labeled by sorted name that tests (default 0.2)",
+    )
+    parser.add_argument(
+        "--write-pool-list",
+        metavar="FILE",
+        help="only write the non-test image paths of --labeled, an `optidel run` list file",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds 0..N-1, each a pre-training + fine-tuning seed (default 3)"
+    )
     parser.add_argument("--size", type=int, default=64, help="image side for pre-training and fine-tuning (default 64)")
     parser.add_argument("--model", default="tiny", choices=["tiny", "small", "base"], help="MAE shape (default tiny)")
-    parser.add_argument("--steps", type=int, default=200, help="pre-training optimizer steps, equal for every arm (default 200)")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="pre-training optimizer steps, equal for every arm (default 200)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="pre-training batch (default 64)")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="pre-training peak learning rate (default 1.5e-3)")
     parser.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning optimizer steps (default 300)")
     parser.add_argument("--finetune-batch-size", type=int, default=32, help="fine-tuning batch (default 32)")
     parser.add_argument("--finetune-lr", type=float, default=5e-4, help="fine-tuning peak learning rate (default 5e-4)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"NormDEL's alpha (default {DEFAULT_ALPHA:g})")
-    parser.add_argument("--scratch", action="store_true", help="add a control row: the same fine-tune from random weights")
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help=f"NormDEL's alpha (default {DEFAULT_ALPHA:g})"
+    )
+    parser.add_argument(
+        "--scratch", action="store_true", help="add a control row: the same fine-tune from random weights"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice; 1 on busy shared CPUs)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice; 1 on busy shared CPUs)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,9 +113,19 @@ def _run(args: argparse.Namespace) -> int:
         raise EvalError(f"--size {args.size} / --model {args.model}: {exc}") from exc
 
     config = EvalConfig(
-        size=args.size, model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        finetune_steps=args.finetune_steps, finetune_batch_size=args.finetune_batch_size, finetune_lr=args.finetune_lr,
-        seeds=args.seeds, alpha=args.alpha, test_fraction=args.test_fraction, scratch=args.scratch, device=args.device,
+        size=args.size,
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        finetune_steps=args.finetune_steps,
+        finetune_batch_size=args.finetune_batch_size,
+        finetune_lr=args.finetune_lr,
+        seeds=args.seeds,
+        alpha=args.alpha,
+        test_fraction=args.test_fraction,
+        scratch=args.scratch,
+        device=args.device,
         threads=args.threads,
     )
     evaluate(arms, args.labeled, args.out, config, args.test_only)

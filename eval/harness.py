@@ -56,7 +56,9 @@ class EvalConfig:
     threads: int = 0  # torch CPU threads while evaluating; 0 keeps torch's default
 
 
-def evaluate(arm_specs: list[tuple[str, str]], labeled: str, out: str, config: EvalConfig, test_only: str | None = None) -> dict:
+def evaluate(
+    arm_specs: list[tuple[str, str]], labeled: str, out: str, config: EvalConfig, test_only: str | None = None
+) -> dict:
     """Run every unit not already in OUT, write results.json, results.md and results.png under
     OUT; returns results.json's content."""
     before = torch.get_num_threads()
@@ -70,7 +72,9 @@ def evaluate(arm_specs: list[tuple[str, str]], labeled: str, out: str, config: E
         torch.set_num_threads(before)
 
 
-def _evaluate(arm_specs: list[tuple[str, str]], labeled: str, out: str, config: EvalConfig, test_only: str | None) -> dict:
+def _evaluate(
+    arm_specs: list[tuple[str, str]], labeled: str, out: str, config: EvalConfig, test_only: str | None
+) -> dict:
     started = time.perf_counter()
     device = _device(config.device)
     spec = model_spec(config.model, config.size)
@@ -100,19 +104,11 @@ def _evaluate(arm_specs: list[tuple[str, str]], labeled: str, out: str, config: 
             path = units_dir / f"{name}-seed{seed}.json"
             unit = _load_unit(path, key)
             if unit is None:
-                log.info("unit %s seed %d ...", name, seed)
-                tick = time.perf_counter()
-                if arm is None:
-                    mae, stats = initial_model(spec, seed).to(device), {"images_seen": 0}
-                else:
-                    mae, stats = pretrain(arm, spec, pre, seed, device)
-                model = finetune(mae, train_x, train_y, fine, seed, device)
-                counts = test_counts(model, test_x, test_masks, device)
-                bg, fg = class_iou(counts).tolist()
-                unit = {"key": key, "arm": name, "seed": seed, "miou": miou(counts), "iou_background": bg, "iou_foreground": fg, **stats,
-                        "seconds": round(time.perf_counter() - tick, 1)}
+                unit = {
+                    "key": key,
+                    **_run_unit(name, arm, seed, spec, pre, fine, device, (train_x, train_y), (test_x, test_masks)),
+                }
                 _write_json(path, unit)
-                log.info("unit %s seed %d: mIoU %.4f in %.0f s", name, seed, unit["miou"], unit["seconds"])
             units[name].append(unit)
 
     results = {
@@ -125,8 +121,11 @@ def _evaluate(arm_specs: list[tuple[str, str]], labeled: str, out: str, config: 
             "test_only": None if test_only is None else str(test_only),
             "train": len(split.train),
             "test": len(split.test),
-            "split": ("train on all of dir, test on all of test_only" if test_only is not None else
-                      f"sorted by file name; the last ceil({config.test_fraction} * n) pairs test, the rest train"),
+            "split": (
+                "train on all of dir, test on all of test_only"
+                if test_only is not None
+                else f"sorted by file name; the last ceil({config.test_fraction} * n) pairs test, the rest train"
+            ),
             "first_test": split.test[0].name,
         },
         "alpha": config.alpha,
@@ -136,6 +135,40 @@ def _evaluate(arm_specs: list[tuple[str, str]], labeled: str, out: str, config: 
     }
     report.write(out, results)
     return results
+
+
+def _run_unit(
+    name: str,
+    arm: Arm | None,
+    seed: int,
+    spec,
+    pre: PretrainSettings,
+    fine: FinetuneSettings,
+    device: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, list[np.ndarray]],
+) -> dict:
+    """Pre-train on the arm (random weights for the scratch control), fine-tune, test."""
+    log.info("unit %s seed %d ...", name, seed)
+    tick = time.perf_counter()
+    if arm is None:
+        mae, stats = initial_model(spec, seed).to(device), {"images_seen": 0}
+    else:
+        mae, stats = pretrain(arm, spec, pre, seed, device)
+    model = finetune(mae, *train, fine, seed, device)
+    counts = test_counts(model, *test, device)
+    background, foreground = class_iou(counts).tolist()
+    seconds = round(time.perf_counter() - tick, 1)
+    log.info("unit %s seed %d: mIoU %.4f in %.0f s", name, seed, miou(counts), seconds)
+    return {
+        "arm": name,
+        "seed": seed,
+        "miou": miou(counts),
+        "iou_background": background,
+        "iou_foreground": foreground,
+        **stats,
+        "seconds": seconds,
+    }
 
 
 def _summary(arm: Arm | None, units: list[dict], alpha: float) -> dict:
@@ -158,12 +191,19 @@ def _summary(arm: Arm | None, units: list[dict], alpha: float) -> dict:
         row.update(normdel=None, normdel_mean=None, normdel_std=None, del_mean=None)
     else:
         scores = [normdel(m, arm.retained, alpha) for m in mious]
-        row.update(normdel=scores, **_mean_std("normdel", scores), del_mean=float(np.mean([del_score(m, arm.retained, alpha) for m in mious])))
+        row.update(
+            normdel=scores,
+            **_mean_std("normdel", scores),
+            del_mean=float(np.mean([del_score(m, arm.retained, alpha) for m in mious])),
+        )
     return row
 
 
 def _mean_std(name: str, values: list[float]) -> dict:
-    return {f"{name}_mean": float(np.mean(values)), f"{name}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+    return {
+        f"{name}_mean": float(np.mean(values)),
+        f"{name}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+    }
 
 
 def _open_arms(arm_specs: list[tuple[str, str]]) -> list[Arm]:
@@ -172,7 +212,9 @@ def _open_arms(arm_specs: list[tuple[str, str]]) -> list[Arm]:
     seen = set()
     for name, _ in arm_specs:
         if not _ARM_NAME.match(name) or name == SCRATCH:
-            raise EvalError(f"arm name {name!r}: use letters, digits, '_', '-', '.' (and not {SCRATCH!r}, the control's name)")
+            raise EvalError(
+                f"arm name {name!r}: use letters, digits, '_', '-', '.' (and not {SCRATCH!r}, the control's name)"
+            )
         if name in seen:
             raise EvalError(f"arm name {name!r} given twice")
         seen.add(name)

@@ -49,7 +49,9 @@ def pairs(root: str | Path) -> list[Pair]:
     found = {kind: _by_stem(folder) for kind, folder in folders.items()}
     missing = sorted(found["images"].keys() - found["masks"].keys())
     if missing:
-        raise EvalError(f"{folders['masks']}: no mask for {len(missing)} image(s), e.g. {found['images'][missing[0]].name}")
+        raise EvalError(
+            f"{folders['masks']}: no mask for {len(missing)} image(s), e.g. {found['images'][missing[0]].name}"
+        )
     if not found["images"]:
         raise EvalError(f"{folders['images']}: no images")
     return [Pair(stem, found["images"][stem], found["masks"][stem]) for stem in sorted(found["images"])]
@@ -68,7 +70,9 @@ def split(root: str | Path, test_fraction: float, test_only: str | Path | None =
     return Split(everything[:-n_test], everything[-n_test:])
 
 
-def write_pool_list(root: str | Path, test_fraction: float, path: str | Path, test_only: str | Path | None = None) -> int:
+def write_pool_list(
+    root: str | Path, test_fraction: float, path: str | Path, test_only: str | Path | None = None
+) -> int:
     """Write the image paths that may be pre-trained on (never a test image), one a line, as
     an `optidel run` list file; returns how many."""
     train = split(root, test_fraction, test_only).train
@@ -106,7 +110,10 @@ def load_resized(split_pairs: list[Pair], size: int) -> tuple[np.ndarray, np.nda
         image = load_image(pair.image)
         mask = load_mask(pair)
         if mask.shape != image.shape[:2]:
-            raise EvalError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+            raise EvalError(
+                f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} "
+                f"but its image is {image.shape[1]}x{image.shape[0]}"
+            )
         images.append(resized(image, size))
         # Resize the grey mask smoothly, then threshold again: no staircase edges at small S.
         small.append(resized(mask.astype(np.uint8) * 255, size) >= MASK_THRESHOLD)

@@ -11,7 +11,9 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 
-def adamw_warmup_cosine(model: nn.Module, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def adamw_warmup_cosine(
+    model: nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimizer, scheduler) for `steps` optimizer steps over the parameters that train."""
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=lr, betas=(0.9, 0.95))
     warmup = max(1, steps // 10)

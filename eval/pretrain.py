@@ -26,9 +26,21 @@ from .optim import adamw_warmup_cosine
 # MAEConfig): CPU-sized. "small"/"base" are ViT-S/16 and ViT-B/16 with the official MAE
 # decoders (ViT-S's is MAE's light 256-wide one), for GPUs.
 MODELS = {
-    "tiny": dict(patch_size=8, embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
-    "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
-    "base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "tiny": dict(
+        patch_size=8, embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4
+    ),
+    "small": dict(
+        patch_size=16, embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8
+    ),
+    "base": dict(
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+    ),
 }
 _SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
@@ -65,7 +77,9 @@ def pretrain(arm: Arm, spec: MAESpec, settings: PretrainSettings, seed: int, dev
     masks = seeding.torch_generator(seed, "eval-masks")
     losses = []
     for _ in range(settings.steps):
-        batch = np.stack([augment(next(images), spec.image_size, settings.min_crop_area, crops) for _ in range(settings.batch_size)])
+        batch = np.stack(
+            [augment(next(images), spec.image_size, settings.min_crop_area, crops) for _ in range(settings.batch_size)]
+        )
         noise = torch.rand(settings.batch_size, spec.num_patches, generator=masks)
         loss = model.masked_mse(to_input(batch).to(device), noise.to(device), settings.mask_ratio).mean()
         optimizer.zero_grad(set_to_none=True)

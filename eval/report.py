@@ -39,7 +39,8 @@ def markdown(results: dict) -> str:
     labeled = results["labeled"]
     lines += [
         "",
-        f"{config['model']} MAE at {config['size']} px, {config['steps']} pre-training steps x {config['batch_size']} images, "
+        f"{config['model']} MAE at {config['size']} px, "
+        f"{config['steps']} pre-training steps x {config['batch_size']} images, "
         f"{config['finetune_steps']} fine-tuning steps x {config['finetune_batch_size']}; {labeled['train']} train / "
         f"{labeled['test']} test pairs ({labeled['split']}); device {results['device']}; {results['seconds']:.0f} s.",
         "",
@@ -52,7 +53,9 @@ def plot(results: dict) -> bytes:
     Markers, not bars, because the axis is zoomed to the spread of the values."""
     names = list(results["arms"])
     fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 3.4), dpi=100, layout="constrained")
-    for ax, metric, label in zip(fig.subplots(1, 2), ("miou", "normdel"), ("mIoU (test split)", f"NormDEL (alpha={results['alpha']:g})")):
+    for ax, metric, label in zip(
+        fig.subplots(1, 2), ("miou", "normdel"), ("mIoU (test split)", f"NormDEL (alpha={results['alpha']:g})")
+    ):
         x = np.arange(len(names))
         rows = [results["arms"][n] for n in names]
         means = [np.nan if r[f"{metric}_mean"] is None else r[f"{metric}_mean"] for r in rows]
@@ -72,7 +75,8 @@ def plot(results: dict) -> bytes:
             ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
     config = results["config"]
     fig.suptitle(
-        f"{config['model']} MAE, {config['size']} px, {config['steps']} x {config['batch_size']} images pre-training per arm; "
+        f"{config['model']} MAE, {config['size']} px, "
+        f"{config['steps']} x {config['batch_size']} images pre-training per arm; "
         f"test: {results['labeled']['test']} pairs",
         fontsize=9,
     )

@@ -59,7 +59,9 @@ class Segmenter(nn.Module):
         return self.head(tokens.transpose(1, 2).reshape(n, spec.embed_dim, grid, grid))
 
 
-def finetune(mae: MAE, images: np.ndarray, masks: np.ndarray, settings: FinetuneSettings, seed: int, device: str) -> Segmenter:
+def finetune(
+    mae: MAE, images: np.ndarray, masks: np.ndarray, settings: FinetuneSettings, seed: int, device: str
+) -> Segmenter:
     """Train encoder + decoder on uint8 images (N, S, S, 3) and boolean masks (N, S, S).
     The decoder's initial weights and the batch order derive from the seed alone, so every
     arm of one seed is fine-tuned identically."""
@@ -84,7 +86,9 @@ def finetune(mae: MAE, images: np.ndarray, masks: np.ndarray, settings: Finetune
 
 
 @torch.no_grad()
-def test_counts(model: Segmenter, images: np.ndarray, native_masks: list[np.ndarray], device: str, batch_size: int = 32) -> np.ndarray:
+def test_counts(
+    model: Segmenter, images: np.ndarray, native_masks: list[np.ndarray], device: str, batch_size: int = 32
+) -> np.ndarray:
     """Summed `iou_counts` over the test split: logits are upsampled (bilinear) to each mask's
     own size and thresholded at 0 (probability 0.5)."""
     counts = np.zeros((2, 2), dtype=np.int64)

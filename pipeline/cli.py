@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from ..eval import command as eval_command  # its parser imports no torch
 
-    evaluate = sub.add_parser("eval", help="pre-train on each arm's shards, fine-tune a segmenter, report mIoU and NormDEL")
+    evaluate = sub.add_parser("eval", help="pre-train on each arm's shards, fine-tune, report mIoU and NormDEL")
     eval_command.add_arguments(evaluate)
     evaluate.set_defaults(func=eval_command.run)
     return parser

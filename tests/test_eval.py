@@ -126,7 +126,11 @@ def arms(kvasir, kvasir_names, tmp_path_factory, ray_local):
     outs = {}
     for name, keep in (("full", 1.0), ("quarter", 0.25)):
         outs[name] = tmp / name
-        run([str(pool)], str(outs[name]), config_mod.load(overrides={"selector": "random", "keep": keep}, sets=["output.size=64"]))
+        run(
+            [str(pool)],
+            str(outs[name]),
+            config_mod.load(overrides={"selector": "random", "keep": keep}, sets=["output.size=64"]),
+        )
     return outs
 
 
@@ -163,14 +167,42 @@ def test_pretraining_is_seeded(arms, one_thread):
     assert not torch.equal(a.state_dict()["blocks.0.attn.qkv.weight"], c.state_dict()["blocks.0.attn.qkv.weight"])
 
 
-TINY = ["--threads", "1", "--size", "32", "--steps", "10", "--batch-size", "8", "--finetune-steps", "10", "--finetune-batch-size", "4"]
+TINY = [
+    "--threads",
+    "1",
+    "--size",
+    "32",
+    "--steps",
+    "10",
+    "--batch-size",
+    "8",
+    "--finetune-steps",
+    "10",
+    "--finetune-batch-size",
+    "4",
+]
 
 
 def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
     lab = _labeled_copy(kvasir, tmp_path / "labeled", kvasir_names[100:112])  # disjoint from the pool
     out = tmp_path / "results"
-    argv = ["eval", "--arm", f"full={arms['full']}", "--arm", f"quarter={arms['quarter']}", "--labeled", str(lab),
-            "--out", str(out), "--seeds", "2", "--test-fraction", "0.25", "--scratch", *TINY]
+    argv = [
+        "eval",
+        "--arm",
+        f"full={arms['full']}",
+        "--arm",
+        f"quarter={arms['quarter']}",
+        "--labeled",
+        str(lab),
+        "--out",
+        str(out),
+        "--seeds",
+        "2",
+        "--test-fraction",
+        "0.25",
+        "--scratch",
+        *TINY,
+    ]
     assert cli.main(argv) == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -186,7 +218,9 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
         assert arm["miou_mean"] == pytest.approx(np.mean(arm["miou"]))
         assert arm["miou_std"] == pytest.approx(np.std(arm["miou"], ddof=1))
     for arm in (full, quarter):
-        assert arm["normdel"] == pytest.approx([normdel(m, arm["retained_fraction"], results["alpha"]) for m in arm["miou"]])
+        assert arm["normdel"] == pytest.approx(
+            [normdel(m, arm["retained_fraction"], results["alpha"]) for m in arm["miou"]]
+        )
         assert all(0.5 <= s <= 1.0 for s in arm["normdel"])
     # Different pre-training data, same seeds and fine-tune: different encoders, different scores.
     assert full["miou"] != quarter["miou"] and full["pretrain_loss_last"] != quarter["pretrain_loss_last"]
