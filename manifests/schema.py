@@ -21,7 +21,8 @@ UNSUPPORTED = "unsupported"  # decodes, but a kind we refuse (e.g. decompression
 TOO_SMALL = "too_small"
 DUPLICATE = "duplicate"  # byte-identical to an earlier source; see duplicate_of
 MISSING = "missing"  # listed (e.g. in a list file) but not readable
-STATUSES = (OK, CORRUPT, UNSUPPORTED, TOO_SMALL, DUPLICATE, MISSING)
+FAILED = "failed"  # decoded, but a pipeline stage raised on it (error says which and why)
+STATUSES = (OK, CORRUPT, UNSUPPORTED, TOO_SMALL, DUPLICATE, MISSING, FAILED)
 
 # Why a candidate patch was not selected (patches.parquet `reason`).
 DROP_BUDGET = "budget"  # ranked below the budget

@@ -1,4 +1,4 @@
-"""The `optidel` command: run, verify, inspect, demo."""
+"""The `optidel` command: run, verify, inspect, report, eval, demo."""
 
 from __future__ import annotations
 

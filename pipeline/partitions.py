@@ -86,12 +86,14 @@ class PartitionSink:
         self._buffers: dict[int, list[dict[str, np.ndarray]]] = {p: [] for p in pending}
         self._expected: dict[int, dict[int, int]] = {p: {} for p in pending}  # input_index -> rows
         self._seen: dict[int, set[tuple[int, int]]] = {p: set() for p in pending}
-        self.written: list[int] = []
+        self.written: set[int] = set()
 
     def unfinished(self) -> list[int]:
         return sorted(self._buffers)
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
+        if len(batch.get(C.INPUT_INDEX, ())) == 0:
+            return  # an empty block may come without columns
         index = np.asarray(batch[C.INPUT_INDEX])
         partition = index // self.store.size
         patch = np.asarray(batch[C.PATCH_INDEX]) if C.PATCH_INDEX in batch else np.full(len(index), -1)
@@ -122,7 +124,7 @@ class PartitionSink:
         # After sorting, a row equal in key to the one before it is a retried duplicate.
         keep = order[np.r_[True, (np.diff(index[order]) != 0) | (np.diff(patch[order]) != 0)]]
         self.store.write(p, {name: values[keep] for name, values in rows.items()})
-        self.written.append(p)
+        self.written.add(p)
         log.info("pass 1: partition %d of %d done (%d rows)", p + 1, self.store.n_partitions, len(keep))
 
 

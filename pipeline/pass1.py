@@ -30,14 +30,14 @@ from ..stages.score import Score
 from . import raydata
 from .config import Config
 from .inputs import SourceRef
-from .partitions import ROWS_OF_SOURCE, PartitionSink, PartStore
+from .partitions import PASS1_DIR, ROWS_OF_SOURCE, PartitionSink, PartStore
 from .resume import RunError
 
 log = logging.getLogger("optidel")
 
-# A source the proposer raised on. Its bytes decode, so it is not corrupt: the pipeline
-# cannot handle it, which is what `unsupported` says; the error names the exception.
-FAILED_STATUS = schema.UNSUPPORTED
+# A source the proposer raised on: its bytes decode, so it is not corrupt; the error names the
+# exception.
+FAILED_STATUS = schema.FAILED
 NAMED_SOURCES = 3  # sources named per unfinished partition in a failure message
 
 
@@ -111,8 +111,7 @@ class IsolatedPropose(Propose):
 
 
 def _where_row(row) -> str:
-    member = str(row[C.MEMBER][0])
-    return f"{row[C.URI][0]}[{member}]" if member else str(row[C.URI][0])
+    return _where(SourceRef(str(row[C.URI][0]), str(row[C.MEMBER][0]), -1, -1))
 
 
 def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Candidates:
@@ -237,8 +236,8 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, exc) -> str:
     cause = _cause(exc) if exc is not None else "pass 1 ended with rows missing"
     return (
         f"pass 1 stopped with {len(unfinished)} of {store.n_partitions} partitions unfinished: "
-        f"{'; '.join(named)}. Cause: {cause}. Finished partitions are kept in OUT/work/pass1; "
-        "rerunning the same command resumes from them."
+        f"{'; '.join(named)}. Cause: {cause}. Finished partitions are kept in "
+        f"{store.output.path(PASS1_DIR)}; rerunning the same command resumes from them."
     )
 
 

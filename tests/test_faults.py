@@ -35,8 +35,8 @@ def test_actor_death_while_scoring_is_retried_within_bounds(reference, tmp_path)
 
     # No retries allowed: the death stops the run, naming what is unfinished.
     failed = optidel_run([str(pool)], out, rf.SETS + ["ray.max_retries=0"], env=env)
-    assert failed.returncode != 0 and marker.exists(), failed.log[-2000:]
-    assert "pass 1 stopped with 4 of 4 partitions unfinished: partition 0 (sources 0-2: " in failed.log
+    assert failed.returncode == 2 and marker.exists(), failed.log[-2000:]
+    assert "optidel: error: pass 1 stopped with 4 of 4 partitions unfinished: partition 0 (sources 0-2: " in failed.log
     assert "ActorDiedError" in failed.log
 
     # Retries allowed (the default): the actor is restarted and its batch retried; rerun on
