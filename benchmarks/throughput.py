@@ -120,15 +120,7 @@ def main(argv=None) -> int:
 def _train_proxy(listing: Path, config, tmp: Path) -> tuple[str, float]:
     start = time.perf_counter()
     crops = pass1.training_crops(list_sources([str(listing)]), config, "regions")
-    model = mae.train_proxy(
-        crops,
-        score.proxy_spec(config.score),
-        mask_ratio=config.score.mask_ratio,
-        steps=config.score.mae.train_steps,
-        batch_size=config.score.mae.batch_size,
-        lr=config.score.mae.lr,
-        seed=config.seed,
-    )
+    model = score.train_self_proxy(crops, config.score, config.seed)
     path = tmp / "proxy.pt"
     mae.save_proxy(model, str(path))
     return str(path), time.perf_counter() - start

@@ -166,15 +166,7 @@ def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
         raise RunError(f"{output.url}: --proxy self needs OUT on a local or shared file system")
     crops = pass1.training_crops(refs, config, proposer)
     log.info("proxy: training a small MAE on %d crops", len(crops))
-    model = mae.train_proxy(
-        crops,
-        score.proxy_spec(config.score),
-        mask_ratio=config.score.mask_ratio,
-        steps=config.score.mae.train_steps,
-        batch_size=config.score.mae.batch_size,
-        lr=config.score.mae.lr,
-        seed=config.seed,
-    )
+    model = score.train_self_proxy(crops, config.score, config.seed)
     path = output.path(WORK_DIR, PROXY_FILE)
     sha256 = mae.save_proxy(model, path)
     output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", {"sha256": sha256, "trained_on_crops": int(len(crops))})

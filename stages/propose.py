@@ -18,6 +18,15 @@ from .regions import RegionsProposer
 from .sam import CheckpointError, build_sam, file_sha256
 
 TINY_MODEL = "vit_tiny"
+# ProposeConfig keys passed under segment-anything's own names to either mask generator.
+AMG_SETTINGS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "min_mask_region_area",
+)
 
 
 def resolve_proposer(config) -> str:
@@ -65,30 +74,15 @@ class Propose:
             torch.manual_seed(seeding.derive(self.seed, "sam"))
             model = build_sam(cfg.sam_model, cfg.sam_checkpoint)
         model.to(self.device).eval()
+        settings = {name: getattr(cfg, name) for name in AMG_SETTINGS}
         if cfg.crop_n_layers == 0:
             # Same masks as the reference generator (tests/test_amg_batched.py), many times faster.
-            self._generator = BatchedMaskGenerator(
-                model,
-                points_per_side=cfg.points_per_side,
-                points_per_batch=cfg.points_per_batch,
-                pred_iou_thresh=cfg.pred_iou_thresh,
-                stability_score_thresh=cfg.stability_score_thresh,
-                box_nms_thresh=cfg.box_nms_thresh,
-                min_mask_region_area=cfg.min_mask_region_area,
-            )
+            self._generator = BatchedMaskGenerator(model, **settings)
             return
         try:
             # Crop layers (zoomed-in re-runs) exist only in the reference generator.
             self._generator = SamAutomaticMaskGenerator(
-                model,
-                points_per_side=cfg.points_per_side,
-                points_per_batch=cfg.points_per_batch,
-                pred_iou_thresh=cfg.pred_iou_thresh,
-                stability_score_thresh=cfg.stability_score_thresh,
-                box_nms_thresh=cfg.box_nms_thresh,
-                crop_n_layers=cfg.crop_n_layers,
-                min_mask_region_area=cfg.min_mask_region_area,
-                output_mode="binary_mask",
+                model, crop_n_layers=cfg.crop_n_layers, output_mode="binary_mask", **settings
             )
         except ImportError as exc:  # segment_anything needs OpenCV for min_mask_region_area > 0
             raise ValueError(f"propose.min_mask_region_area > 0 needs OpenCV (cv2): {exc}") from None

@@ -32,7 +32,7 @@ from optidel import seeding
 
 from ..manifests import schema
 from . import columns
-from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input
+from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input, train_proxy
 
 # Test hook (tests/test_faults.py): the first call that finds no file at this path creates it and
 # kills its own worker mid-batch, as a crash would.
@@ -53,6 +53,19 @@ def proxy_spec(config) -> MAESpec:
         decoder_embed_dim=mae.decoder_embed_dim,
         decoder_depth=mae.decoder_depth,
         decoder_num_heads=mae.decoder_num_heads,
+    )
+
+
+def train_self_proxy(crops: np.ndarray, config, seed: int) -> MAE:
+    """`score.proxy = self`: a small MAE of the configured shape trained on the pool's crops."""
+    return train_proxy(
+        crops,
+        proxy_spec(config),
+        mask_ratio=config.mask_ratio,
+        steps=config.mae.train_steps,
+        batch_size=config.mae.batch_size,
+        lr=config.mae.lr,
+        seed=seed,
     )
 
 
