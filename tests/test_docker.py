@@ -87,7 +87,7 @@ def test_image_installs_the_package_with_every_subpackage(image):
     assert len(installs) == 1, installs
     # Ray is pinned to the version the RayJob declares, inside pyproject's range.
     ray_version = _args(IMAGES[image])["RAY_VERSION"]
-    assert f'"ray[default,data]==${{RAY_VERSION}}"' in installs[0]
+    assert '"ray[default,data]==${RAY_VERSION}"' in installs[0]
     assert _pins()["ray"].specifier.contains(ray_version)
 
 
