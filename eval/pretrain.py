@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 
 from optidel import seeding
-from ..stages.mae import MAE, MAESpec, to_input
+from ..stages.mae import MAE, MAESpec, adamw_warmup_cosine, to_input
 from .arms import Arm, stream
-from .optim import adamw_warmup_cosine
 
 # Encoder/decoder shapes by name. "tiny" is the proxy's default shape (pipeline/config.py
 # MAEConfig): CPU-sized. "small"/"base" are ViT-S/16 and ViT-B/16 with the official MAE

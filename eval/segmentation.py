@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from optidel import seeding
-from ..stages.mae import MAE, to_input
+from ..stages.mae import MAE, adamw_warmup_cosine, to_input
 from .metrics import iou_counts
-from .optim import adamw_warmup_cosine
 
 _SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
 

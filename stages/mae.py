@@ -172,6 +172,23 @@ class MAE(nn.Module):
         return self.forward_encoder(images, everything)[:, 1:, :].mean(dim=1)
 
 
+def adamw_warmup_cosine(
+    model: nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The MAE recipe's optimizer for `steps` steps (the proxy here, pre-training and fine-tuning
+    in optidel.eval): AdamW (betas 0.9/0.95, weight decay 0.05 except biases and norms), linear
+    warm-up over the first tenth of the steps, then cosine decay to zero."""
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=lr, betas=(0.9, 0.95))
+    warmup = max(1, steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train_proxy(
     crops: np.ndarray, spec: MAESpec, mask_ratio: float, steps: int, batch_size: int, lr: float, seed: int
 ) -> MAE:
@@ -190,15 +207,7 @@ def train_proxy(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.derive(seed, "proxy-init") & _SEED_MASK)
         model = MAE(spec)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=lr, betas=(0.9, 0.95))
-    warmup = max(1, steps // 10)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    optimizer, schedule = adamw_warmup_cosine(model, lr, steps)
     draws = seeding.torch_generator(seed, "proxy-batches")
     model.train()
     for _ in range(steps):
