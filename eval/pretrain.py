@@ -41,7 +41,6 @@ MODELS = {
         decoder_num_heads=16,
     ),
 }
-_SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def model_spec(name: str, size: int) -> MAESpec:
 def initial_model(spec: MAESpec, seed: int) -> MAE:
     """The seed's starting network, the same for every arm; the global torch RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.derive(seed, "eval-init") & _SEED_MASK)
+        torch.manual_seed(seeding.torch_seed(seed, "eval-init"))
         return MAE(spec)
 
 

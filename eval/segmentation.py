@@ -22,7 +22,6 @@ from optidel import seeding
 from ..stages.mae import MAE, adamw_warmup_cosine, to_input
 from .metrics import iou_counts
 
-_SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def finetune(
     The decoder's initial weights and the batch order derive from the seed alone, so every
     arm of one seed is fine-tuned identically."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.derive(seed, "eval-decoder") & _SEED_MASK)
+        torch.manual_seed(seeding.torch_seed(seed, "eval-decoder"))
         model = Segmenter(mae, settings.decoder_width)
     model.to(device).train()
     optimizer, schedule = adamw_warmup_cosine(model, settings.lr, settings.steps)

@@ -22,10 +22,15 @@ def rng(seed: int, *keys: object) -> np.random.Generator:
     return np.random.default_rng(derive(seed, *keys))
 
 
+def torch_seed(seed: int, *keys: object) -> int:
+    """derive() folded into the non-negative int64 range that torch seeds must lie in."""
+    return derive(seed, *keys) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def torch_generator(seed: int, *keys: object):
     """A CPU torch.Generator for (seed, *keys); torch is imported only here, on demand."""
     import torch
 
     gen = torch.Generator()
-    gen.manual_seed(derive(seed, *keys) & 0x7FFF_FFFF_FFFF_FFFF)
+    gen.manual_seed(torch_seed(seed, *keys))
     return gen

@@ -34,7 +34,6 @@ from optidel import seeding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF  # torch.manual_seed takes a non-negative int64
 
 
 class ProxyCheckpointError(ValueError):
@@ -205,7 +204,7 @@ def train_proxy(
         raise ValueError(f"train_proxy: expected uint8 crops (N>0, {s}, {s}, 3), got {crops.dtype} {crops.shape}")
     # fork_rng: seed the initialisation without moving the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.derive(seed, "proxy-init") & _SEED_MASK)
+        torch.manual_seed(seeding.torch_seed(seed, "proxy-init"))
         model = MAE(spec)
     optimizer, schedule = adamw_warmup_cosine(model, lr, steps)
     draws = seeding.torch_generator(seed, "proxy-batches")

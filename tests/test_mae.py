@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import KVASIR as KVASIR_ROOT
 from optidel import seeding
 from optidel.stages import crops as crop_lib
 from optidel.stages.mae import (
@@ -25,7 +26,8 @@ from optidel.stages.mae import (
     train_proxy,
 )
 
-KVASIR = Path("/work/shared/datasets/kvasir-seg/images")
+KVASIR = KVASIR_ROOT / "images"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SPEC = MAESpec(
     image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
     decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
@@ -77,15 +79,6 @@ def mae_sincos_reference(dim: int, grid: int) -> np.ndarray:
     ys, xs = np.mgrid[0:grid, 0:grid].astype(np.float64)
     table = np.concatenate([one_axis(dim // 2, xs), one_axis(dim // 2, ys)], axis=1)
     return np.concatenate([np.zeros((1, dim)), table])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: a second OpenMP thread mostly spins and waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

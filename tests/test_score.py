@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import KVASIR as KVASIR_ROOT
 from optidel import seeding
 from optidel.manifests import schema
 from optidel.pipeline.config import MAEConfig, ScoreConfig
@@ -18,7 +18,8 @@ from optidel.stages import crops as crop_lib
 from optidel.stages.mae import MAESpec, save_proxy, to_input, train_proxy
 from optidel.stages.score import Score, mask_noise, proxy_info, proxy_spec
 
-KVASIR = Path("/work/shared/datasets/kvasir-seg/images")
+KVASIR = KVASIR_ROOT / "images"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIG = ScoreConfig(
     image_size=32,
     mask_ratio=0.75,
@@ -69,15 +70,6 @@ def make_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     batch = columns.to_batch(rows, columns.CANDIDATE_COLUMNS)
     batch[columns.CROP] = np.stack([row[columns.CROP] for row in rows])
     return batch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: a second OpenMP thread mostly spins and waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
