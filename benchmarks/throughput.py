@@ -158,12 +158,7 @@ def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
     proposed = propose(ingested)  # the stage's own output, to feed the next kernels (untimed)
     scored = timed("score", Score(config.score, config.seed, config.score.proxy), proposed)
 
-    is_source = scored[C.PATCH_INDEX] < 0
-    candidates = pass1.Candidates(
-        sources={k: v[is_source] for k, v in scored.items()},
-        patches={k: v[~is_source] for k, v in scored.items()},
-    )
-    plan = timed("select", barrier.plan, candidates, config)
+    plan = timed("select", barrier.plan, pass1.split_candidates(scored, with_patches=True), config)
 
     sample_rows = pass2.sample_rows(plan)
     compose_batch = {k: _column([r[k] for r in sample_rows]) for k in sample_rows[0]}

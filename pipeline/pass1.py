@@ -127,7 +127,7 @@ def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Cand
         )
 
     _run_partitions(refs, store, plan)
-    return _candidates(store.read_all(), with_patches=False)
+    return split_candidates(store.read_all(), with_patches=False)
 
 
 def proposed(rows: list[dict], config: Config, proposer: str) -> ray.data.Dataset:
@@ -199,7 +199,7 @@ def scored(refs: list[SourceRef], config: Config, proposer: str, proxy_path: str
         )
 
     _run_partitions(refs, store, plan)
-    return _candidates(store.read_all(), with_patches=True)
+    return split_candidates(store.read_all(), with_patches=True)
 
 
 def _run_partitions(refs: list[SourceRef], store: PartStore, plan) -> None:
@@ -252,7 +252,7 @@ def _cause(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {first.rstrip('.')}"
 
 
-def _candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
+def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
     """Split the persisted rows (in partition order, sorted within each) into sources and
     patches."""
     if not with_patches:
