@@ -12,8 +12,11 @@ While a run goes, the resident memory of the driver and of every process under i
 raylet, workers and actors) is sampled every 0.2 s with psutil. Reported per pool: peak total
 RSS (shared pages, e.g. the object store, counted once per process that maps them), peak total
 PSS (shared pages split between the processes: the sum is the memory actually used), the
-driver's own peak RSS, and the number of candidate patches; then the 4x/1x ratios and the
-growth per added patch, to compare with the ~1 KB per patch the selection barrier holds.
+driver's own peak RSS and USS (its private pages: RSS also counts the object store's shared
+pages the driver has touched while reading pass 1's blocks), and the number of candidate
+patches; then the 4x/1x ratios and the growth per added patch. After each run, the selection
+barrier's own memory per candidate patch is traced (tracemalloc) on that run's pass-1 parts:
+the figure to compare with DESIGN.md's ~1 KB per patch.
 
     python benchmarks/memory.py                  # 150 and 600 images
     python benchmarks/memory.py --images 40      # quicker: 40 and 160
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,11 @@ import psutil
 import torch
 from PIL import Image
 
-from optidel.pipeline import config as config_mod
+from optidel.manifests import schema
+from optidel.manifests.layout import Output
+from optidel.pipeline import barrier, config as config_mod, pass1
+from optidel.pipeline.partitions import PartStore
+from optidel.stages import columns as C
 from optidel.stages import mae, score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +91,7 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
-        self.peak_rss = self.peak_pss = self.peak_driver_rss = 0
+        self.peak_rss = self.peak_pss = self.peak_driver_rss = self.peak_driver_uss = 0
         self.peak_processes = 0
         self.samples = 0
         self.done = threading.Event()
@@ -108,6 +116,7 @@ class Sampler(threading.Thread):
             pss += info.pss
             if process.pid == self.root.pid:
                 self.peak_driver_rss = max(self.peak_driver_rss, info.rss)
+                self.peak_driver_uss = max(self.peak_driver_uss, info.uss)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_processes = max(self.peak_processes, len(processes))
@@ -139,9 +148,33 @@ def measure(pool: Path, out: Path, proxy: Path, sets: list[str]) -> dict:
         "peak_total_rss_mib": _mib(sampler.peak_rss),
         "peak_total_pss_mib": _mib(sampler.peak_pss),
         "peak_driver_rss_mib": _mib(sampler.peak_driver_rss),
+        "peak_driver_uss_mib": _mib(sampler.peak_driver_uss),
+        "barrier_bytes_per_patch": barrier_bytes_per_patch(out),
         "peak_processes": sampler.peak_processes,
         "memory_samples": sampler.samples,
     }
+
+
+def barrier_bytes_per_patch(out: Path) -> dict:
+    """What the selection barrier holds per candidate patch, traced in this process on the
+    run's own pass-1 parts: the candidates as read back, and the peak while selecting and
+    building the manifests (Python and numpy allocations; tracemalloc sees no Arrow buffers)."""
+    info = json.loads((out / "run.json").read_text())
+    config = config_mod.Config.model_validate(info["config"])
+    store = PartStore(Output(str(out)), info["counts"]["sources"], config.ingest.partition_size)
+    store.read_all()  # first read imports pyarrow's lazy modules, which are not the barrier's
+    tracemalloc.start()
+    try:
+        candidates = pass1.split_candidates(store.read_all(), with_patches=True)
+        held = tracemalloc.get_traced_memory()[0]
+        plan = barrier.plan(candidates, config)
+        tables = [schema.to_table(name, getattr(plan, name)) for name in ("sources", "patches")]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del tables
+    n = max(len(candidates.patches[C.PATCH_ID]), 1)
+    return {"candidates": round(held / n), "peak": round(peak / n)}
 
 
 def _mib(n: int) -> float:
@@ -164,6 +197,7 @@ def summarize(results: dict, images: int, factor: int) -> dict:
         "pss_ratio": round(large["peak_total_pss_mib"] / small["peak_total_pss_mib"], 3),
         "pss_growth_per_added_patch_kib": per_patch_kib("peak_total_pss_mib"),
         "driver_rss_growth_per_added_patch_kib": per_patch_kib("peak_driver_rss_mib"),
+        "driver_uss_growth_per_added_patch_kib": per_patch_kib("peak_driver_uss_mib"),
     }
 
 
@@ -210,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak total PSS: 1x {small['peak_total_pss_mib']:.0f} MiB, {args.factor}x {large['peak_total_pss_mib']:.0f} MiB")
     print(f"candidate patches: 1x {small['candidate_patches']}, {args.factor}x {large['candidate_patches']}; growth per "
           f"added patch: total PSS {summary['pss_growth_per_added_patch_kib']:.2f} KiB, "
-          f"driver RSS {summary['driver_rss_growth_per_added_patch_kib']:.2f} KiB")
+          f"driver RSS {summary['driver_rss_growth_per_added_patch_kib']:.2f} KiB, "
+          f"driver USS {summary['driver_uss_growth_per_added_patch_kib']:.2f} KiB")
+    print(f"barrier, bytes per candidate patch (held, peak): 1x {small['barrier_bytes_per_patch']}, "
+          f"{args.factor}x {large['barrier_bytes_per_patch']}")
     print(f"written: {path.relative_to(REPO)}")
     print(f"rss_ratio={summary['rss_ratio']:.3f} pss_ratio={summary['pss_ratio']:.3f}")
     return 0

@@ -114,7 +114,9 @@ def to_table(name: str, columns: dict) -> pa.Table:
     arrays = []
     for field in schema:
         values = columns[field.name]
-        array = pa.array(values.tolist() if hasattr(values, "tolist") else list(values))
+        # numpy columns convert without a Python object per value (the barrier holds the whole
+        # pool's patches); lists (e.g. samples' list columns) convert as they are.
+        array = pa.array(values if getattr(values, "ndim", 0) == 1 else list(values))
         if field.nullable:
             array = _sentinels_to_null(array)
         arrays.append(array.cast(field.type))

@@ -29,7 +29,7 @@ class IngestConfig(Section):
         100_000_000, ge=1, description="decompression-bomb limit: larger declared sizes are refused"
     )
     max_bytes: int = Field(512 * 2**20, ge=1, description="larger files are refused unread")
-    partition_size: int = Field(32, ge=1, description="sources per pass-1 partition (Ray block)")
+    partition_size: int = Field(32, ge=1, description="sources per pass-1 partition (the unit a rerun resumes from)")
 
 
 class ProposeConfig(Section):

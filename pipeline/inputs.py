@@ -89,7 +89,7 @@ def _list_input(item: str, fs, path: str) -> list[SourceRef]:
             if _extension(found) in IMAGE_EXTENSIONS:
                 refs.append(_plain(fs, found))
             elif _extension(found) == TAR_EXTENSION:
-                refs.extend(_list_tar(fs, found))
+                refs.extend(_list_tar(fs, found, strict=False))
         return refs
     lowered = path.lower()
     if _extension(path) in IMAGE_EXTENSIONS:
@@ -97,22 +97,29 @@ def _list_input(item: str, fs, path: str) -> list[SourceRef]:
     if lowered.endswith(COMPRESSED_TAR_EXTENSIONS):
         raise InputError(item, "compressed tars cannot be read by offset; decompress it to a .tar")
     if _extension(path) == TAR_EXTENSION:
-        return _list_tar(fs, path)
+        return _list_tar(fs, path, strict=True)
     if lowered.endswith(LIST_EXTENSIONS):
         return _list_file(item, fs, path)
     raise InputError(item, f"not a directory, image ({', '.join(sorted(IMAGE_EXTENSIONS))}), .tar or list file")
 
 
-def _list_tar(fs, path: str) -> list[SourceRef]:
+def _list_tar(fs, path: str, strict: bool) -> list[SourceRef]:
     """Regular-file image members in archive order. Headers are read by seeking past each
     member's data; a truncated tar yields the members whose headers are whole (a cut member's
-    data then reads short and decodes as corrupt)."""
+    data then reads short and decodes as corrupt).
+
+    A file that is not a tar at all is an InputError when it was named as an input (`strict`),
+    but only one bad source when it was found in a directory or a list file: one stray file
+    must not stop a pool of millions. It is then listed as a plain file, which ingest records
+    as corrupt, with the reason."""
     uri = _uri(fs, path)
     refs = []
     with fs.open(path, "rb") as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r:")
         except tarfile.ReadError as exc:
+            if not strict:
+                return [_plain(fs, path)]
             raise InputError(uri, f"not an uncompressed tar file ({exc})") from None
         with tar:
             try:
@@ -143,7 +150,7 @@ def _list_file(item: str, fs, path: str) -> list[SourceRef]:
         else:
             entry_fs, entry_path = fs, posixpath.normpath(posixpath.join(base, entry))
         if _extension(entry_path) == TAR_EXTENSION and entry_fs.isfile(entry_path):
-            refs.extend(_list_tar(entry_fs, entry_path))
+            refs.extend(_list_tar(entry_fs, entry_path, strict=False))
         else:
             refs.append(_plain(entry_fs, entry_path))
     return refs

@@ -8,7 +8,7 @@ resumed, reads its candidates back from the parts, so both see the same bytes.
 
 Faults: a worker or actor that dies is retried by Ray, at most ray.max_retries times
 (pipeline/raydata.py). A source whose proposal raises is recorded with its error (status
-FAILED_STATUS) and the others go on. When Ray gives up, the run stops with a RunError naming
+`failed`, pipeline/pass1_stages.py) and the others go on. When Ray gives up, the run stops with a RunError naming
 the unfinished partitions; the finished ones are kept, and a rerun resumes from them.
 """
 
@@ -22,22 +22,18 @@ from typing import Iterable
 import numpy as np
 import ray
 
-from ..manifests import schema
 from ..stages import columns as C
 from ..stages.ingest import Ingest
-from ..stages.propose import Propose
 from ..stages.score import Score
 from . import raydata
 from .config import Config
 from .inputs import SourceRef
-from .partitions import PASS1_DIR, ROWS_OF_SOURCE, PartitionSink, PartStore
+from .partitions import PASS1_DIR, PartitionSink, PartStore
+from .pass1_stages import IngestWithoutPixels, IsolatedPropose, where
 from .resume import RunError
 
 log = logging.getLogger("optidel")
 
-# A source the proposer raised on: its bytes decode, so it is not corrupt; the error names the
-# exception.
-FAILED_STATUS = schema.FAILED
 NAMED_SOURCES = 3  # sources named per unfinished partition in a failure message
 
 
@@ -61,57 +57,10 @@ def listing(refs: list[SourceRef], indices: Iterable[int] | None = None) -> list
 
 
 def _dataset(rows: list[dict], config: Config) -> ray.data.Dataset:
-    blocks = max(1, math.ceil(len(rows) / config.ingest.partition_size))
+    """Listing rows in blocks of one model batch: partitions (the resume unit) are far larger,
+    and blocks that size would leave cores idle on small pools and at the end of large ones."""
+    blocks = max(1, math.ceil(len(rows) / config.ray.model_batch_size))
     return ray.data.from_items(rows, override_num_blocks=blocks)
-
-
-def _with_rows_of_source(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Tag each row with how many rows its source produced (the sink's completeness count);
-    `out` holds every row of each of its sources."""
-    _, inverse, counts = np.unique(out[C.INPUT_INDEX], return_inverse=True, return_counts=True)
-    out[ROWS_OF_SOURCE] = counts[inverse].astype(np.int64)
-    return out
-
-
-class IngestWithoutPixels(Ingest):
-    """Ingest for whole-image selectors: validate, keep the record, drop the pixels."""
-
-    def __call__(self, batch):
-        out = super().__call__(batch)
-        del out[C.IMAGE]
-        return _with_rows_of_source(out)
-
-
-class IsolatedPropose(Propose):
-    """Propose, where a source that raises fails alone: when a batch raises, its sources are
-    proposed one by one, and a source that still raises becomes a FAILED_STATUS source row
-    with the exception as its error."""
-
-    def __call__(self, batch):
-        self.setup()  # a model that cannot load fails the run, not every source
-        try:
-            out = super().__call__(batch)
-        except Exception:  # noqa: BLE001 - isolated below, source by source
-            parts = [self._one(batch, i) for i in range(len(batch[C.INPUT_INDEX]))]
-            out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        return _with_rows_of_source(out)
-
-    def _one(self, batch, i: int):
-        row = {name: values[i : i + 1] for name, values in batch.items()}
-        try:
-            return super().__call__(row)
-        except Exception as exc:  # noqa: BLE001 - recorded as the source's error
-            error = f"propose raised {type(exc).__name__}: {exc}"
-            log.warning("%s: %s", _where_row(row), error)
-        source = {col: row[col][0] for col in C.SOURCE_COLUMNS}
-        source.update({C.STATUS: FAILED_STATUS, "error": error, C.PATCH_INDEX: -1})
-        out = C.to_batch([source], C.CANDIDATE_COLUMNS)
-        out[C.CROP] = np.zeros((1, self.crop_size, self.crop_size, 3), np.uint8)
-        return out
-
-
-def _where_row(row) -> str:
-    return _where(SourceRef(str(row[C.URI][0]), str(row[C.MEMBER][0]), -1, -1))
 
 
 def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Candidates:
@@ -122,7 +71,7 @@ def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Cand
             _dataset(rows, config),
             IngestWithoutPixels,
             {"config": config.ingest},
-            batch_size=config.ingest.partition_size,
+            batch_size=config.ray.model_batch_size,
             config=config.ray,
         )
 
@@ -136,7 +85,7 @@ def proposed(rows: list[dict], config: Config, proposer: str) -> ray.data.Datase
         _dataset(rows, config),
         Ingest,
         {"config": config.ingest},
-        batch_size=config.ingest.partition_size,
+        batch_size=config.ray.model_batch_size,
         config=config.ray,
     )
     propose_kwargs = {
@@ -228,7 +177,7 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, exc) -> str:
     named = []
     for p in unfinished[:NAMED_SOURCES]:
         span = store.sources_of(p)
-        uris = ", ".join(_where(refs[i]) for i in list(span)[:NAMED_SOURCES])
+        uris = ", ".join(where(refs[i]) for i in list(span)[:NAMED_SOURCES])
         more = f", ... ({len(span)} sources)" if len(span) > NAMED_SOURCES else ""
         named.append(f"partition {p} (sources {span.start}-{span.stop - 1}: {uris}{more})")
     if len(unfinished) > NAMED_SOURCES:
@@ -239,10 +188,6 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, exc) -> str:
         f"{'; '.join(named)}. Cause: {cause}. Finished partitions are kept in "
         f"{store.output.path(PASS1_DIR)}; rerunning the same command resumes from them."
     )
-
-
-def _where(ref: SourceRef) -> str:
-    return f"{ref.uri}[{ref.member}]" if ref.member else ref.uri
 
 
 def _cause(exc: BaseException) -> str:

@@ -1,14 +1,15 @@
 """From proposer masks (segment-anything's record format) to key patches: square boxes in
-source pixels, filtered, de-duplicated and capped, in a deterministic order."""
+source pixels, filtered, de-duplicated and capped, in a deterministic order.
+
+No torch here: the weight-free proposer's Ray workers import this module, and torch (with
+torchvision) costs each of them seconds of start-up and ~800 MB of memory."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
-from torchvision.ops import nms
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,9 @@ def key_patches(masks: list[dict], image_shape: tuple[int, ...], config) -> list
         return []
     candidates.sort(key=lambda c: c[0])
     # NMS on the square crops actually cut: two masks whose crops nearly coincide give the proxy
-    # the same pixels twice. Strictly falling scores make NMS follow our order exactly.
-    boxes = torch.tensor([c[1] for c in candidates], dtype=torch.float64)
-    scores = torch.arange(len(candidates), 0, -1, dtype=torch.float64)
-    kept = sorted(nms(boxes, scores, config.patch_nms_thresh).tolist())[: config.max_patches_per_image]
+    # the same pixels twice.
+    boxes = np.array([c[1] for c in candidates], dtype=np.float64)
+    kept = greedy_nms(boxes, config.patch_nms_thresh, config.max_patches_per_image)
     return [
         KeyPatch(
             *candidates[i][1],
@@ -68,6 +68,25 @@ def key_patches(masks: list[dict], image_shape: tuple[int, ...], config) -> list
         )
         for i in kept
     ]
+
+
+def greedy_nms(boxes: np.ndarray, iou_thresh: float, limit: int) -> list[int]:
+    """Indices of the boxes (x0, y0, x1, y1), in priority order, that torchvision's `nms` keeps
+    (IoU above `iou_thresh` with a kept box suppresses), stopping at `limit` kept."""
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if len(kept) >= limit:
+            break
+        if kept:
+            k = np.asarray(kept)
+            w = np.clip(np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0]), 0, None)
+            h = np.clip(np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1]), 0, None)
+            inter = w * h
+            if np.any(inter / (areas[k] + areas[i] - inter) > iou_thresh):
+                continue
+        kept.append(i)
+    return kept
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -1,32 +1,20 @@
 """The propose stage: masks from SAM (or the weight-free regions proposer) -> key patches, each
-with its crop resized for the proxy; one source row, then its patch rows, per ingested source."""
+with its crop resized for the proxy; one source row, then its patch rows, per ingested source.
+
+torch and segment-anything are imported only on the SAM path (stages/sam.py): the regions
+proposer's Ray workers then start in a fraction of a second and without torch's ~800 MB."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from segment_anything import SamAutomaticMaskGenerator
-
-from optidel import seeding
 
 from ..manifests import schema
 from . import columns
-from .amg_batched import BatchedMaskGenerator
 from .crops import crop_resize
 from .keypatch import key_patches, mask_to_rle
 from .regions import RegionsProposer
-from .sam import CheckpointError, build_sam, file_sha256
 
 TINY_MODEL = "vit_tiny"
-# ProposeConfig keys passed under segment-anything's own names to either mask generator.
-AMG_SETTINGS = (
-    "points_per_side",
-    "points_per_batch",
-    "pred_iou_thresh",
-    "stability_score_thresh",
-    "box_nms_thresh",
-    "min_mask_region_area",
-)
 
 
 def resolve_proposer(config) -> str:
@@ -35,12 +23,16 @@ def resolve_proposer(config) -> str:
     if config.proposer == "auto":
         return "sam" if config.sam_checkpoint else "regions"
     if config.proposer == "sam" and not config.sam_checkpoint and config.sam_model != TINY_MODEL:
+        from .sam import CheckpointError
+
         raise CheckpointError("propose.proposer=sam needs propose.sam_checkpoint")
     return config.proposer
 
 
 def proposer_info(config) -> dict:
     """What run.json records about the proposer."""
+    from .sam import file_sha256
+
     name = resolve_proposer(config)
     checkpoint = config.sam_checkpoint if name == "sam" else None
     return {
@@ -60,32 +52,18 @@ class Propose:
         self.seed = seed
         self.device = device
         self.proposer_name = resolve_proposer(config)
-        self._generator = None
+        self._generate = None  # images -> mask records per image (segment-anything's format)
 
     def setup(self) -> None:
-        if self._generator is not None:
+        if self._generate is not None:
             return
         if self.proposer_name == "regions":
-            self._generator = RegionsProposer(self.config)
+            regions = RegionsProposer(self.config)
+            self._generate = lambda images: [regions.generate(image) for image in images]
             return
-        cfg = self.config
-        # Forked so that seeding random weights leaves the caller's torch RNG untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeding.derive(self.seed, "sam"))
-            model = build_sam(cfg.sam_model, cfg.sam_checkpoint)
-        model.to(self.device).eval()
-        settings = {name: getattr(cfg, name) for name in AMG_SETTINGS}
-        if cfg.crop_n_layers == 0:
-            # Same masks as the reference generator (tests/test_amg_batched.py), many times faster.
-            self._generator = BatchedMaskGenerator(model, **settings)
-            return
-        try:
-            # Crop layers (zoomed-in re-runs) exist only in the reference generator.
-            self._generator = SamAutomaticMaskGenerator(
-                model, crop_n_layers=cfg.crop_n_layers, output_mode="binary_mask", **settings
-            )
-        except ImportError as exc:  # segment_anything needs OpenCV for min_mask_region_area > 0
-            raise ValueError(f"propose.min_mask_region_area > 0 needs OpenCV (cv2): {exc}") from None
+        from .sam import mask_generator
+
+        self._generate = mask_generator(self.config, self.seed, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.setup()
@@ -111,12 +89,9 @@ class Propose:
         return out
 
     def masks(self, images: list[np.ndarray]) -> list[list[dict]]:
-        """Mask records per image; SAM's batched generator takes the whole batch at once."""
-        images = [np.ascontiguousarray(image) for image in images]
-        if isinstance(self._generator, BatchedMaskGenerator):
-            return self._generator.generate_batch(images)
-        with torch.inference_mode():
-            return [self._generator.generate(image) for image in images]
+        """Mask records per image."""
+        self.setup()
+        return self._generate([np.ascontiguousarray(image) for image in images])
 
     @staticmethod
     def _patch_row(source: dict, k: int, patch) -> dict:

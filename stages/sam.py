@@ -14,10 +14,23 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from segment_anything import sam_model_registry
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from optidel import seeding
+
+from .amg_batched import BatchedMaskGenerator
+
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+# ProposeConfig keys passed under segment-anything's own names to either mask generator.
+AMG_SETTINGS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "min_mask_region_area",
+)
 
 
 class CheckpointError(ValueError):
@@ -33,6 +46,37 @@ def build_sam(model_type: str, checkpoint: str | None) -> Sam:
     if checkpoint is not None:
         _load_weights(model, checkpoint, model_type)
     return model.eval()
+
+
+def seeded_sam(config, seed: int) -> Sam:
+    """The SAM a ProposeConfig names; random weights (vit_tiny smoke runs) seeded from `seed`."""
+    # Forked so that seeding random weights leaves the caller's torch RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.derive(seed, "sam"))
+        return build_sam(config.sam_model, config.sam_checkpoint)
+
+
+def mask_generator(config, seed: int, device: str):
+    """images -> mask records per image, by SAM's automatic mask generation with the settings of
+    a ProposeConfig."""
+    model = seeded_sam(config, seed).to(device).eval()
+    settings = {name: getattr(config, name) for name in AMG_SETTINGS}
+    if config.crop_n_layers == 0:
+        # Same masks as the reference generator (tests/test_amg_batched.py), many times faster.
+        return BatchedMaskGenerator(model, **settings).generate_batch
+    try:
+        # Crop layers (zoomed-in re-runs) exist only in the reference generator.
+        reference = SamAutomaticMaskGenerator(
+            model, crop_n_layers=config.crop_n_layers, output_mode="binary_mask", **settings
+        )
+    except ImportError as exc:  # segment_anything needs OpenCV for min_mask_region_area > 0
+        raise ValueError(f"propose.min_mask_region_area > 0 needs OpenCV (cv2): {exc}") from None
+
+    def generate(images):
+        with torch.inference_mode():
+            return [reference.generate(image) for image in images]
+
+    return generate
 
 
 def save_sam(model: Sam, path: str | Path) -> None:

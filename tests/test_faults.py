@@ -11,7 +11,8 @@ from optidel.manifests import schema
 from optidel.pipeline.config import IngestConfig, ProposeConfig
 from optidel.pipeline.inputs import list_sources
 from optidel.pipeline.partitions import ROWS_OF_SOURCE
-from optidel.pipeline.pass1 import FAILED_STATUS, IsolatedPropose, listing
+from optidel.pipeline.pass1 import listing
+from optidel.pipeline.pass1_stages import FAILED_STATUS, IsolatedPropose
 from optidel.stages import columns as C
 from optidel.stages.ingest import Ingest
 from optidel.stages.propose import Propose

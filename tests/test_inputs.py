@@ -10,9 +10,14 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from optidel import imageio
+from optidel.pipeline.config import IngestConfig
 from optidel.pipeline.inputs import InputError, SourceRef, list_sources
+from optidel.pipeline.pass1 import listing
+from optidel.stages import columns as C
+from optidel.stages.ingest import Ingest
 
 import hostile
 
@@ -85,6 +90,18 @@ def test_not_a_tar_is_an_input_error(tmp_path):
     (tmp_path / "pool.tar.gz").write_bytes(b"gz")
     with pytest.raises(InputError, match="pool.tar.gz.*compressed"):
         list_sources([str(tmp_path / "pool.tar.gz")])
+
+
+def test_a_stray_non_tar_in_a_directory_or_list_is_one_bad_source(tmp_path):
+    Image.new("RGB", (80, 60), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "fake.tar").write_bytes(b"<html>not a tar</html>" * 40)
+    (tmp_path / "pool.txt").write_text("a.png\nfake.tar\n")
+    for source in (tmp_path, tmp_path / "pool.txt"):
+        refs = list_sources([str(source)])
+        assert [(r.uri.rsplit("/", 1)[1], r.member) for r in refs] == [("a.png", ""), ("fake.tar", "")]
+        out = Ingest(IngestConfig())(C.to_batch(listing(refs), C.LISTING_COLUMNS))
+        assert out[C.STATUS].tolist() == ["ok", "corrupt"]
+        assert out["error"][1]
 
 
 def test_brace_pattern_expands_in_order(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from optidel.pipeline.config import ProposeConfig
-from optidel.stages.keypatch import key_patches, mask_to_rle, rle_to_mask
+from optidel.stages.keypatch import greedy_nms, key_patches, mask_to_rle, rle_to_mask
 
 H, W = 100, 120
 
@@ -54,6 +54,22 @@ def test_nms_keeps_the_better_of_overlapping_boxes_and_disjoint_ones():
     assert [p.box for p in patches] == [(12, 10, 52, 50), (70, 40, 110, 80)]
     loose = key_patches(masks, (H, W, 3), config(patch_nms_thresh=1.0))
     assert len(loose) == 3
+
+
+@pytest.mark.parametrize("thresh", [0.0, 0.3, 0.7])
+def test_greedy_nms_keeps_what_torchvision_nms_keeps(thresh):
+    torch = pytest.importorskip("torch")
+    from torchvision.ops import nms
+
+    rng = np.random.default_rng(7)
+    corners = rng.integers(0, 80, size=(200, 2))
+    sides = rng.integers(1, 40, size=(200, 1))
+    boxes = np.hstack([corners, corners + sides]).astype(np.float64)  # squares, as key patches are
+    scores = torch.arange(len(boxes), 0, -1, dtype=torch.float64)  # priority = row order
+    expected = sorted(nms(torch.from_numpy(boxes), scores, thresh).tolist())
+    assert 5 < len(expected) < len(boxes)
+    assert greedy_nms(boxes, thresh, limit=len(boxes)) == expected
+    assert greedy_nms(boxes, thresh, limit=5) == expected[:5]
 
 
 def test_ordering_is_quality_then_area_then_position():

@@ -19,7 +19,7 @@ from optidel.stages.crops import crop_resize
 from optidel.stages.keypatch import rle_to_mask
 from optidel.stages.propose import Propose, proposer_info, resolve_proposer
 from optidel.stages.regions import RegionsProposer
-from optidel.stages.sam import CheckpointError
+from optidel.stages.sam import CheckpointError, seeded_sam
 
 CROP = 32
 
@@ -150,9 +150,7 @@ def test_random_sam_weights_are_seeded_and_leave_the_torch_rng_alone():
     state = torch.random.get_rng_state()
 
     def weights(seed):
-        stage = Propose(config, crop_size=CROP, seed=seed)
-        stage.setup()
-        return stage._generator.model.state_dict()
+        return seeded_sam(config, seed).state_dict()
 
     a, b, c = weights(0), weights(0), weights(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -177,9 +175,7 @@ def test_regions_proposer_gives_patches_inside_the_image(kvasir):
 def test_regions_records_match_sams_format_and_partition_the_image(sam_checkpoint, small_paths):
     image = _image(small_paths[0], max_side=256)
     config = relaxed_sam_config(sam_checkpoint)
-    stage = Propose(config, crop_size=CROP)
-    stage.setup()
-    sam_records = stage._generator.generate(image)
+    [sam_records] = Propose(config, crop_size=CROP).masks([image])
     records = RegionsProposer(ProposeConfig(regions_max_side=128)).generate(image)
     assert sam_records and records
     assert set(records[0]) == set(sam_records[0])

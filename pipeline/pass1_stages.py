@@ -1,0 +1,78 @@
+"""The stage wrappers pass 1 runs on Ray: source-row bookkeeping around Ingest and Propose.
+
+Ray workers import this module (not pipeline/pass1.py, which also knows the Score stage), so
+that on the weight-free proposer's path no worker but the Score actors imports torch
+(tests/test_pass1_stages.py checks it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..manifests import schema
+from ..stages import columns as C
+from ..stages.ingest import Ingest
+from ..stages.propose import Propose
+from .inputs import SourceRef
+from .partitions import ROWS_OF_SOURCE
+
+log = logging.getLogger("optidel")
+
+# A source the proposer raised on: its bytes decode, so it is not corrupt; the error names the
+# exception.
+FAILED_STATUS = schema.FAILED
+
+
+def _with_rows_of_source(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Tag each row with how many rows its source produced (the sink's completeness count);
+    `out` holds every row of each of its sources."""
+    _, inverse, counts = np.unique(out[C.INPUT_INDEX], return_inverse=True, return_counts=True)
+    out[ROWS_OF_SOURCE] = counts[inverse].astype(np.int64)
+    return out
+
+
+class IngestWithoutPixels(Ingest):
+    """Ingest for whole-image selectors: validate, keep the record, drop the pixels."""
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        del out[C.IMAGE]
+        return _with_rows_of_source(out)
+
+
+class IsolatedPropose(Propose):
+    """Propose, where a source that raises fails alone: when a batch raises, its sources are
+    proposed one by one, and a source that still raises becomes a FAILED_STATUS source row
+    with the exception as its error."""
+
+    def __call__(self, batch):
+        self.setup()  # a model that cannot load fails the run, not every source
+        try:
+            out = super().__call__(batch)
+        except Exception:  # noqa: BLE001 - isolated below, source by source
+            parts = [self._one(batch, i) for i in range(len(batch[C.INPUT_INDEX]))]
+            out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return _with_rows_of_source(out)
+
+    def _one(self, batch, i: int):
+        row = {name: values[i : i + 1] for name, values in batch.items()}
+        try:
+            return super().__call__(row)
+        except Exception as exc:  # noqa: BLE001 - recorded as the source's error
+            error = f"propose raised {type(exc).__name__}: {exc}"
+            log.warning("%s: %s", _where_row(row), error)
+        source = {col: row[col][0] for col in C.SOURCE_COLUMNS}
+        source.update({C.STATUS: FAILED_STATUS, "error": error, C.PATCH_INDEX: -1})
+        out = C.to_batch([source], C.CANDIDATE_COLUMNS)
+        out[C.CROP] = np.zeros((1, self.crop_size, self.crop_size, 3), np.uint8)
+        return out
+
+
+def _where_row(row) -> str:
+    return where(SourceRef(str(row[C.URI][0]), str(row[C.MEMBER][0]), -1, -1))
+
+
+def where(ref: SourceRef) -> str:
+    return f"{ref.uri}[{ref.member}]" if ref.member else ref.uri
