@@ -165,7 +165,7 @@ def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
     propose.setup()
     images = list(ingested[C.IMAGE])
     masks = timed("propose", propose.masks, images)
-    patches = [key_patches(m, image.shape, config.propose) for m, image in zip(masks, images)]
+    patches = [key_patches(m, image.shape, config.propose, pixels=image) for m, image in zip(masks, images)]
 
     def crop_all():
         size = config.score.image_size

@@ -55,6 +55,12 @@ class ProposeConfig(Section):
     patch_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="IoU above which boxes merge")
     margin: float = Field(0.1, ge=0.0, le=1.0, description="square crop grows by this fraction")
     min_patch_side: int = Field(24, ge=1, description="smallest square crop side, source pixels")
+    # Endoscopes (and many cameras) frame the scene in black, with burned-in text and overlay
+    # boxes; the proxy finds those edges "hard", so crops mostly outside the view are dropped.
+    max_dark_frac: float = Field(
+        0.25, ge=0.0, le=1.0, description="drop a patch whose crop has more near-black pixels than this (1 keeps all)"
+    )
+    dark_level: int = Field(20, ge=0, le=255, description="a pixel is near-black when no channel exceeds this")
 
     @model_validator(mode="after")
     def _area_range(self):

@@ -31,13 +31,15 @@ class KeyPatch:
         return (self.x0, self.y0, self.x1, self.y1)
 
 
-def key_patches(masks: list[dict], image_shape: tuple[int, ...], config) -> list[KeyPatch]:
+def key_patches(masks: list[dict], image_shape: tuple[int, ...], config, pixels: np.ndarray | None = None) -> list[KeyPatch]:
     """Masks -> at most `config.max_patches_per_image` key patches, best first.
 
     `config` is a ProposeConfig (min/max_area_frac, patch_nms_thresh, max_patches_per_image,
-    margin, min_patch_side)."""
+    margin, min_patch_side, max_dark_frac, dark_level). With the image's `pixels`, a square crop
+    with more than max_dark_frac near-black pixels is dropped before NMS and the cap."""
     height, width = image_shape[:2]
     image_area = height * width
+    dark = _dark_counts(pixels, config) if pixels is not None and config.max_dark_frac < 1 else None
     candidates = []
     for index, record in enumerate(masks):
         mask = np.asarray(record["segmentation"], dtype=bool)
@@ -47,6 +49,8 @@ def key_patches(masks: list[dict], image_shape: tuple[int, ...], config) -> list
         if area == 0 or not config.min_area_frac <= area / image_area <= config.max_area_frac:
             continue
         box = square_box(tight_box(mask), width, height, config.margin, config.min_patch_side)
+        if dark is not None and _box_fraction(dark, box) > config.max_dark_frac:
+            continue
         quality = float(record["predicted_iou"]) * float(record["stability_score"])
         # The index only breaks exact ties, so equal inputs always rank the same way.
         rank_key = (-quality, -area, box[1], box[0], box[3], box[2], index)
@@ -87,6 +91,20 @@ def greedy_nms(boxes: np.ndarray, iou_thresh: float, limit: int) -> list[int]:
                 continue
         kept.append(i)
     return kept
+
+
+def _dark_counts(pixels: np.ndarray, config) -> np.ndarray:
+    """Summed-area table of near-black pixels, (H+1, W+1): any box's count in four lookups."""
+    dark = np.asarray(pixels).max(axis=2) <= config.dark_level
+    counts = np.zeros((dark.shape[0] + 1, dark.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(dark, axis=0, dtype=np.int64), axis=1, out=counts[1:, 1:])
+    return counts
+
+
+def _box_fraction(counts: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    x0, y0, x1, y1 = box
+    inside = counts[y1, x1] - counts[y0, x1] - counts[y1, x0] + counts[y0, x0]
+    return float(inside) / ((x1 - x0) * (y1 - y0))
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:

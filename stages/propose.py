@@ -80,7 +80,7 @@ class Propose:
             image = batch[columns.IMAGE][i]
             height, width = image.shape[:2]
             crops.append(crop_resize(image, (0, 0, width, height), self.crop_size))
-            for k, patch in enumerate(key_patches(masks[i], image.shape, self.config)):
+            for k, patch in enumerate(key_patches(masks[i], image.shape, self.config, pixels=image)):
                 rows.append(self._patch_row(source, k, patch))
                 crops.append(crop_resize(image, patch.box, self.crop_size))
         out = columns.to_batch(rows, columns.CANDIDATE_COLUMNS)

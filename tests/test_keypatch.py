@@ -72,6 +72,28 @@ def test_greedy_nms_keeps_what_torchvision_nms_keeps(thresh):
     assert greedy_nms(boxes, thresh, limit=5) == expected[:5]
 
 
+def test_crops_mostly_outside_the_field_of_view_are_dropped():
+    # An endoscope frame: black left third (with white overlay text), tissue elsewhere.
+    pixels = np.full((H, W, 3), (180, 90, 70), np.uint8)
+    pixels[:, :40] = 0
+    pixels[10:14, 5:30] = 255
+    masks = [
+        record(5, 5, 35, 35, iou=0.99),  # all in the black border, text included: dropped
+        record(30, 50, 60, 80, iou=0.95),  # crop [30, 60): a third black, above the default 0.25
+        record(34, 10, 64, 40, iou=0.9),  # crop [34, 64): a fifth black: kept
+        record(70, 40, 110, 80, iou=0.8),  # tissue only: kept
+    ]
+    boxes = [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)]
+    assert boxes == [(34, 10, 64, 40), (70, 40, 110, 80)]
+    # max_dark_frac = 1 keeps all; without pixels there is nothing to judge by.
+    assert len(key_patches(masks, (H, W, 3), config(max_dark_frac=1.0), pixels=pixels)) == 4
+    assert len(key_patches(masks, (H, W, 3), config())) == 4
+    # The level: at dark_level below the black, nothing is near-black.
+    pixels[:, :40] = 30
+    pixels[10:14, 5:30] = 255
+    assert len(key_patches(masks, (H, W, 3), config(dark_level=20), pixels=pixels)) == 4
+
+
 def test_ordering_is_quality_then_area_then_position():
     masks = [
         record(70, 60, 90, 80, iou=0.5),  # same quality and area as the next; lower down
