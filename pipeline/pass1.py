@@ -8,8 +8,9 @@ resumed, reads its candidates back from the parts, so both see the same bytes.
 
 Faults: a worker or actor that dies is retried by Ray, at most ray.max_retries times
 (pipeline/raydata.py). A source whose proposal raises is recorded with its error (status
-`failed`, pipeline/pass1_stages.py) and the others go on. When Ray gives up, the run stops with a RunError naming
-the unfinished partitions; the finished ones are kept, and a rerun resumes from them.
+`failed`, pipeline/pass1_stages.py) and the others go on. When Ray gives up, the run stops
+with a RunError naming the unfinished partitions; the finished ones are kept, and a rerun
+resumes from them.
 """
 
 from __future__ import annotations
