@@ -110,7 +110,9 @@ class OutputConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
-    cpus_per_task: float = Field(0.5, gt=0, description="fractional, or 2-core machines deadlock")
+    cpus_per_task: float | None = Field(
+        None, gt=0, description="CPUs per Ray task; unset: one task per CPU, sharing what the actor pools leave"
+    )
     cpus_per_actor: float = Field(0.5, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0, description="0 = run models on the CPU")
     actors: int = Field(1, ge=1, description="model actors per GPU stage")

@@ -80,14 +80,17 @@ def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Cand
     return split_candidates(store.read_all(), with_patches=False)
 
 
-def proposed(rows: list[dict], config: Config, proposer: str) -> ray.data.Dataset:
-    """Ingest + propose + crop: the rows of columns.CANDIDATE_COLUMNS + CROP + ROWS_OF_SOURCE."""
+def proposed(rows: list[dict], config: Config, proposer: str, scored: bool = False) -> ray.data.Dataset:
+    """Ingest + propose + crop: the rows of columns.CANDIDATE_COLUMNS + CROP + ROWS_OF_SOURCE.
+    `scored`: a Score actor pool follows in the same plan (its CPUs are not the tasks')."""
+    actor_stages = int(proposer == "sam") + int(scored)
     ds = raydata.map_task(
         _dataset(rows, config),
         Ingest,
         {"config": config.ingest},
         batch_size=config.ray.model_batch_size,
         config=config.ray,
+        actor_stages=actor_stages,
     )
     propose_kwargs = {
         "config": config.propose,
@@ -102,7 +105,12 @@ def proposed(rows: list[dict], config: Config, proposer: str) -> ray.data.Datase
     # The weight-free proposer has nothing to load: tasks fuse with ingest, so decoded images
     # never cross the object store.
     return raydata.map_task(
-        ds, IsolatedPropose, propose_kwargs, batch_size=config.ray.model_batch_size, config=config.ray
+        ds,
+        IsolatedPropose,
+        propose_kwargs,
+        batch_size=config.ray.model_batch_size,
+        config=config.ray,
+        actor_stages=actor_stages,
     )
 
 
@@ -136,7 +144,7 @@ def scored(refs: list[SourceRef], config: Config, proposer: str, proxy_path: str
 
     def plan(rows):
         return raydata.map_actors(
-            proposed(rows, config, proposer),
+            proposed(rows, config, proposer, scored=True),
             Score,
             {
                 "config": config.score,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 
@@ -42,8 +43,10 @@ def connect(config: RayConfig) -> None:
     log.info("ray: %s", "cluster at " + address if address else "local")
 
 
-def map_task(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
-    """Run a stateless stage as Ray tasks (fractional CPUs: whole CPUs starve 2-core hosts)."""
+def map_task(
+    ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig, actor_stages: int = 0
+):
+    """Run a stateless stage as Ray tasks, beside `actor_stages` actor pools of the same plan."""
 
     def apply(batch):
         return stage_cls(**kwargs)(batch)
@@ -54,9 +57,30 @@ def map_task(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, 
             apply,
             batch_size=batch_size,
             batch_format="numpy",
-            num_cpus=config.cpus_per_task,
+            num_cpus=task_cpus(config, actor_stages),
             max_retries=config.max_retries,
         )
+
+
+def task_cpus(config: RayConfig, actor_stages: int) -> float:
+    """CPUs per task: ray.cpus_per_task, or by default one task per cluster CPU, the tasks
+    sharing what the actor pools leave (C CPUs, R reserved: tasks of (C - R) / C). Whole CPUs
+    per task would idle the CPU beside a fractional actor (on 2 cores: 1 task + 1 actor on 1.5
+    CPUs), and more tasks than CPUs slow the actors' start-up, which loads torch, to a crawl.
+    A setting that leaves no room for a task would hang Ray Data: refused here, with the cause."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    reserved = actor_stages * config.actors * config.cpus_per_actor
+    room = total - reserved
+    wanted = config.cpus_per_task
+    if wanted is None:
+        wanted = math.floor(room / total * 1e4) / 1e4 if total > 0 else 0.0  # Ray counts CPUs to 1e-4
+    if wanted <= 0 or wanted > room + 1e-9:
+        raise RunError(
+            f"the Ray cluster has {total:g} CPUs; {actor_stages} actor pool(s) of ray.actors={config.actors} x "
+            f"ray.cpus_per_actor={config.cpus_per_actor:g} leave {room:g}, too few for tasks of "
+            f"{wanted:g} CPUs: lower ray.actors, ray.cpus_per_actor or ray.cpus_per_task"
+        )
+    return wanted
 
 
 def map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):

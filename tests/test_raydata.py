@@ -1,5 +1,5 @@
-"""Joining Ray: a Ray already initialised in this process is reused, but not in place of an
-explicitly named, different cluster."""
+"""Joining Ray (a Ray already initialised in this process is reused, but not in place of an
+explicitly named, different cluster) and sizing tasks beside the actor pools."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from optidel.pipeline.config import RayConfig
-from optidel.pipeline.raydata import connect
+from optidel.pipeline.raydata import connect, task_cpus
 from optidel.pipeline.resume import RunError
 
 
@@ -18,3 +18,18 @@ def test_connect_reuses_this_processs_ray_but_refuses_another_address(ray_local)
     assert ray.get_runtime_context().gcs_address == current
     with pytest.raises(RunError, match=r"ray.address=10.0.0.1:6379, but this process is already connected"):
         connect(RayConfig(address="10.0.0.1:6379"))
+
+
+def test_tasks_default_to_one_per_cpu_sharing_what_actors_leave(ray_local):
+    # ray_local has 2 CPUs: with one Score actor of 0.5 CPU, 2 tasks of 0.75 fill the other 1.5.
+    assert task_cpus(RayConfig(), actor_stages=0) == 1.0
+    assert task_cpus(RayConfig(), actor_stages=1) == 0.75
+    assert task_cpus(RayConfig(actors=2), actor_stages=1) == 0.5
+    assert task_cpus(RayConfig(cpus_per_task=0.25), actor_stages=2) == 0.25
+
+
+def test_settings_that_leave_no_cpu_for_tasks_are_refused_not_hung(ray_local):
+    with pytest.raises(RunError, match=r"the Ray cluster has 2 CPUs; 1 actor pool\(s\) of ray.actors=4 x ray.cpus_per_actor=0.5 leave 0"):
+        task_cpus(RayConfig(actors=4), actor_stages=1)
+    with pytest.raises(RunError, match="too few for tasks of 1.75 CPUs"):
+        task_cpus(RayConfig(cpus_per_task=1.75), actor_stages=1)
