@@ -13,8 +13,9 @@ raylet, workers and actors) is sampled every 0.2 s with psutil. Reported per poo
 RSS (shared pages, e.g. the object store, counted once per process that maps them), peak total
 PSS (shared pages split between the processes: the sum is the memory actually used), the
 driver's own peak RSS and USS (its private pages: RSS also counts the object store's shared
-pages the driver has touched while reading pass 1's blocks), and the number of candidate
-patches; then the 4x/1x ratios and the growth per added patch. After each run, the selection
+pages the driver has touched while reading pass 1's blocks), each role's own peak PSS (driver,
+gcs, raylet, task workers, actors, other), and the number of candidate patches; then the
+4x/1x ratios and the growth per added patch. After each run, the selection
 barrier's own memory per candidate patch is traced (tracemalloc) on that run's pass-1 parts:
 the figure to compare with DESIGN.md's ~1 KB per patch.
 
@@ -93,8 +94,23 @@ class Sampler(threading.Thread):
         self.root = psutil.Process(pid)
         self.peak_rss = self.peak_pss = self.peak_driver_rss = self.peak_driver_uss = 0
         self.peak_processes = 0
+        self.peak_pss_by_role: dict[str, int] = {}  # each role's own peak, to see what grows
         self.samples = 0
         self.done = threading.Event()
+
+    def _role(self, process: psutil.Process) -> str:
+        if process.pid == self.root.pid:
+            return "driver"
+        title = " ".join(process.cmdline()) or process.name()
+        if "gcs_server" in title:
+            return "gcs"
+        if "raylet" in title:
+            return "raylet"
+        if title.startswith("ray::MapWorker"):
+            return "actors"
+        if title.startswith("ray::"):
+            return "task workers"
+        return "other"
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -107,16 +123,21 @@ class Sampler(threading.Thread):
         except psutil.NoSuchProcess:
             return
         rss = pss = 0
+        by_role: dict[str, int] = {}
         for process in processes:
             try:
                 info = process.memory_full_info()
+                role = self._role(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue  # exited between the listing and the read
             rss += info.rss
             pss += info.pss
+            by_role[role] = by_role.get(role, 0) + info.pss
             if process.pid == self.root.pid:
                 self.peak_driver_rss = max(self.peak_driver_rss, info.rss)
                 self.peak_driver_uss = max(self.peak_driver_uss, info.uss)
+        for role, value in by_role.items():
+            self.peak_pss_by_role[role] = max(self.peak_pss_by_role.get(role, 0), value)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_processes = max(self.peak_processes, len(processes))
@@ -149,6 +170,7 @@ def measure(pool: Path, out: Path, proxy: Path, sets: list[str]) -> dict:
         "peak_total_pss_mib": _mib(sampler.peak_pss),
         "peak_driver_rss_mib": _mib(sampler.peak_driver_rss),
         "peak_driver_uss_mib": _mib(sampler.peak_driver_uss),
+        "peak_pss_mib_by_role": {role: _mib(v) for role, v in sorted(sampler.peak_pss_by_role.items())},
         "barrier_bytes_per_patch": barrier_bytes_per_patch(out),
         "peak_processes": sampler.peak_processes,
         "memory_samples": sampler.samples,
