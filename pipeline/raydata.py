@@ -67,13 +67,16 @@ def task_cpus(config: RayConfig, actor_stages: int) -> float:
     sharing what the actor pools leave (C CPUs, R reserved: tasks of (C - R) / C). Whole CPUs
     per task would idle the CPU beside a fractional actor (on 2 cores: 1 task + 1 actor on 1.5
     CPUs), and more tasks than CPUs slow the actors' start-up, which loads torch, to a crawl.
-    A setting that leaves no room for a task would hang Ray Data: refused here, with the cause."""
+    A setting that leaves no room for a task would hang Ray Data: refused here, with the cause.
+    A cluster with no CPUs yet (an autoscaler adds the nodes) gets ray.cpus_per_task, or 1."""
     total = ray.cluster_resources().get("CPU", 0.0)
+    if total == 0:
+        return config.cpus_per_task or 1.0
     reserved = actor_stages * config.actors * config.cpus_per_actor
     room = total - reserved
     wanted = config.cpus_per_task
     if wanted is None:
-        wanted = math.floor(room / total * 1e4) / 1e4 if total > 0 else 0.0  # Ray counts CPUs to 1e-4
+        wanted = math.floor(room / total * 1e4) / 1e4  # Ray counts CPUs to 1e-4
     if wanted <= 0 or wanted > room + 1e-9:
         raise RunError(
             f"the Ray cluster has {total:g} CPUs; {actor_stages} actor pool(s) of ray.actors={config.actors} x "
