@@ -1,4 +1,5 @@
-"""Building segment-anything models and loading their weights safely.
+"""Building segment-anything models, loading their weights safely, and the `sam` proposer's
+mask generator (the only way into torch and segment-anything from the propose stage).
 
 segment_anything's own builders `torch.load` a checkpoint without `weights_only`, which would
 run any code pickled into the file; here the architecture comes from its registry and the
