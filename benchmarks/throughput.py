@@ -64,8 +64,7 @@ def main(argv=None) -> int:
         listing = tmp / "pool.txt"
         listing.write_text("".join(f"{p}\n" for p in paths))
         config = config_mod.load(sets=sets)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        _local_ray(2)
 
         proxy, train_s = _train_proxy(listing, config, tmp)
         config = config_mod.load(sets=sets + [f"score.proxy={proxy}"])
@@ -74,8 +73,7 @@ def main(argv=None) -> int:
         # The whole run on a fresh Ray (workers start cold, as in a real job), timed from
         # after ray.init: on a cluster, Ray is up before the job starts.
         ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        _local_ray(2)
         start = time.perf_counter()
         info = run([str(listing)], str(tmp / "run"), config)
         wall = time.perf_counter() - start
@@ -130,12 +128,16 @@ def _pinned_pass1(workers: int, listing: Path, sets: list[str], out: Path) -> fl
         sys.exit(f"scaling needs {workers} cores, this machine lets this process use {len(cores)}")
     os.sched_setaffinity(0, cores[:workers])
     try:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        _local_ray(workers)
         return run([str(listing)], str(out), config_mod.load(sets=sets))["timings_s"]["pass1"]
     finally:
         ray.shutdown()
         os.sched_setaffinity(0, everything)
+
+
+def _local_ray(cpus: int) -> None:
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def _train_proxy(listing: Path, config, tmp: Path) -> tuple[str, float]:

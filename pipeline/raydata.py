@@ -30,7 +30,6 @@ def connect(config: RayConfig) -> None:
     """Join the cluster at config.address / RAY_ADDRESS, else start a local Ray (the embedded
     default). Reuses a Ray already initialised in this process (tests, notebooks), unless
     config.address names another cluster: then the job would silently run in the wrong place."""
-    address = config.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
         if config.address and config.address not in ("auto", current):
@@ -39,6 +38,7 @@ def connect(config: RayConfig) -> None:
                 f"cluster at {current}; call ray.shutdown() first, or leave ray.address unset"
             )
         return
+    address = config.address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     log.info("ray: %s", "cluster at " + address if address else "local")
 

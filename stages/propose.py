@@ -71,7 +71,7 @@ class Propose:
         ok = [i for i in range(n) if batch[columns.STATUS][i] == schema.OK]
         # SAM batches frames through its encoder; the regions proposer gains nothing from that,
         # so it holds one frame's full-resolution masks at a time, not a whole batch's.
-        per_call = max(len(ok), 1) if self.proposer_name == "sam" else 1
+        per_call = len(ok) if self.proposer_name == "sam" else 1
         position = {i: k for k, i in enumerate(ok)}
         masks: dict[int, list[dict]] = {}
         rows, crops = [], []
