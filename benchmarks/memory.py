@@ -45,7 +45,7 @@ from PIL import Image
 
 from optidel.manifests import schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1
+from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages import mae, score
@@ -179,22 +179,25 @@ def measure(pool: Path, out: Path, proxy: Path, sets: list[str]) -> dict:
 
 def barrier_bytes_per_patch(out: Path) -> dict:
     """What the selection barrier holds per candidate patch, traced in this process on the
-    run's own pass-1 parts: the candidates as read back, and the peak while selecting and
-    building the manifests (Python and numpy allocations; tracemalloc sees no Arrow buffers)."""
+    run's own pass-1 parts, as the run does it: the candidates as read back, and the peak while
+    selecting and writing the sources and patches manifests (into a scratch directory). Python
+    and numpy allocations only: tracemalloc sees no Arrow buffers."""
     info = json.loads((out / "run.json").read_text())
     config = config_mod.Config.model_validate(info["config"])
     store = PartStore(Output(str(out)), info["counts"]["sources"], config.ingest.partition_size)
-    store.read_all()  # first read imports pyarrow's lazy modules, which are not the barrier's
-    tracemalloc.start()
-    try:
-        candidates = pass1.split_candidates(store.read_all(), with_patches=True)
-        held = tracemalloc.get_traced_memory()[0]
-        plan = barrier.plan(candidates, config)
-        tables = [schema.to_table(name, getattr(plan, name)) for name in ("sources", "patches")]
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    del tables
+    pass1.read_candidates(store, with_patches=True)  # imports pyarrow's lazy modules first
+    with tempfile.TemporaryDirectory(prefix="optidel-barrier-") as scratch:
+        tracemalloc.start()
+        try:
+            candidates = pass1.read_candidates(store, with_patches=True)
+            held = tracemalloc.get_traced_memory()[0]
+            plan = barrier.plan(candidates, config)
+            manifests = Output(scratch)
+            manifests.write_manifest("sources", schema.to_table("sources", plan.sources))
+            patch_manifest.write(manifests, plan, store)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
     n = max(len(candidates.patches[C.PATCH_ID]), 1)
     return {"candidates": round(held / n), "peak": round(peak / n)}
 

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import posixpath
+from typing import Iterable
 
 import fsspec
 import pyarrow as pa
@@ -29,6 +30,7 @@ WORK_DIR = "work"
 INDEX_JSON = "shards/index.json"
 RUN_JSON = "run.json"
 SCHEMA_VERSION_KEY = b"optidel.schema_version"
+ROW_GROUP_ROWS = 65536
 
 
 class Output:
@@ -73,20 +75,36 @@ class Output:
     def write_manifest(self, name: str, table: pa.Table) -> None:
         """Write manifest `name` (a key of schema.SCHEMAS) with its schema version in the
         file metadata. Fixed writer settings keep the bytes reproducible."""
+        self.write_manifest_pieces(name, [table])
+
+    def write_manifest_pieces(self, name: str, pieces: Iterable[pa.Table]) -> None:
+        """write_manifest for a table that arrives in pieces, never held whole. Row groups are
+        cut and written as one write of the whole table would cut them, so the file's bytes do
+        not depend on how the rows were split into pieces."""
         expected = schema.SCHEMAS[name]
-        if not table.schema.equals(expected):
-            raise ValueError(f"manifest {name}: schema differs from manifests.schema.{name.upper()}")
         meta = dict(expected.metadata or {})
         meta[SCHEMA_VERSION_KEY] = schema.SCHEMA_VERSION.encode()
-        buf = io.BytesIO()
-        pq.write_table(
-            table.replace_schema_metadata(meta),
-            buf,
-            compression="zstd",
-            row_group_size=65536,
-            write_statistics=True,
-        )
-        self.write_bytes(f"{MANIFESTS_DIR}/{name}.parquet", buf.getvalue())
+        settings = {"compression": "zstd", "write_statistics": True}
+        with self.open_atomic(f"{MANIFESTS_DIR}/{name}.parquet") as f, pq.ParquetWriter(
+            f, expected.with_metadata(meta), **settings
+        ) as writer:
+            pending: list[pa.Table] = []
+            rows = 0
+            wrote = False
+            for piece in pieces:
+                if not piece.schema.equals(expected):
+                    raise ValueError(f"manifest {name}: schema differs from manifests.schema.{name.upper()}")
+                pending.append(piece)
+                rows += piece.num_rows
+                while rows >= ROW_GROUP_ROWS:
+                    joined = pa.concat_tables(pending)
+                    # One chunk per column, as a whole table's slice has: chunk boundaries
+                    # would move the writer's page boundaries.
+                    writer.write_table(joined.slice(0, ROW_GROUP_ROWS).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+                    pending, rows, wrote = [joined.slice(ROW_GROUP_ROWS)], rows - ROW_GROUP_ROWS, True
+            if rows or not wrote:
+                rest = pa.concat_tables(pending) if pending else expected.empty_table()
+                writer.write_table(rest.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
 
     def read_manifest(self, name: str) -> pa.Table:
         path = self.path(MANIFESTS_DIR, f"{name}.parquet")

@@ -1,5 +1,7 @@
 """The selection barrier: one process, ~1 KB per patch. Decides duplicates, selects the budget
-under the configured selector, groups the selection into mosaics and names every sample."""
+under the configured selector, groups the selection into mosaics and names every sample.
+A patch's mask is not held here: patches.parquet reads it back from pass 1's parts
+(pipeline/patch_manifest.py)."""
 
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
 def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     """Patch selectors (optidel, hard): M patches per output sample."""
     status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
-    patches = {name: cands[name] for name in (C.PATCH_ID, C.SOURCE_ID, *C.PATCH_COLUMNS[2:], C.SCORE)}
+    patches = {name: cands[name] for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING}
     n = len(patches[C.PATCH_ID])
     eligible = np.array([status_of.get(s) == schema.OK for s in patches[C.SOURCE_ID]], dtype=bool)
     # A duplicate source's patches were proposed before duplicates were known; they never compete.
@@ -109,11 +111,13 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     selected = np.zeros(n, bool)
     reason = np.where(eligible, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
     idx = np.flatnonzero(eligible)
+    # All eligible (no duplicate sources) is the common case: no copy of the embeddings then.
+    embeddings = cands[C.EMBEDDING] if len(idx) == n else cands[C.EMBEDDING][idx]
     selection = select_patches(
         patches[C.PATCH_ID][idx],
         patches[C.SOURCE_ID][idx],
         patches[C.SCORE][idx],
-        cands[C.EMBEDDING][idx],
+        embeddings,
         config.mosaic * n_samples,
         config.select,
         config.selector,

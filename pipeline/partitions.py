@@ -63,14 +63,13 @@ class PartStore:
         pq.write_table(table, buf, compression="zstd", row_group_size=65536)
         self.output.write_bytes(part_name(partition), buf.getvalue())
 
-    def read_all(self) -> dict[str, np.ndarray]:
-        """Every partition's rows, concatenated in partition order."""
-        parts = []
-        for p in range(self.n_partitions):
-            with self.output.fs.open(self.output.path(part_name(p)), "rb") as f:
-                table = pq.read_table(f)
-            parts.append({name: _to_numpy(table.column(name)) for name in table.column_names})
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    def read(self, partition: int, columns: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """One partition's rows: `columns` (default all) less `skip`, as pass 1 streamed them."""
+        with self.output.fs.open(self.output.path(part_name(partition)), "rb") as f:
+            part = pq.ParquetFile(f)
+            names = [n for n in (columns or part.schema_arrow.names) if n not in skip]
+            table = part.read(columns=names)
+        return {name: _to_numpy(table.column(name)) for name in names}
 
     def clear(self) -> None:
         if self.output.exists(PASS1_DIR):
@@ -142,5 +141,8 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_fixed_size_list(array.type):
         return array.flatten().to_numpy().reshape(len(array), array.type.list_size)
     if pa.types.is_string(array.type):
-        return np.array(array.to_pylist(), dtype=object)
+        # Through a dictionary, so that equal strings share one Python object: a source's
+        # patches all name it, and the barrier holds every patch of the pool.
+        encoded = array.dictionary_encode()
+        return np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()]
     return array.to_numpy()

@@ -1,10 +1,10 @@
 """Pass 1: read -> validate -> propose -> crop -> score, streaming, into the candidates table.
 
-No pixels outlive a batch: what reaches the driver is ids, boxes, mask statistics, scores and
-one embedding per row (~1 KB per patch), the input of the selection barrier. The driver
-persists it per input partition as partitions complete (pipeline/partitions.py); a rerun on
-the same OUT sends Ray only the partitions that have no part yet, and every run, fresh or
-resumed, reads its candidates back from the parts, so both see the same bytes.
+No pixels outlive a batch: what reaches the driver is ids, boxes, mask statistics and RLE,
+scores and one embedding per row. The driver persists it per input partition as partitions
+complete (pipeline/partitions.py); a rerun on the same OUT sends Ray only the partitions that
+have no part yet, and every run, fresh or resumed, reads its candidates back from the parts,
+so both see the same bytes. The selection barrier reads all but the masks (~1 KB per patch).
 
 Faults: a worker or actor that dies is retried by Ray, at most ray.max_retries times
 (pipeline/raydata.py). A source whose proposal raises is recorded with its error (status
@@ -77,7 +77,7 @@ def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Cand
         )
 
     _run_partitions(refs, store, plan)
-    return split_candidates(store.read_all(), with_patches=False)
+    return read_candidates(store, with_patches=False)
 
 
 def proposed(rows: list[dict], config: Config, proposer: str, scored: bool = False) -> ray.data.Dataset:
@@ -157,7 +157,7 @@ def scored(refs: list[SourceRef], config: Config, proposer: str, proxy_path: str
         )
 
     _run_partitions(refs, store, plan)
-    return split_candidates(store.read_all(), with_patches=True)
+    return read_candidates(store, with_patches=True)
 
 
 def _run_partitions(refs: list[SourceRef], store: PartStore, plan) -> None:
@@ -206,13 +206,29 @@ def _cause(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {first.rstrip('.')}"
 
 
+def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
+    """Every partition's rows, in partition order, split as split_candidates does, leaving
+    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
+    parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
+    return Candidates(
+        sources=_concatenate([part.sources for part in parts]),
+        patches=_concatenate([part.patches for part in parts]) if with_patches else {},
+    )
+
+
 def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
-    """Split the persisted rows (in partition order, sorted within each) into sources and
-    patches."""
+    """Split pass-1 rows (sorted by input_index, patch_index) into sources and patches, each
+    patch with columns.BARRIER_PATCH_COLUMNS only."""
     if not with_patches:
         return Candidates(sources=table, patches={})
     is_source = table[C.PATCH_INDEX] < 0
     return Candidates(
         sources={k: v[is_source] for k, v in table.items()},
-        patches={k: v[~is_source] for k, v in table.items()},
+        patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS},
     )
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Column by column, each column's pieces let go once joined: the peak is the result plus
+    one column, not twice the result."""
+    return {name: np.concatenate([part.pop(name) for part in parts]) for name in list(parts[0])}

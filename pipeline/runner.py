@@ -18,7 +18,7 @@ from ..manifests import schema
 from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages import columns as C
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, raydata, resume
+from . import barrier, pass1, pass2, patch_manifest, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
@@ -81,7 +81,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
         output.write_manifest("sources", schema.to_table("sources", plan.sources))
-        output.write_manifest("patches", schema.to_table("patches", plan.patches))
+        patch_manifest.write(output, plan, store)
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
 

@@ -42,12 +42,18 @@ IMAGE = "image"  # decoded RGB uint8 (H, W, 3); shape (0, 0, 3) when the source 
 PATCH_INDEX = "patch_index"  # -1 for the source row, 0.. for the source's patches
 PATCH_ID = "patch_id"
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
-PATCH_COLUMNS = (PATCH_INDEX, PATCH_ID, *BOX_COLUMNS, "mask_area", "predicted_iou", "stability_score", "mask_rle")
+MASK_RLE = "mask_rle"
+PATCH_COLUMNS = (PATCH_INDEX, PATCH_ID, *BOX_COLUMNS, "mask_area", "predicted_iou", "stability_score", MASK_RLE)
 CANDIDATE_COLUMNS = SOURCE_COLUMNS + PATCH_COLUMNS
 
 CROP = "crop"  # uint8 (S, S, 3), S = score.image_size; zeros for sources that are not ok
 SCORE = "score"  # float32 conditional-entropy estimate, nats per dimension
 EMBEDDING = "embedding"  # float32 (D,) pooled proxy-encoder features, L2-normalised
+
+# What the selection barrier holds of a patch row. Not the source fields (a patch row carries
+# them as sentinels) and not its mask (~650 B as RLE, more than the rest together): masks are
+# read back from the pass-1 parts only as patches.parquet is written.
+BARRIER_PATCH_COLUMNS = (PATCH_ID, SOURCE_ID, *PATCH_COLUMNS[2:-1], SCORE, EMBEDDING)
 
 # Sentinel per column kind, used when a row has no value for a column.
 _INT_COLUMNS = {INPUT_INDEX, OFFSET, LENGTH, "byte_size", WIDTH, HEIGHT, PATCH_INDEX, *BOX_COLUMNS, "mask_area"}

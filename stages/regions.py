@@ -1,6 +1,7 @@
 """A weight-free proposer: Felzenszwalb graph segmentation (scikit-image) in place of SAM, for
 machines without a SAM checkpoint. Its records have SamAutomaticMaskGenerator's format
-(output_mode="binary_mask"), so everything downstream treats both proposers alike."""
+(output_mode="binary_mask"), so everything downstream treats both proposers alike, except that
+"segmentation" is an UpsampledMask: array-like, built at full resolution only when read."""
 
 from __future__ import annotations
 
@@ -10,14 +11,32 @@ from skimage.measure import regionprops
 from skimage.morphology import dilation, footprint_rectangle
 from skimage.segmentation import felzenszwalb
 
-from .keypatch import tight_box
-
 _RING = 2  # width, in downscaled pixels, of the surround a region is contrasted with
+
+
+class UpsampledMask:
+    """One region's mask at full resolution, kept as the downscaled label map plus the
+    nearest-neighbour row and column lookups that upsample it. A frame has a dozen or more
+    regions and at most a few become key patches: only those are ever built full size (a
+    1920x1080 bool mask is 2 MB), when np.asarray reads them."""
+
+    def __init__(self, labels: np.ndarray, label: int, rows: np.ndarray, cols: np.ndarray):
+        self.labels, self.label, self.rows, self.cols = labels, label, rows, cols
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(self.cols)
+
+    def __array__(self, dtype=None, copy=None):
+        mask = (self.labels == self.label)[self.rows][:, self.cols]
+        return mask if dtype is None else mask.astype(dtype, copy=False)
 
 
 class RegionsProposer:
     """Felzenszwalb regions of a copy downscaled to `config.regions_max_side`, upsampled back
-    to full resolution (nearest).
+    to full resolution (nearest). Each region's area and box are counted on the downscaled
+    labels, weighting every downscaled row and column by the full-resolution rows and columns
+    it becomes: exactly what the full-resolution mask would give.
 
     The quality fields are weight-free stand-ins, NOT SAM's:
     - predicted_iou = extent * contrast, in [0, 1]: extent is the region's share of its
@@ -41,23 +60,30 @@ class RegionsProposer:
         # Regions too small to become key patches are merged into neighbours rather than lost.
         min_size = max(1, int(self.min_area_frac * sh * sw))
         labels = felzenszwalb(small, scale=self.scale, sigma=0.8, min_size=min_size).astype(np.int32)
-        full_labels = labels[(np.arange(height) * sh) // height][:, (np.arange(width) * sw) // width]
+        # Nearest-neighbour upsampling: full-resolution row y shows downscaled row rows[y].
+        rows = (np.arange(height) * sh) // height
+        cols = (np.arange(width) * sw) // width
+        row_weight = np.bincount(rows, minlength=sh)
+        col_weight = np.bincount(cols, minlength=sw)
+        # Full-resolution pixels per downscaled pixel; sh <= height, so none is dropped.
+        weight = np.outer(row_weight, col_weight)
 
         pixels = small.reshape(-1, 3).astype(np.float64)
         spread = float(np.sqrt(((pixels - pixels.mean(axis=0)) ** 2).sum(axis=1).mean()))
         records = []
         # regionprops ignores label 0, hence the shift; regions come out in label order.
         for region in regionprops(labels + 1, intensity_image=small):
-            segmentation = full_labels == region.label - 1
-            area = int(segmentation.sum())
-            if area == 0:  # a sliver lost when upsampling a non-integer scale
-                continue
-            x0, y0, x1, y1 = tight_box(segmentation)
+            r0, c0, r1, c1 = region.bbox  # half-open, downscaled
+            inside = region.image  # the region's pixels within its downscaled box
+            area = int(weight[r0:r1, c0:c1][inside].sum())
+            # Full-resolution box: from the first full row showing r0 to the last showing r1 - 1.
+            y0, y1 = int(np.searchsorted(rows, r0)), int(np.searchsorted(rows, r1))
+            x0, x1 = int(np.searchsorted(cols, c0)), int(np.searchsorted(cols, c1))
             cy, cx = region.centroid
             contrast = _contrast(labels, small, region, spread)
             records.append(
                 {
-                    "segmentation": segmentation,
+                    "segmentation": UpsampledMask(labels, region.label - 1, rows, cols),
                     "area": area,
                     # SAM's XYWH convention: width/height are (last - first) pixel, not counts.
                     "bbox": [x0, y0, x1 - 1 - x0, y1 - 1 - y0],

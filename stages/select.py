@@ -319,16 +319,38 @@ def _unit_rows(embeddings, ids: np.ndarray) -> np.ndarray:
     emb = np.asarray(embeddings)
     if emb.dtype == object:  # Ray hands array-valued columns over as object arrays of rows
         emb = np.stack(list(emb)) if len(emb) else np.zeros((0, 1))
-    emb = emb.astype(np.float32)
+    emb = emb.astype(np.float32, copy=False)
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"embeddings: expected shape ({n}, D), got {emb.shape}")
-    norms = np.linalg.norm(emb, axis=1)
+    # The pool's embeddings are the barrier's largest column: every step below goes through
+    # them in chunks, so the only full-size array made here is the result.
+    chunks = [slice(start, start + _CHUNK) for start in range(0, n, _CHUNK)]
+    norms = np.concatenate([np.linalg.norm(emb[rows], axis=1) for rows in chunks]) if n else np.zeros(0)
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         raise ValueError(f"embeddings: row {bad[0]} is zero or not finite ({bad.size} rows)")
-    if n > 1:
-        mean = emb[np.argsort(ids, kind="stable")].astype(np.float64).sum(axis=0) / n
-        emb = (emb - mean).astype(np.float32)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    # A row equal to the mean has no direction of its own: it stays zero, near nothing.
-    return np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+    # A single row is left uncentred: it would be its own mean.
+    mean = _sum_rows(emb, np.argsort(ids, kind="stable")) / n if n > 1 else np.zeros(emb.shape[1])
+    unit = np.empty_like(emb)
+    for rows in chunks:
+        unit[rows] = emb[rows] - mean  # in float64, rounded to float32 on assignment
+        norms = np.linalg.norm(unit[rows], axis=1, keepdims=True)
+        # A row equal to the mean has no direction of its own: it stays zero, near nothing.
+        np.divide(unit[rows], norms, out=unit[rows], where=norms > 0)
+        unit[rows][norms[:, 0] == 0] = 0
+    return unit
+
+
+_CHUNK = 1024  # rows: 0.5 MB of float32 embeddings (D = 128), 1 MB in float64
+
+
+def _sum_rows(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """float64 sum of values[order], in chunks, bit-identical to values[order].sum(axis=0):
+    numpy sums down axis 0 row after row, so carrying the running total into the next chunk's
+    first row continues the same sequence of additions."""
+    total = np.zeros(values.shape[1], dtype=np.float64)
+    for start in range(0, len(order), _CHUNK):
+        rows = values[order[start : start + _CHUNK]].astype(np.float64)
+        rows[0] += total
+        total = rows.sum(axis=0)
+    return total

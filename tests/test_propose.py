@@ -180,10 +180,10 @@ def test_regions_records_match_sams_format_and_partition_the_image(sam_checkpoin
     assert sam_records and records
     assert set(records[0]) == set(sam_records[0])
     assert sum(r["area"] for r in records) == image.shape[0] * image.shape[1]
-    coverage = np.sum([r["segmentation"] for r in records], axis=0)
+    coverage = np.sum([np.asarray(r["segmentation"]) for r in records], axis=0)
     assert np.all(coverage == 1)
     for r in records:
-        seg = r["segmentation"]
+        seg = np.asarray(r["segmentation"])
         assert seg.dtype == bool and seg.shape == image.shape[:2] and r["area"] == seg.sum()
         sam_box = box_xyxy_to_xywh(batched_mask_to_box(torch.as_tensor(seg))).tolist()
         assert r["bbox"] == sam_box

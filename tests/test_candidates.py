@@ -1,0 +1,143 @@
+"""What the selection barrier holds per patch, and patches.parquet without it: candidates are
+read back from the pass-1 parts without masks or source sentinels, each source's id shared by
+its patches; the manifest gets the masks back from the parts, part by part, with the bytes a
+one-shot write would give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from optidel.manifests import layout, schema
+from optidel.manifests.layout import Output
+from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest
+from optidel.pipeline.partitions import PartStore, part_name
+from optidel.stages import columns as C
+from optidel.stages.keypatch import mask_to_rle
+
+PATCHES_PER_SOURCE = {0: 3, 1: 0, 2: 4, 3: 2, 4: 5}  # input_index -> patches; partitions of 2
+DIM = 8
+
+
+def _part_rows(indices: list[int], rng) -> dict[str, np.ndarray]:
+    """Pass-1 rows of these sources as a part holds them: a source row, then its patches."""
+    rows = []
+    for i in indices:
+        source_id = f"{i:02d}" * 32
+        rows.append({C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: -1, C.STATUS: "ok", C.URI: f"/pool/{i}.jpg", C.WIDTH: 40, C.HEIGHT: 30})
+        for k in range(PATCHES_PER_SOURCE[i]):
+            mask = np.zeros((30, 40), bool)
+            mask[k : k + 5, i : i + 7] = True
+            rows.append(
+                {
+                    C.SOURCE_ID: source_id,
+                    C.INPUT_INDEX: i,
+                    C.PATCH_INDEX: k,
+                    C.PATCH_ID: f"{source_id[:16]}-{k:03d}",
+                    "x0": i, "y0": k, "x1": i + 10, "y1": k + 10,
+                    "mask_area": 35, "predicted_iou": 0.9, "stability_score": 1.0,
+                    C.MASK_RLE: mask_to_rle(mask),
+                }
+            )
+    batch = C.to_batch(rows, C.CANDIDATE_COLUMNS)
+    batch[C.SCORE] = rng.uniform(0.5, 1.5, len(rows)).astype(np.float32)
+    batch[C.EMBEDDING] = rng.normal(size=(len(rows), DIM)).astype(np.float32)
+    return batch
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = PartStore(Output(str(tmp_path / "out")), n_sources=len(PATCHES_PER_SOURCE), partition_size=2)
+    rng = np.random.default_rng(0)
+    for p in range(store.n_partitions):
+        store.write(p, _part_rows(list(store.sources_of(p)), rng))
+    return store
+
+
+def _written(store: PartStore) -> dict[str, np.ndarray]:
+    parts = [store.read(p) for p in range(store.n_partitions)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def test_barrier_holds_no_masks_and_one_id_object_per_source(store):
+    candidates = pass1.read_candidates(store, with_patches=True)
+    written = _written(store)
+    is_patch = written[C.PATCH_INDEX] >= 0
+
+    assert tuple(candidates.patches) == C.BARRIER_PATCH_COLUMNS and C.MASK_RLE not in candidates.patches
+    for name, values in candidates.patches.items():
+        assert np.array_equal(values, written[name][is_patch]), name
+    assert np.array_equal(candidates.sources[C.SOURCE_ID], written[C.SOURCE_ID][~is_patch])
+    ids = candidates.patches[C.SOURCE_ID]
+    for source_id in set(ids.tolist()):
+        objects = {id(v) for v in ids[ids == source_id]}
+        assert len(objects) == 1, source_id
+
+
+def _plan(store):
+    config = config_mod.load(sets=["select.clusters=2", "keep=1.0"])
+    return barrier.plan(pass1.read_candidates(store, with_patches=True), config)
+
+
+def test_patches_manifest_gets_each_mask_back_from_its_part(store, tmp_path):
+    plan = _plan(store)
+    assert plan.samples  # the test means nothing on an empty selection
+    output = Output(str(tmp_path / "m"))
+    patch_manifest.write(output, plan, store)
+
+    written = _written(store)
+    is_patch = written[C.PATCH_INDEX] >= 0
+    masks = dict(zip(written[C.PATCH_ID][is_patch], written[C.MASK_RLE][is_patch]))
+    table = output.read_manifest("patches")
+    assert table.column("patch_id").to_pylist() == list(plan.patches[C.PATCH_ID])
+    assert table.column(C.MASK_RLE).to_pylist() == [masks[p] for p in plan.patches[C.PATCH_ID]]
+    # The same bytes as writing the whole table at once.
+    whole = Output(str(tmp_path / "whole"))
+    whole.write_manifest("patches", schema.to_table("patches", {**plan.patches, C.MASK_RLE: written[C.MASK_RLE][is_patch]}))
+    assert (tmp_path / "m/manifests/patches.parquet").read_bytes() == (tmp_path / "whole/manifests/patches.parquet").read_bytes()
+
+
+def test_patches_manifest_refuses_parts_that_disagree_with_the_plan(store, tmp_path):
+    plan = _plan(store)
+    last = store.n_partitions - 1
+    rows = store.read(last)
+    rows[C.PATCH_ID] = np.array([p.replace("-00", "-09") for p in rows[C.PATCH_ID]], dtype=object)
+    store.write(last, rows)  # a part rewritten behind the plan's back
+    output = Output(str(tmp_path / "m"))
+    with pytest.raises(RuntimeError, match=part_name(last)):
+        patch_manifest.write(output, plan, store)
+    assert not (tmp_path / "m" / "manifests").exists() or not list((tmp_path / "m" / "manifests").iterdir())
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [3, 9, 1, 0, 14, 2], [7, 7], [30]])
+def test_manifest_written_in_pieces_has_the_bytes_of_one_write(tmp_path, monkeypatch, sizes):
+    monkeypatch.setattr(layout, "ROW_GROUP_ROWS", 7)  # small groups, so the pieces cross them
+    n = sum(sizes)
+    table = schema.to_table(
+        "shards",
+        {"shard": [f"s{i}.tar" for i in range(n)], "nsamples": np.arange(n), "bytes": np.arange(n) * 10, "sha256": ["ab"] * n},
+    )
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(table.slice(start, size))
+        start += size
+    output = Output(str(tmp_path))
+    output.write_manifest_pieces("shards", pieces)
+
+    meta = {**(schema.SHARDS.metadata or {}), layout.SCHEMA_VERSION_KEY: schema.SCHEMA_VERSION.encode()}
+    reference = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(meta), reference, compression="zstd", row_group_size=7, write_statistics=True)
+    path = tmp_path / "manifests" / "shards.parquet"
+    assert path.read_bytes() == reference.getvalue().to_pybytes()
+    assert pq.ParquetFile(path).num_row_groups == max(1, -(-n // 7))
+    assert output.read_manifest("shards").equals(table)
+
+
+def test_manifest_piece_with_the_wrong_schema_leaves_no_file(tmp_path):
+    good = schema.to_table("shards", {"shard": ["a.tar"], "nsamples": [1], "bytes": [2], "sha256": ["ab"]})
+    output = Output(str(tmp_path))
+    with pytest.raises(ValueError, match="manifest shards: schema differs"):
+        output.write_manifest_pieces("shards", [good, good.drop_columns(["sha256"])])
+    assert list((tmp_path / "manifests").iterdir()) == []
