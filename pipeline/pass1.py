@@ -30,7 +30,7 @@ from . import raydata
 from .config import Config
 from .inputs import SourceRef
 from .partitions import PASS1_DIR, PartitionSink, PartStore
-from .pass1_stages import IngestWithoutPixels, IsolatedPropose, where
+from .pass1_stages import IngestAndPropose, IngestWithoutPixels, IsolatedPropose, where
 from .resume import RunError
 
 log = logging.getLogger("optidel")
@@ -84,33 +84,22 @@ def proposed(rows: list[dict], config: Config, proposer: str, scored: bool = Fal
     """Ingest + propose + crop: the rows of columns.CANDIDATE_COLUMNS + CROP + ROWS_OF_SOURCE.
     `scored`: a Score actor pool follows in the same plan (its CPUs are not the tasks')."""
     actor_stages = int(proposer == "sam") + int(scored)
-    ds = raydata.map_task(
-        _dataset(rows, config),
-        Ingest,
-        {"config": config.ingest},
-        batch_size=config.ray.model_batch_size,
-        config=config.ray,
-        actor_stages=actor_stages,
-    )
     propose_kwargs = {
         "config": config.propose,
         "crop_size": config.score.image_size,
         "seed": config.seed,
         "device": raydata.device(config.ray),
     }
+    task = {"batch_size": config.ray.model_batch_size, "config": config.ray, "actor_stages": actor_stages}
     if proposer == "sam":
+        ds = raydata.map_task(_dataset(rows, config), Ingest, {"config": config.ingest}, **task)
         return raydata.map_actors(
             ds, IsolatedPropose, propose_kwargs, batch_size=config.ray.model_batch_size, config=config.ray
         )
-    # The weight-free proposer has nothing to load: tasks fuse with ingest, so decoded images
-    # never cross the object store.
+    # The weight-free proposer has nothing to load: one task reads and proposes each source, so
+    # decoded images never cross the object store, and a worker holds one at a time.
     return raydata.map_task(
-        ds,
-        IsolatedPropose,
-        propose_kwargs,
-        batch_size=config.ray.model_batch_size,
-        config=config.ray,
-        actor_stages=actor_stages,
+        _dataset(rows, config), IngestAndPropose, {"ingest": {"config": config.ingest}, "propose": propose_kwargs}, **task
     )
 
 

@@ -70,6 +70,23 @@ class IsolatedPropose(Propose):
         return out
 
 
+class IngestAndPropose:
+    """Ingest, then IsolatedPropose, one source at a time: the weight-free proposer's one task.
+    Ray Data would fuse the two stages anyway, but as two calls on the whole batch, holding all
+    its decoded frames at once (8 full-HD frames are 50 MB). One at a time, a worker's peak is
+    set by its largest frame, which a larger pool of such frames does not raise."""
+
+    def __init__(self, ingest: dict, propose: dict):
+        self.ingest = Ingest(**ingest)
+        self.propose = IsolatedPropose(**propose)
+
+    def __call__(self, batch):
+        n = len(batch[C.INPUT_INDEX])
+        rows = [slice(i, i + 1) for i in range(n)] or [slice(0, 0)]
+        outs = [self.propose(self.ingest({name: values[r] for name, values in batch.items()})) for r in rows]
+        return {name: np.concatenate([out[name] for out in outs]) for name in outs[0]}
+
+
 def _where_row(row) -> str:
     return where(SourceRef(str(row[C.URI][0]), str(row[C.MEMBER][0]), -1, -1))
 
