@@ -14,12 +14,15 @@ RSS (shared pages, e.g. the object store, counted once per process that maps the
 PSS (shared pages split between the processes: the sum is the memory actually used), the
 driver's own peak RSS and USS (its private pages: RSS also counts the object store's shared
 pages the driver has touched while reading pass 1's blocks), each role's own peak PSS (driver,
-gcs, raylet, task workers, actors, other), and the number of candidate patches; then the
-4x/1x ratios and the growth per added patch. After each run, the selection
+gcs, raylet, task workers, actors, other), and the number of candidate patches. Each pool is
+run --repeats times (the pools alternating), and each peak is reported as its median with its
+range: one run's peak moves by tens of MiB from run to run. Then the 4x/1x ratios of the
+medians and the growth per added patch. After each run, the selection
 barrier's own memory per candidate patch is traced (tracemalloc) on that run's pass-1 parts:
 the figure to compare with DESIGN.md's ~1 KB per patch.
 
     python benchmarks/memory.py                  # 150 and 600 images
+    python benchmarks/memory.py --factor 8       # 150 and 1200 images
     python benchmarks/memory.py --images 40      # quicker: 40 and 160
 """
 
@@ -206,8 +209,24 @@ def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
+PEAKS = ("peak_total_rss_mib", "peak_total_pss_mib", "peak_driver_rss_mib", "peak_driver_uss_mib")
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One pool's repeated runs: each peak's median and its range (min, max) over the runs,
+    then the runs themselves. A peak is the maximum of a noisy series (each worker's heap
+    high-water, the driver's allocator arenas), so a single run's peak moves by tens of MiB."""
+    out = {key: runs[0][key] for key in ("sources", "candidate_patches", "samples", "barrier_bytes_per_patch")}
+    for key in PEAKS:
+        values = [run[key] for run in runs]
+        out[key] = round(float(np.median(values)), 1)
+        out[key.replace("_mib", "_range_mib")] = [min(values), max(values)]
+    out["runs"] = runs
+    return out
+
+
 def summarize(results: dict, images: int, factor: int) -> dict:
-    """Ratios of the larger pool's peaks to the 1x pool's, and memory growth per added
+    """Ratios of the larger pool's median peaks to the 1x pool's, and memory growth per added
     candidate patch (for the whole run, and for the driver, which holds the barrier)."""
     small, large = results["1x"], results[f"{factor}x"]
     added = max(large["candidate_patches"] - small["candidate_patches"], 1)
@@ -232,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=int, default=4, help="the larger pool is this many times the 1x pool")
     parser.add_argument("--data", type=Path, default=KVASIR)
     parser.add_argument("--seed", type=int, default=0, help="which kvasir images form the 1x pool")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per pool, alternating the pools (default 3)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     names = sorted(args.data.glob("*.jpg"))
@@ -241,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     sets = FAST + args.sets
     config = config_mod.load(sets=sets)
 
-    results = {}
     with tempfile.TemporaryDirectory(prefix="optidel-memory-") as tmp:
         tmp = Path(tmp)
         pools = build_pools([names[i] for i in pick], args.factor, tmp / "pool")
@@ -250,9 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             proxy_model = mae.MAE(score.proxy_spec(config.score))
         proxy = tmp / "proxy.pt"
         mae.save_proxy(proxy_model, str(proxy))
-        for size, pool in sorted(pools.items()):
-            results[f"{size}x"] = measure(pool, tmp / f"out-{size}x", proxy, sets)
-            print(f"{size}x: {json.dumps(results[f'{size}x'])}", flush=True)
+        runs: dict[str, list[dict]] = {f"{size}x": [] for size in sorted(pools)}
+        for repeat in range(args.repeats):
+            for size, pool in sorted(pools.items()):
+                run = measure(pool, tmp / f"out-{size}x-{repeat}", proxy, sets)
+                runs[f"{size}x"].append(run)
+                print(f"{size}x, run {repeat + 1}: {json.dumps(run)}", flush=True)
+        results = {name: aggregate(pool_runs) for name, pool_runs in runs.items()}
 
     summary = summarize(results, args.images, args.factor)
     summary = {
@@ -265,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"memory-{args.images}x{args.factor}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"peak total RSS: 1x {small['peak_total_rss_mib']:.0f} MiB, {args.factor}x {large['peak_total_rss_mib']:.0f} MiB")
-    print(f"peak total PSS: 1x {small['peak_total_pss_mib']:.0f} MiB, {args.factor}x {large['peak_total_pss_mib']:.0f} MiB")
+    for key, label in (("peak_total_rss_mib", "RSS"), ("peak_total_pss_mib", "PSS"), ("peak_driver_uss_mib", "driver USS")):
+        spread = key.replace("_mib", "_range_mib")
+        print(f"peak {label} (median of {args.repeats}, range): 1x {small[key]:.0f} MiB {small[spread]}, "
+              f"{args.factor}x {large[key]:.0f} MiB {large[spread]}")
     print(f"candidate patches: 1x {small['candidate_patches']}, {args.factor}x {large['candidate_patches']}; growth per "
           f"added patch: total PSS {summary['pss_growth_per_added_patch_kib']:.2f} KiB, "
           f"driver RSS {summary['driver_rss_growth_per_added_patch_kib']:.2f} KiB, "

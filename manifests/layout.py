@@ -13,7 +13,6 @@ renamed only when complete, so a final name only ever holds a whole file.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import posixpath
 from typing import Iterable
