@@ -214,8 +214,8 @@ PEAKS = ("peak_total_rss_mib", "peak_total_pss_mib", "peak_driver_rss_mib", "pea
 
 def aggregate(runs: list[dict]) -> dict:
     """One pool's repeated runs: each peak's median and its range (min, max) over the runs,
-    then the runs themselves. A peak is the maximum of a noisy series (each worker's heap
-    high-water, the driver's allocator arenas), so a single run's peak moves by tens of MiB."""
+    then the runs themselves. A peak is the maximum of a noisy series (each process's heap
+    high-water depends on what it met when), so a single run's peak moves by tens of MiB."""
     out = {key: runs[0][key] for key in ("sources", "candidate_patches", "samples", "barrier_bytes_per_patch")}
     for key in PEAKS:
         values = [run[key] for run in runs]
