@@ -69,21 +69,16 @@ class Propose:
         self.setup()
         n = len(batch[columns.INPUT_INDEX])
         ok = [i for i in range(n) if batch[columns.STATUS][i] == schema.OK]
-        # SAM batches frames through its encoder; the regions proposer gains nothing from that,
-        # so it holds one frame's full-resolution masks at a time, not a whole batch's.
-        per_call = len(ok) if self.proposer_name == "sam" else 1
-        position = {i: k for k, i in enumerate(ok)}
-        masks: dict[int, list[dict]] = {}
+        # The whole batch at once: SAM batches frames through its encoder, and the regions
+        # proposer's records keep their masks at the downscaled resolution until read.
+        masks = dict(zip(ok, self.masks([batch[columns.IMAGE][i] for i in ok])))
         rows, crops = [], []
         for i in range(n):
             source = {col: batch[col][i] for col in columns.SOURCE_COLUMNS}
             rows.append({**source, columns.PATCH_INDEX: -1})
-            if i not in position:
+            if i not in masks:
                 crops.append(np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8))
                 continue
-            if i not in masks:
-                group = ok[position[i] : position[i] + per_call]
-                masks.update(zip(group, self.masks([batch[columns.IMAGE][j] for j in group])))
             image = batch[columns.IMAGE][i]
             height, width = image.shape[:2]
             crops.append(crop_resize(image, (0, 0, width, height), self.crop_size))
