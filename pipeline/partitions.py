@@ -102,7 +102,7 @@ class PartitionSink:
             if p not in self._buffers:
                 raise RuntimeError(f"pass 1: rows of partition {p}, which was not asked for")
             rows = np.flatnonzero(partition == p)
-            self._buffers[p].append({name: values[rows] for name, values in batch.items()})
+            self._buffers[p].append(C.take(batch, rows))
             self._seen[p].update(zip(index[rows].tolist(), patch[rows].tolist()))
             is_source = rows[patch[rows] < 0]
             self._expected[p].update(zip(index[is_source].tolist(), batch[ROWS_OF_SOURCE][is_source].tolist()))
@@ -116,7 +116,8 @@ class PartitionSink:
     def _write(self, p: int) -> None:
         parts = self._buffers.pop(p)
         del self._expected[p], self._seen[p]
-        rows = {name: np.concatenate([part[name] for part in parts]) for name in parts[0] if name != ROWS_OF_SOURCE}
+        rows = C.concat(parts)
+        del rows[ROWS_OF_SOURCE]
         index = rows[C.INPUT_INDEX]
         patch = rows[C.PATCH_INDEX] if C.PATCH_INDEX in rows else np.full(len(index), -1)
         order = np.lexsort((patch, index))

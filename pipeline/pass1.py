@@ -200,8 +200,8 @@ def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
     each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
     parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
     return Candidates(
-        sources=_concatenate([part.sources for part in parts]),
-        patches=_concatenate([part.patches for part in parts]) if with_patches else {},
+        sources=C.concat([part.sources for part in parts]),
+        patches=C.concat([part.patches for part in parts]) if with_patches else {},
     )
 
 
@@ -212,12 +212,6 @@ def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candid
         return Candidates(sources=table, patches={})
     is_source = table[C.PATCH_INDEX] < 0
     return Candidates(
-        sources={k: v[is_source] for k, v in table.items()},
+        sources=C.take(table, is_source),
         patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS},
     )
-
-
-def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Column by column, each column's pieces let go once joined: the peak is the result plus
-    one column, not twice the result."""
-    return {name: np.concatenate([part.pop(name) for part in parts]) for name in list(parts[0])}

@@ -52,12 +52,11 @@ class IsolatedPropose(Propose):
         try:
             out = super().__call__(batch)
         except Exception:  # noqa: BLE001 - isolated below, source by source
-            parts = [self._one(batch, i) for i in range(len(batch[C.INPUT_INDEX]))]
-            out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            out = C.concat([self._one(batch, i) for i in range(len(batch[C.INPUT_INDEX]))])
         return _with_rows_of_source(out)
 
     def _one(self, batch, i: int):
-        row = {name: values[i : i + 1] for name, values in batch.items()}
+        row = C.take(batch, slice(i, i + 1))
         try:
             return super().__call__(row)
         except Exception as exc:  # noqa: BLE001 - recorded as the source's error
@@ -83,8 +82,7 @@ class IngestAndPropose:
     def __call__(self, batch):
         n = len(batch[C.INPUT_INDEX])
         rows = [slice(i, i + 1) for i in range(n)] or [slice(0, 0)]
-        outs = [self.propose(self.ingest({name: values[r] for name, values in batch.items()})) for r in rows]
-        return {name: np.concatenate([out[name] for out in outs]) for name in outs[0]}
+        return C.concat([self.propose(self.ingest(C.take(batch, r))) for r in rows])
 
 
 def _where_row(row) -> str:

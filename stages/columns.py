@@ -68,6 +68,17 @@ def sentinel(column: str):
     return ""
 
 
+def take(batch: dict[str, np.ndarray], rows) -> dict[str, np.ndarray]:
+    """Every column of `batch` at `rows` (an index array, slice or bool mask)."""
+    return {name: values[rows] for name, values in batch.items()}
+
+
+def concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches with the same columns, joined in order. Each column's pieces are dropped from
+    `batches` once joined, so the peak is the result plus one column, not twice the result."""
+    return {name: np.concatenate([batch.pop(name) for batch in batches]) for name in list(batches[0])}
+
+
 def to_batch(rows: list[dict], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Rows (dicts, possibly missing columns) -> a numpy batch with every column, sentinels
     filling the gaps. Array-valued extras (IMAGE, CROP, EMBEDDING) are passed through by the
