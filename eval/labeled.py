@@ -2,9 +2,12 @@
 extension may differ, e.g. x.jpg + x.png). Masks are binary: foreground where the grey level
 (PIL's "L" conversion) is >= 128, so JPEG-compressed masks such as kvasir-seg's work.
 
-The split is fixed by sorted name: the last `ceil(test_fraction * n)` pairs are the test split,
-the rest train (kvasir-seg's 1000 at 0.2: the first 800 train, the last 200 test). Sorting by
-name, not by a seeded draw, makes the split the same on every machine and easy to state.
+The split is fixed by sorted name: the last `ceil(test_fraction * n)` pairs are the test split;
+of the pairs before them, the last `ceil(validation_fraction * rest)` are the validation split
+and the others train (kvasir-seg's 1000 at 0.2 and 0.125: the first 700 train, the next 100
+validate, the last 200 test). Sorting by name, not by a seeded draw, makes the split the same on
+every machine and easy to state. Validation is where every setting is chosen; test is run once.
+Neither may be pre-trained on, so the pre-training pool is the train split alone.
 """
 
 from __future__ import annotations
@@ -36,7 +39,20 @@ class Pair:
 @dataclass(frozen=True)
 class Split:
     train: list[Pair]
+    validation: list[Pair]
     test: list[Pair]
+
+    def held_out(self, which: str) -> list[Pair]:
+        """The pairs a metric is reported on: "validation" or "test"."""
+        if which not in SPLITS:
+            raise EvalError(f"split {which!r}: expected one of {', '.join(SPLITS)}")
+        held = self.validation if which == "validation" else self.test
+        if not held:
+            raise EvalError(f"the {which} split is empty (see --validation-fraction / --test-only)")
+        return held
+
+
+SPLITS = ("validation", "test")
 
 
 def pairs(root: str | Path) -> list[Pair]:
@@ -57,25 +73,36 @@ def pairs(root: str | Path) -> list[Pair]:
     return [Pair(stem, found["images"][stem], found["masks"][stem]) for stem in sorted(found["images"])]
 
 
-def split(root: str | Path, test_fraction: float, test_only: str | Path | None = None) -> Split:
-    """The fixed split of `root`; with `test_only`, all of root trains and all of it tests."""
+def split(
+    root: str | Path, test_fraction: float, validation_fraction: float = 0.0, test_only: str | Path | None = None
+) -> Split:
+    """The fixed split of `root`. With `test_only`, that folder is the test split and all of
+    root is split into train and validation."""
     everything = pairs(root)
+    for name, fraction in (("test", test_fraction), ("validation", validation_fraction)):
+        if not 0.0 <= fraction < 1.0 or (name == "test" and fraction == 0.0 and test_only is None):
+            raise EvalError(f"{name} fraction {fraction} must lie in [0, 1) (test: above 0 unless --test-only)")
     if test_only is not None:
-        return Split(everything, pairs(test_only))
-    if not 0.0 < test_fraction < 1.0:
-        raise EvalError(f"test fraction {test_fraction} must lie strictly between 0 and 1")
-    n_test = math.ceil(round(test_fraction * len(everything), 9))
-    if n_test >= len(everything):
-        raise EvalError(f"{root}: {len(everything)} pairs leave nothing to train on at test fraction {test_fraction}")
-    return Split(everything[:-n_test], everything[-n_test:])
+        test, rest = pairs(test_only), everything
+    else:
+        n_test = _tail(test_fraction, len(everything))
+        test, rest = everything[-n_test:], everything[:-n_test]
+    n_val = _tail(validation_fraction, len(rest))
+    train, validation = rest[: len(rest) - n_val], rest[len(rest) - n_val :]
+    if not train:
+        raise EvalError(f"{root}: {len(everything)} pairs leave nothing to train on")
+    return Split(train, validation, test)
 
 
-def write_pool_list(
-    root: str | Path, test_fraction: float, path: str | Path, test_only: str | Path | None = None
-) -> int:
-    """Write the image paths that may be pre-trained on (never a test image), one a line, as
-    an `optidel run` list file; returns how many."""
-    train = split(root, test_fraction, test_only).train
+def _tail(fraction: float, n: int) -> int:
+    # round() first so that 0.2 * 1000 = 200.00000000000003 does not become 201.
+    return math.ceil(round(fraction * n, 9))
+
+
+def write_pool_list(split_: Split, path: str | Path) -> int:
+    """Write the image paths that may be pre-trained on (the train split: never a validation
+    or test image), one a line, as an `optidel run` list file; returns how many."""
+    train = split_.train
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(f"{p.image.resolve()}\n" for p in train))
     return len(train)

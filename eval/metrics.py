@@ -1,7 +1,7 @@
 """Segmentation and data-efficiency metrics; numpy only.
 
 mIoU is the mean of the background and the foreground IoU, each accumulated over the whole
-test split (intersections and unions summed over images, then divided), as mmsegmentation
+held-out split (intersections and unions summed over images, then divided), as mmsegmentation
 and most polyp papers report it: small polyps then weigh by their pixels, not per image.
 
 DEL = mIoU * exp(-alpha * R) and NormDEL = 1 / (1 + exp(-DEL)) (arXiv 2401.17542), R the
@@ -37,9 +37,10 @@ def iou_counts(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def class_iou(counts: np.ndarray) -> np.ndarray:
-    """(background IoU, foreground IoU); a class absent from both prediction and target
-    everywhere scores 1 (nothing to get wrong)."""
-    inter, union = counts[:, 0], counts[:, 1]
+    """(background IoU, foreground IoU) along the last axis of `iou_counts` (..., 2, 2), any
+    leading axes kept; a class absent from both prediction and target everywhere scores 1
+    (nothing to get wrong)."""
+    inter, union = counts[..., 0], counts[..., 1]
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 

@@ -24,25 +24,49 @@ def write(out: str | Path, results: dict) -> None:
 
 
 def markdown(results: dict) -> str:
-    """One row per arm: R, images seen in pre-training, mIoU and NormDEL as mean +- std."""
+    """One row per arm: R, images seen, the probe's mIoU (primary) and the fine-tune's
+    (secondary) as mean +- std, each arm's paired differences against random, full and scratch
+    with their bootstrap 95% intervals, and NormDEL; then the positive control's verdict."""
     config = results["config"]
+    split = results["split"]
     lines = [
-        f"| arm | R | images seen | mIoU (mean ± std) | NormDEL (mean ± std, alpha={results['alpha']:g}) | seeds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"**{split} split**, pool: {results['pool']}",
+        "",
+        "| arm | R | images seen | probe mIoU | vs random | vs full | vs scratch "
+        f"| fine-tune mIoU | fine-tune vs random | NormDEL (alpha={results['alpha']:g}) | seeds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, arm in results["arms"].items():
         r = "—" if arm["retained_fraction"] is None else f"{arm['retained_fraction']:.3f}"
         lines.append(
             f"| {name} | {r} | {arm['images_seen']} | {_pm(arm['miou_mean'], arm['miou_std'])} | "
+            f"{_diff(arm.get('vs_random'))} | {_diff(arm.get('vs_full'))} | {_diff(arm.get('vs_scratch'))} | "
+            f"{_pm(arm['finetune_miou_mean'], arm['finetune_miou_std'])} | {_diff(arm.get('finetune_vs_random'))} | "
             f"{_pm(arm['normdel_mean'], arm['normdel_std'])} | {len(arm['seeds'])} |"
+        )
+    control = results["positive_control"]
+    if control["holds"] is None:
+        verdict = f"Positive control not run ({control['note']}): no ranking of the arms is meaningful."
+    elif control["holds"]:
+        verdict = f"Positive control holds: full beats scratch by {_diff(control)}."
+    else:
+        verdict = (
+            f"**Positive control fails**: full vs scratch is {_diff(control)}, an interval that does not "
+            "exclude zero from below. Pre-training does not show at this scale: no ranking of the arms is meaningful."
         )
     labeled = results["labeled"]
     lines += [
         "",
-        f"{config['model']} MAE at {config['size']} px, "
-        f"{config['steps']} pre-training steps x {config['batch_size']} images, "
-        f"{config['finetune_steps']} fine-tuning steps x {config['finetune_batch_size']}; {labeled['train']} train / "
-        f"{labeled['test']} test pairs ({labeled['split']}); device {results['device']}; {results['seconds']:.0f} s.",
+        verdict,
+        "",
+        "Differences are paired (same seed: same init, masks and data order), mean over seeds of the mIoU "
+        "difference, [bootstrap 95% interval over seeds and held-out images].",
+        f"{config['model']} MAE at {config['size']} px, {config['steps']} pre-training steps x "
+        f"{config['batch_size']} images; probe: linear on frozen patch tokens, L-BFGS "
+        f"{config['probe_iterations']} iterations, trained on {labeled['train']} train pairs; fine-tune: "
+        f"{config['finetune_steps']} steps x {config['finetune_batch_size']} on {labeled['finetune_subset']}, "
+        f"first {config['finetune_seeds']} seeds; {labeled['held_out']} {split} pairs ({labeled['split']}); "
+        f"device {results['device']}; {results['seconds']:.0f} s.",
         "",
     ]
     return "\n".join(lines)
@@ -54,7 +78,7 @@ def plot(results: dict) -> bytes:
     names = list(results["arms"])
     fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 3.4), dpi=100, layout="constrained")
     for ax, metric, label in zip(
-        fig.subplots(1, 2), ("miou", "normdel"), ("mIoU (test split)", f"NormDEL (alpha={results['alpha']:g})")
+        fig.subplots(1, 2), ("miou", "normdel"), (f"probe mIoU ({results['split']} split)", f"NormDEL (alpha={results['alpha']:g})")
     ):
         x = np.arange(len(names))
         rows = [results["arms"][n] for n in names]
@@ -77,12 +101,19 @@ def plot(results: dict) -> bytes:
     fig.suptitle(
         f"{config['model']} MAE, {config['size']} px, "
         f"{config['steps']} x {config['batch_size']} images pre-training per arm; "
-        f"test: {results['labeled']['test']} pairs",
+        f"{results['split']}: {results['labeled']['held_out']} pairs",
         fontsize=9,
     )
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _diff(comparison: dict | None) -> str:
+    if comparison is None:
+        return "—"
+    low, high = comparison["ci95"]
+    return f"{comparison['diff']:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def _pm(mean: float | None, std: float | None) -> str:

@@ -1,5 +1,5 @@
-"""Fine-tuning: the pre-trained encoder plus a light decoder, trained end to end on the labeled
-train split, then tested by mIoU at each test mask's own resolution.
+"""The secondary metric, fine-tuning: the pre-trained encoder plus a light decoder, trained end
+to end on a few labeled pairs, then scored on the held-out split at each mask's own resolution.
 
 The decoder is SETR-naive-like: a 3x3 conv on the grid of patch tokens, then a 1x1 conv to
 p*p logits per token, pixel-shuffled to the input resolution. It is small on purpose: the
@@ -21,7 +21,6 @@ from torch import nn
 from optidel import seeding
 from ..stages.mae import MAE, adamw_warmup_cosine, to_input
 from .metrics import iou_counts
-
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,7 @@ class Segmenter(nn.Module):
         """Normalised images (N, 3, S, S) -> foreground logits (N, 1, S, S)."""
         spec = self.mae.spec
         n, grid = images.shape[0], spec.image_size // spec.patch_size
-        every_patch = torch.arange(spec.num_patches, device=images.device).expand(n, -1)
-        tokens = self.mae.forward_encoder(images, every_patch)[:, 1:, :]  # drop the cls token
+        tokens = self.mae.patch_tokens(images)
         return self.head(tokens.transpose(1, 2).reshape(n, spec.embed_dim, grid, grid))
 
 
@@ -87,15 +85,25 @@ def finetune(
 def test_counts(
     model: Segmenter, images: np.ndarray, native_masks: list[np.ndarray], device: str, batch_size: int = 32
 ) -> np.ndarray:
-    """Summed `iou_counts` over the test split: logits are upsampled (bilinear) to each mask's
-    own size and thresholded at 0 (probability 0.5)."""
-    counts = np.zeros((2, 2), dtype=np.int64)
-    for start in range(0, len(images), batch_size):
-        logits = model(to_input(images[start : start + batch_size]).to(device))
-        for logit, mask in zip(logits, native_masks[start : start + batch_size]):
-            full = F.interpolate(logit[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-            counts += iou_counts((full > 0).cpu().numpy(), mask)
-    return counts
+    """Per held-out image `iou_counts` (I, 2, 2) of the fine-tuned model's prediction."""
+    parts = [
+        native_counts(
+            model(to_input(images[start : start + batch_size]).to(device)), native_masks[start : start + batch_size]
+        )
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+@torch.no_grad()
+def native_counts(logits: torch.Tensor, native_masks: list[np.ndarray]) -> np.ndarray:
+    """`iou_counts` (N, 2, 2) of foreground logits (N, 1, S, S), each upsampled (bilinear) to
+    its mask's own size and thresholded at 0 (probability 0.5), against the first N masks."""
+    counts = []
+    for logit, mask in zip(logits, native_masks):
+        full = F.interpolate(logit[None].float(), size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
+        counts.append(iou_counts((full > 0).cpu().numpy(), mask))
+    return np.stack(counts)
 
 
 def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -25,14 +25,14 @@ def build_pool(directory: Path, frames_per_photo: int = 30, frame_size: int = 32
         photo = np.asarray(getattr(skimage.data, name)())
         if photo.ndim == 2:
             photo = np.stack([photo] * 3, axis=-1)
-        for index, frame in enumerate(_camera_path(photo, frames_per_photo, frame_size, seeding.rng(seed, name))):
+        for index, frame in enumerate(camera_path(photo, frames_per_photo, frame_size, seeding.rng(seed, name))):
             path = directory / f"{name}-{index:03d}.jpg"
             Image.fromarray(frame).save(path, quality=92)
             written.append(path)
     return written
 
 
-def _camera_path(photo: np.ndarray, n: int, size: int, rng: np.random.Generator):
+def camera_path(photo: np.ndarray, n: int, size: int, rng: np.random.Generator):
     """A smooth random walk of a square window (pan + zoom) over the photo."""
     h, w = photo.shape[:2]
     side_max = min(h, w)

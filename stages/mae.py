@@ -165,10 +165,14 @@ class MAE(nn.Module):
         masked = torch.ones_like(per_patch).scatter(1, keep, 0.0)
         return (per_patch * masked).sum(dim=1) / masked.sum(dim=1)
 
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features of every patch (N, L, D), nothing masked, without the cls token."""
+        everything = torch.arange(self.spec.num_patches, device=images.device).expand(images.shape[0], -1)
+        return self.forward_encoder(images, everything)[:, 1:, :]
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled encoder features (N, D): mean of the patch tokens, nothing masked."""
-        everything = torch.arange(self.spec.num_patches, device=images.device).expand(images.shape[0], -1)
-        return self.forward_encoder(images, everything)[:, 1:, :].mean(dim=1)
+        return self.patch_tokens(images).mean(dim=1)
 
 
 def adamw_warmup_cosine(

@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from optidel.eval import labeled
-from optidel.eval.arms import open_arm, stream
 from optidel.eval.labeled import EvalError
 from optidel.eval.metrics import class_iou, iou_counts, miou, normdel
+from optidel import imageio
+from optidel.eval.arms import check_no_held_out_images, derived_from, open_arm, stream
+from optidel.eval.pools import POOL_RECORD, clip_length, write_video_pool
 from optidel.eval.pretrain import PretrainSettings, model_spec, pretrain
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
@@ -76,24 +78,56 @@ def kvasir_names(kvasir):
     return sorted(p.name for p in (kvasir / "images").glob("*.jpg"))
 
 
-def test_split_is_by_sorted_name_and_pool_list_excludes_test(kvasir, kvasir_names, tmp_path):
-    root = _labeled_copy(kvasir, tmp_path / "set", kvasir_names[:10])
-    split = labeled.split(root, 0.25)
+def test_split_is_by_sorted_name_and_pool_list_is_train_only(kvasir, kvasir_names, tmp_path):
+    root = _labeled_copy(kvasir, tmp_path / "set", kvasir_names[:12])
+    split = labeled.split(root, 0.25, 0.2)
+    # ceil(0.25 * 12) = 3 test; ceil(0.2 * 9) = 2 validation, the 2 before the test split
     assert [p.image.name for p in split.train] == kvasir_names[:7]
-    assert [p.image.name for p in split.test] == kvasir_names[7:10]  # ceil(0.25 * 10) = 3
+    assert [p.image.name for p in split.validation] == kvasir_names[7:9]
+    assert [p.image.name for p in split.test] == kvasir_names[9:12]
+    assert split.held_out("validation") == split.validation and split.held_out("test") == split.test
+    with pytest.raises(EvalError, match="split 'train'"):
+        split.held_out("train")
+    with pytest.raises(EvalError, match="validation split is empty"):
+        labeled.split(root, 0.25).held_out("validation")
 
     listing = tmp_path / "pool.txt"
-    assert labeled.write_pool_list(root, 0.25, listing) == 7
-    assert [line.rsplit("/", 1)[1] for line in listing.read_text().splitlines()] == kvasir_names[:7]
+    assert labeled.write_pool_list(split, listing) == 7
+    pool = {line.rsplit("/", 1)[1] for line in listing.read_text().splitlines()}
+    assert pool == set(kvasir_names[:7])
+    held_out = {p.image.name for p in split.validation + split.test}
+    assert not pool & held_out and not {p.image.name for p in split.validation} & {p.image.name for p in split.test}
 
     images, masks, native = labeled.load_resized(split.test, 32)
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
     assert masks.shape == (3, 32, 32) and masks.dtype == bool
-    source = np.asarray(Image.open(kvasir / "masks" / kvasir_names[7]).convert("L"))
+    source = np.asarray(Image.open(kvasir / "masks" / kvasir_names[9]).convert("L"))
     assert np.array_equal(native[0], source >= 128)
 
     other = _labeled_copy(kvasir, tmp_path / "other", kvasir_names[20:24])
-    assert [p.image.name for p in labeled.split(root, 0.25, test_only=other).test] == kvasir_names[20:24]
+    with_other = labeled.split(root, 0.25, 0.25, test_only=other)
+    assert [p.image.name for p in with_other.test] == kvasir_names[20:24]
+    assert [p.image.name for p in with_other.validation] == kvasir_names[9:12]  # ceil(0.25 * 12)
+
+
+def test_video_pool_is_train_images_only_and_seeded(kvasir, kvasir_names, tmp_path):
+    root = _labeled_copy(kvasir, tmp_path / "set", kvasir_names[:8])
+    split = labeled.split(root, 0.25, 0.2)
+    n = write_video_pool(split.train, tmp_path / "a", frame_size=48, max_clip=6, seed=0)
+    frames = sorted((tmp_path / "a").glob("*.jpg"))
+    assert n == len(frames) == sum(clip_length(0, p.name, 6) for p in split.train)
+    assert {f.name.rsplit("-", 1)[0] for f in frames} == {p.name for p in split.train}
+    with Image.open(frames[0]) as first:
+        assert first.size == (48, 48)
+    write_video_pool(split.train, tmp_path / "b", frame_size=48, max_clip=6, seed=0)
+    assert [f.read_bytes() for f in frames] == [f.read_bytes() for f in sorted((tmp_path / "b").glob("*.jpg"))]
+    record = json.loads((tmp_path / "a" / POOL_RECORD).read_text())
+    assert [e["image"] for e in record["derived_from"]] == [p.image.name for p in split.train]
+    assert derived_from([str(frames[0])]) == {imageio.sha256_hex(p.image.read_bytes()) for p in split.train}
+    assert derived_from([str(split.train[0].image)]) == set()  # a folder without a record
+    lengths = [clip_length(0, str(i), 16) for i in range(2000)]
+    assert min(lengths) == 1 and max(lengths) == 16
+    assert np.mean(np.array(lengths) <= 4) > 0.5  # log-uniform: most clips short, a few long
 
 
 def test_labeled_set_problems_name_the_file(kvasir, kvasir_names, tmp_path):
@@ -176,16 +210,20 @@ TINY = [
     "10",
     "--batch-size",
     "8",
+    "--probe-iterations",
+    "5",
     "--finetune-steps",
     "10",
     "--finetune-batch-size",
     "4",
+    "--finetune-seeds",
+    "1",
 ]
 
 
 def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
     lab = _labeled_copy(kvasir, tmp_path / "labeled", kvasir_names[100:112])  # disjoint from the pool
-    out = tmp_path / "results"
+    out, encoders = tmp_path / "results", tmp_path / "encoders"
     argv = [
         "eval",
         "--arm",
@@ -196,18 +234,25 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
         str(lab),
         "--out",
         str(out),
+        "--encoders",
+        str(encoders),
         "--seeds",
         "2",
         "--test-fraction",
         "0.25",
-        "--scratch",
+        "--validation-fraction",
+        "0.25",
+        "--pool",
+        "16 kvasir images",
         *TINY,
     ]
     assert cli.main(argv) == 0
 
     results = json.loads((out / "results.json").read_text())
-    assert list(results["arms"]) == ["full", "quarter", "scratch"]
-    assert (results["labeled"]["train"], results["labeled"]["test"]) == (9, 3)
+    assert (results["split"], results["pool"]) == ("validation", "16 kvasir images")
+    assert list(results["arms"]) == ["full", "quarter", "scratch"]  # the scratch control is on by default
+    labels = results["labeled"]
+    assert (labels["train"], labels["validation"], labels["test"], labels["held_out"]) == (6, 3, 3, 3)
     full, quarter, scratch = (results["arms"][k] for k in ("full", "quarter", "scratch"))
     assert (full["retained_fraction"], quarter["retained_fraction"]) == (1.0, 0.25)
     assert full["images_seen"] == quarter["images_seen"] == 10 * 8  # equal compute
@@ -217,19 +262,30 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
         assert all(0.0 <= m <= 1.0 for m in arm["miou"])
         assert arm["miou_mean"] == pytest.approx(np.mean(arm["miou"]))
         assert arm["miou_std"] == pytest.approx(np.std(arm["miou"], ddof=1))
+        assert len(arm["finetune_miou"]) == 1 and arm["finetune_miou_std"] is None  # --finetune-seeds 1
+    # Paired comparisons against every baseline present, never an arm against itself.
+    assert "vs_full" not in full and "vs_random" not in full and "vs_scratch" not in scratch
+    versus = quarter["vs_full"]
+    assert versus["diff"] == pytest.approx(np.mean(np.subtract(quarter["miou"], full["miou"])))
+    assert versus["ci95"][0] <= versus["ci95"][1]
+    assert full["vs_scratch"]["diff"] == pytest.approx(-scratch["vs_full"]["diff"])
+    control = results["positive_control"]
+    assert control["diff"] == full["vs_scratch"]["diff"] and control["holds"] == (control["ci95"][0] > 0)
     for arm in (full, quarter):
         assert arm["normdel"] == pytest.approx(
             [normdel(m, arm["retained_fraction"], results["alpha"]) for m in arm["miou"]]
         )
-        assert all(0.5 <= s <= 1.0 for s in arm["normdel"])
-    # Different pre-training data, same seeds and fine-tune: different encoders, different scores.
+    # Different pre-training data, same seeds and probe: different encoders, different scores.
     assert full["miou"] != quarter["miou"] and full["pretrain_loss_last"] != quarter["pretrain_loss_last"]
 
-    table = (out / "results.md").read_text().splitlines()
-    rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ") and "---" not in line}
+    table = (out / "results.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"arm", "full", "quarter", "scratch"}
     assert f"{full['miou_mean']:.4f} ± {full['miou_std']:.4f}" in rows["full"]
+    low, high = versus["ci95"]
+    assert f"{versus['diff']:+.4f} [{low:+.4f}, {high:+.4f}]" in rows["quarter"]
     assert "| 0.250 |" in rows["quarter"] and "n/a" in rows["scratch"]
+    assert "validation split" in table and "Positive control" in table
     with Image.open(out / "results.png") as png:
         assert png.format == "PNG" and png.width > 300
     assert "quarter" in capsys.readouterr().out
@@ -241,16 +297,42 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == units
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
 
+    # The test split reuses the validation run's encoders: nothing is pre-trained again.
+    cached = {p.name: p.stat().st_mtime_ns for p in encoders.iterdir()}
+    assert len(cached) == 4  # 2 arms x 2 seeds; scratch has no pre-training
+    test_out = tmp_path / "test-results"
+    assert cli.main([*argv[: argv.index("--out")], "--out", str(test_out), *argv[argv.index("--out") + 2 :],
+                     "--split", "test"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in encoders.iterdir()} == cached
+    tested = json.loads((test_out / "results.json").read_text())
+    assert tested["split"] == "test" and tested["labeled"]["first_held_out"] == kvasir_names[109].rsplit(".", 1)[0]
+    assert tested["arms"]["full"]["pretrain_loss_last"] == full["pretrain_loss_last"]
+
 
 def test_eval_refuses_test_images_in_the_pool_and_bad_arms(arms, kvasir, kvasir_names, tmp_path, capsys):
-    leaky = _labeled_copy(kvasir, tmp_path / "leaky", kvasir_names[:8])  # test split inside the pool
+    leaky = _labeled_copy(kvasir, tmp_path / "leaky", kvasir_names[:8])  # held-out splits inside the pool
     out = tmp_path / "results"
     assert cli.main(["eval", "--arm", f"full={arms['full']}", "--labeled", str(leaky), "--out", str(out), *TINY]) == 2
     err = capsys.readouterr().err
-    assert "arm full" in err and "contains 2 test image(s)" in err and "--write-pool-list" in err
+    # ceil(0.2 * 8) = 2 test and ceil(0.125 * 6) = 1 validation image, all in the 16-image pool
+    assert "arm full" in err and "contains 3 validation or test image(s)" in err and "--write-pool-list" in err
 
     assert cli.main(["eval", "--arm", f"x={tmp_path}", "--labeled", str(leaky), "--out", str(out)]) == 2
     assert "run.json not found" in capsys.readouterr().err
     assert cli.main(["eval", "--arm", "no-equals-sign", "--labeled", str(leaky), "--out", str(out)]) == 2
     assert "expected NAME=OUT" in capsys.readouterr().err
     assert not (out / "results.json").exists()
+
+
+def test_eval_refuses_a_video_pool_made_from_held_out_images(kvasir, kvasir_names, tmp_path, ray_local):
+    lab = _labeled_copy(kvasir, tmp_path / "labeled", kvasir_names[:6])
+    split = labeled.split(lab, 0.2, 0.2)  # 2 test, 1 validation, 3 train
+    frames = tmp_path / "frames"
+    write_video_pool(split.train + split.test[:1], frames, frame_size=48, max_clip=2, seed=0)  # one test image leaks
+    out = tmp_path / "arm"
+    run([str(frames)], str(out), config_mod.load(overrides={"selector": "random", "keep": 1.0}, sets=["output.size=32"]))
+    arm = open_arm("leaky", str(out))
+    check_no_held_out_images(arm, split.validation)  # frames are new bytes: only the record can tell
+    with pytest.raises(EvalError, match="contains 1 validation or test image.*or frames made from them"):
+        check_no_held_out_images(arm, split.validation + split.test)
+
