@@ -73,30 +73,38 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict) -> bytes:
-    """mIoU and NormDEL per arm: a diamond at the mean, whiskers at +- std, one dot per seed.
-    Markers, not bars, because the axis is zoomed to the spread of the values."""
+    """Left: the probe's mIoU per arm, a diamond at the mean, whiskers at +- std, one dot per
+    seed (markers, not bars: the axis is zoomed to the spread). Right: each arm's paired
+    difference against the first baseline present (random, full, scratch) with its bootstrap
+    95% interval, which is what says whether an arm is better."""
     names = list(results["arms"])
+    rows = [results["arms"][n] for n in names]
+    x = np.arange(len(names))
     fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 3.4), dpi=100, layout="constrained")
-    for ax, metric, label in zip(
-        fig.subplots(1, 2), ("miou", "normdel"), (f"probe mIoU ({results['split']} split)", f"NormDEL (alpha={results['alpha']:g})")
-    ):
-        x = np.arange(len(names))
-        rows = [results["arms"][n] for n in names]
-        means = [np.nan if r[f"{metric}_mean"] is None else r[f"{metric}_mean"] for r in rows]
-        stds = [0.0 if r[f"{metric}_std"] is None else r[f"{metric}_std"] for r in rows]
-        ax.errorbar(x, means, yerr=stds, fmt="D", color="#1f6fb4", capsize=5, markersize=7)
-        for i, r in enumerate(rows):
-            if r[metric] is not None:
-                ax.plot([i + 0.12] * len(r[metric]), r[metric], "o", color="black", markersize=3, alpha=0.7)
+    left, right = fig.subplots(1, 2)
+    means = [r["miou_mean"] for r in rows]
+    stds = [r["miou_std"] or 0.0 for r in rows]
+    left.errorbar(x, means, yerr=stds, fmt="D", color="#1f6fb4", capsize=5, markersize=7)
+    for i, r in enumerate(rows):
+        left.plot([i + 0.12] * len(r["miou"]), r["miou"], "o", color="black", markersize=3, alpha=0.7)
+    low, high = min(min(r["miou"]) for r in rows), max(max(r["miou"]) for r in rows)
+    pad = max(0.02, 0.5 * (high - low))
+    left.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    left.set_ylabel(f"probe mIoU ({results['split']} split)")
+
+    baseline = next((b for b in ("random", "full", "scratch") if b in results["arms"]), None)
+    for i, r in enumerate(rows):
+        versus = r.get(f"vs_{baseline}")
+        if versus is not None:
+            lo, hi = versus["ci95"]
+            err = [[versus["diff"] - lo], [hi - versus["diff"]]]
+            right.errorbar([i], [versus["diff"]], yerr=err, fmt="D", color="#1f6fb4", capsize=5, markersize=7)
+    right.axhline(0.0, color="black", linewidth=0.8)
+    right.set_ylabel(f"mIoU minus {baseline}, paired [95% CI]")
+    for ax in (left, right):
         ax.set_xlim(-0.5, len(names) - 0.5)
         ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(x, names, rotation=20)
-        ax.set_ylabel(label)
-        if any(np.isfinite(means)):  # zoom to the differences, which are what the table is about
-            low = min(min(r[metric]) for r in rows if r[metric] is not None)
-            high = max(max(r[metric]) for r in rows if r[metric] is not None)
-            pad = max(0.02, 0.5 * (high - low))
-            ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
     config = results["config"]
     fig.suptitle(
         f"{config['model']} MAE, {config['size']} px, "
