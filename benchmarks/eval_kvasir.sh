@@ -98,6 +98,8 @@ eval_flags=(--labeled "$KVASIR" --out "$RESULTS" --encoders "$WORK/encoders-$POO
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) CPUs, code at $(git -C "$REPO" describe --always --dirty)"
     echo "POOL=$POOL SPLIT=$SPLIT ARMS=\"$ARMS\" benchmarks/eval_kvasir.sh $*"
     echo "optidel eval ${arm_flags[*]} ${eval_flags[*]} $*"
+    echo "# Settings: optidel eval's defaults plus the flags above, all fixed on the validation split before"
+    echo "# any test run; each arm's selection settings are in its run.json (ablations: reselected() above)."
 } >> "$RESULTS/command.txt"
 optidel eval "${arm_flags[@]}" "${eval_flags[@]}" "$@"
 echo "arms built in ${built} s; eval in $((SECONDS - built)) s" | tee -a "$RESULTS/command.txt"
