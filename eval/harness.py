@@ -34,10 +34,10 @@ from . import report, units as units_mod
 from .arms import Arm, check_no_held_out_images, open_arm
 from .labeled import EvalError
 from .metrics import del_score, normdel
-from .settings import EvalConfig
 from .pretrain import PretrainSettings, model_spec
 from .probe import ProbeSettings
 from .segmentation import FinetuneSettings
+from .settings import EvalConfig
 from .stats import paired_difference
 
 log = logging.getLogger("optidel")
