@@ -150,13 +150,19 @@ def _write_charts(output: layout.Output, facts: RunFacts) -> list[tuple[str, str
     pool_clusters, selected_clusters = report_data.clusters(facts.patches)
     candidates, chosen = report_data.patches_per_source(facts)
     accounting = facts.run.get("v_information") or {}
+    pool = report_data.in_pool(facts.patches)
+    left_out = int((~pool).sum())
+    pool_words = f" The pool is the {int(pool.sum()):,} candidate patches of distinct sources" + (
+        f"; the {left_out:,} of byte-duplicate sources were never eligible (see Bad sources)." if left_out else "."
+    )
     specs = [
         ("scores", "Score: pool vs selection",
-         "Each candidate patch's conditional-entropy estimate under the proxy; the selection should sit to the right.",
+         "Each candidate patch's conditional-entropy estimate under the proxy (a differential entropy, so it "
+         "may be negative); the selection should sit to the right." + pool_words,
          lambda: report_charts.score_histogram(pool_scores, selected_scores),
          "no scores: this run's selector scores nothing (whole images picked at random)"),
         ("clusters", "Cluster coverage",
-         "Share of the pool's and of the selection's patches in each k-means cluster of proxy embeddings.",
+         "Share of the pool's and of the selection's patches in each k-means cluster of proxy embeddings." + pool_words,
          lambda: report_charts.cluster_coverage(pool_clusters, selected_clusters),
          "no clusters: this run's selector does not cluster"),
         ("per_source", "Patches per source",

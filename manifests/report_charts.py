@@ -18,6 +18,7 @@ POOL = "#9aa5b1"
 SELECTION = "#1f6fb4"
 SIZE = (6.0, 3.3)  # inches; at DPI, 600 x 330 px: two side by side on a laptop screen
 DPI = 100
+MAX_LABELLED_CLUSTERS = 16  # cluster ids that fit side by side under a 600-px chart
 
 
 def score_histogram(pool: np.ndarray, selected: np.ndarray) -> bytes | None:
@@ -52,8 +53,11 @@ def cluster_coverage(pool: np.ndarray, selected: np.ndarray) -> bytes | None:
     ax.set_title(f"{covered} of {k} clusters hold a selected patch", fontsize=10)
     ax.set_xlabel("cluster")
     ax.set_ylabel("share of patches")
-    if k <= 40:
+    # One label per cluster only while they fit the axis; beyond that, integer ticks matplotlib spaces out.
+    if k <= MAX_LABELLED_CLUSTERS:
         ax.set_xticks(x)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(fig)
     return _png(fig)
 

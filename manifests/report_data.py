@@ -115,9 +115,25 @@ def reason_counts(patches: pa.Table) -> list[tuple[str, int]]:
 
 
 def bad_sources(sources: pa.Table) -> list[dict]:
-    """Sources not ok, in input order: status, where, error (or the id it duplicates)."""
-    bad = sources.filter(pc.not_equal(sources["status"], schema.OK))
-    return bad.sort_by("input_index").to_pylist()
+    """Sources not ok, in input order: status, where, error; a duplicate also gets
+    `duplicate_of_where`, the file (and tar member) of the source it repeats, which is what an
+    auditor looks for, rather than that source's id."""
+    bad = sources.filter(pc.not_equal(sources["status"], schema.OK)).sort_by("input_index").to_pylist()
+    kept_ids = pa.array(sorted({s["duplicate_of"] for s in bad if s.get("duplicate_of")}), pa.string())
+    # A source's id is its content hash, so the duplicates share it: the kept one is the one that is not a duplicate.
+    kept = sources.filter(
+        pc.and_(pc.is_in(sources["source_id"], kept_ids), pc.not_equal(sources["status"], schema.DUPLICATE))
+    ).to_pylist()
+    where = {s["source_id"]: source_where(s) for s in kept}
+    for source in bad:
+        if source.get("duplicate_of"):
+            source["duplicate_of_where"] = where.get(source["duplicate_of"], source["duplicate_of"])
+    return bad
+
+
+def source_where(source: dict) -> str:
+    """A source's file, with its tar member when it came from a shard."""
+    return source["uri"] + (f" :: {source['member']}" if source.get("member") else "")
 
 
 def finite(values) -> np.ndarray:
@@ -125,18 +141,27 @@ def finite(values) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
+def in_pool(patches: pa.Table) -> np.ndarray:
+    """The candidates the selection chose among: every patch but those of byte-duplicate
+    sources, which were never eligible (the report counts them apart, so that both charts
+    describe the same pool)."""
+    reason = patches["reason"].fill_null("").to_numpy(zero_copy_only=False)
+    return reason != schema.DROP_DUPLICATE_SOURCE
+
+
 def scores(patches: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Finite scores of the pool's candidate patches and of the selected ones."""
     score = patches["score"].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
     selected = patches["selected"].to_numpy(zero_copy_only=False)
-    return finite(score), finite(score[selected])
+    return finite(score[in_pool(patches)]), finite(score[selected])
 
 
 def clusters(patches: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Cluster labels (nulls dropped) of the pool's candidate patches and of the selected ones."""
     cluster = patches["cluster"].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     selected = patches["selected"].to_numpy(zero_copy_only=False)
-    return cluster[cluster >= 0], cluster[selected & (cluster >= 0)]
+    clustered = in_pool(patches) & (cluster >= 0)
+    return cluster[clustered], cluster[selected & clustered]
 
 
 def patches_per_source(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,15 @@ import json
 import pyarrow.compute as pc
 
 from .lineage import SLOT_COLOURS
-from .report_data import REASONS, RunFacts, Shown
+from .report_data import REASONS, RunFacts, Shown, source_where
 
+# Said beside the reasons table and in every lineage view: the two figures auditors misread.
+LEGEND = (
+    "rank: a patch's place among all candidates by score, 0 = hardest. A patch ranked below the budget "
+    "is still kept when harder ones were dropped by the cluster quotas, the near-duplicate rule or the "
+    "per-source cap. score: the proxy's conditional entropy H(Y|X), a differential entropy in nats per "
+    "dimension; negative values are normal and mean the patch is easy to reconstruct."
+)
 MAX_BAD_ROWS = 1000  # bad sources listed; the count above the table is always complete
 # run.json stores timings with sorted keys; list them in the order the runner runs them.
 STAGE_ORDER = ("list", "train_proxy", "pass1", "select", "pass2", "manifests")
@@ -43,6 +50,7 @@ def render(facts: RunFacts, shown: Shown, views: dict[str, dict], thumbs: dict[s
         data=data,
         script=SCRIPT.replace("__COLOURS__", colours),
         style=STYLE,
+        legend=_e(LEGEND),
     )
 
 
@@ -192,7 +200,7 @@ def _reasons(reasons: list[tuple[str, int]]) -> str:
     rows = [[_e(r), _num(n), f"{n / total:.1%}", _e(REASONS.get(r, ""))] for r, n in reasons]
     return (
         '<section id="reasons"><h2>Candidate patches: kept and dropped</h2>'
-        f'{_table(["reason", "patches", "share", "meaning"], rows, "num")}</section>'
+        f'{_table(["reason", "patches", "share", "meaning"], rows, "num")}<p class="small">{_e(LEGEND)}</p></section>'
     )
 
 
@@ -201,12 +209,12 @@ def _bad_sources(bad: list[dict]) -> str:
         return '<section id="bad"><h2>Bad sources</h2><p>none: every listed source was read and kept in the pool</p></section>'
     rows = []
     for src in bad[:MAX_BAD_ROWS]:
-        where = src["uri"] + (f" :: {src['member']}" if src.get("member") else "")
-        why = src.get("error") or (f"same bytes as {src['duplicate_of']}" if src.get("duplicate_of") else "")
-        rows.append([_e(src["status"]), f"<code>{_e(where)}</code>", _e(why)])
+        why = src.get("error") or (f"same bytes as {src['duplicate_of_where']}" if src.get("duplicate_of") else "")
+        rows.append([_e(src["status"]), f"<code>{_e(source_where(src))}</code>", _e(why)])
     shown = f" (the first {MAX_BAD_ROWS} in input order)" if len(bad) > MAX_BAD_ROWS else ""
+    left_out = "1 source was" if len(bad) == 1 else f"{len(bad):,} sources were"
     return (
-        f'<section id="bad"><h2>Bad sources</h2><p>{len(bad):,} sources were left out of the pool{shown}.</p>'
+        f'<section id="bad"><h2>Bad sources</h2><p>{left_out} left out of the pool{shown}.</p>'
         f'{_table(["status", "source", "reason"], rows, "bad")}</section>'
     )
 
@@ -231,7 +239,7 @@ PAGE = """<!DOCTYPE html>
 <p id="lineage-error" class="note" hidden></p>
 <img id="lineage-img" alt="mosaic beside its sources">
 <p class="small">The mosaic (left) beside its sources; each patch's box and mask outline are drawn in its slot's colour, labelled "slot: score".</p>
-<h3>Patches</h3><table><thead><tr><th>slot</th><th>patch</th><th>score</th><th>cluster</th><th>rank</th><th>box (x0, y0, x1, y1)</th><th>source</th></tr></thead><tbody id="lineage-patches"></tbody></table>
+<h3>Patches</h3><p class="small">{legend}</p><table><thead><tr><th>slot</th><th>patch</th><th>score</th><th>cluster</th><th>rank</th><th>box (x0, y0, x1, y1)</th><th>source</th></tr></thead><tbody id="lineage-patches"></tbody></table>
 <h3>Sources</h3><table><thead><tr><th>source id</th><th>file</th><th>size</th></tr></thead><tbody id="lineage-sources"></tbody></table>
 </div></div>
 <script type="application/json" id="lineage-data">{data}</script>

@@ -3,6 +3,7 @@ real Ray), its contents checked against the manifests, and the page opened in he
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
@@ -12,11 +13,13 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from optidel.manifests import lineage, report, report_charts, report_data
+from optidel.manifests import lineage, report, report_charts, report_data, report_html
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
 from optidel.pipeline.runner import run
@@ -146,6 +149,8 @@ def test_glance_charts_and_reasons_follow_run_json_and_manifests(optidel_run):
     for reason, n in expected.items():
         assert f"<td>{reason}</td><td>{n:,}</td>" in reasons
     assert reasons.count("<tr>") == len(expected) + 1  # + header row
+    legend = html.escape(report_html.LEGEND)  # what rank, quota and a negative score mean
+    assert legend in reasons and legend in index.read_text().split('id="lineage"')[1]
 
 
 def test_random_selector_report_has_no_scores_and_lists_bad_sources(random_run):
@@ -161,10 +166,32 @@ def test_random_selector_report_has_no_scores_and_lists_bad_sources(random_run):
     bad = _section(index, "bad")
     rows = re.findall(r"<tr><td>(\w+)</td><td><code>(.*?)</code></td><td>(.*?)</td></tr>", bad)
     assert {uri: status for status, uri, _ in rows} == expected_bad
-    sources = pq.read_table(out / "manifests" / "sources.parquet").to_pylist()
+    table = pq.read_table(out / "manifests" / "sources.parquet")
+    sources = table.to_pylist()
     for status, uri, why in rows:
         src = next(s for s in sources if s["uri"] == uri)
-        assert why == (src["error"] or f"same bytes as {src['duplicate_of']}") and why
+        if status == "duplicate":  # names the file it repeats, not that file's id
+            assert why == f"same bytes as {out.parent / 'original.png'}"
+        else:
+            assert why == src["error"] and why
+    assert f"{len(expected_bad)} sources were left out of the pool" in bad
+    one_missing = table.filter(pc.equal(table["status"], "missing"))
+    assert "1 source was left out of the pool" in report_html._bad_sources(report_data.bad_sources(one_missing))
+
+
+def test_charts_describe_one_pool_without_duplicate_source_patches():
+    # Patches of a byte-duplicate source are scored but never clustered nor eligible: they are
+    # in neither chart's pool, so the score and cluster charts count the same candidates.
+    patches = pa.table({
+        "score": [0.5, -0.2, 0.9, 0.1],
+        "cluster": pa.array([0, 1, None, 1], pa.int32()),
+        "selected": [True, False, False, False],
+        "reason": ["", "budget", "duplicate_source", "cluster_quota"],
+    })
+    pool_scores, chosen_scores = report_data.scores(patches)
+    pool_clusters, chosen_clusters = report_data.clusters(patches)
+    assert sorted(pool_scores) == [-0.2, 0.1, 0.5] and list(chosen_scores) == [0.5]
+    assert sorted(pool_clusters) == [0, 1, 1] and list(chosen_clusters) == [0]
 
 
 def test_large_output_shows_first_and_seeded_random_samples(random_run, capsys):
