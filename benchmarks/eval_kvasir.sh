@@ -58,6 +58,8 @@ reselected() {
         optidel-mosaic1) echo "mosaic=1" ;;                     # one patch per output image
         optidel-clusters8) echo "select.clusters=8" ;;         # less diversity pressure
         optidel-loose) echo "select.near_duplicate_cosine=0.99 select.per_source_cap=16" ;;
+        optidel-window-mosaic1) echo "select.trim_top_frac=0.5 mosaic=1" ;;   # both levers that won alone
+        optidel-easy-mosaic1) echo "select.trim_top_frac=0.9 mosaic=1" ;;     # only the easiest tenth is eligible
         *) return 1 ;;
     esac
 }
@@ -75,6 +77,7 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
         case "$arm" in
             full) sets=(--selector random --keep 1.0) ;;
             random | optidel) sets=(--selector "$arm") ;;
+            optidel-proxy1200) sets=(--selector optidel --set score.mae.train_steps=1200) ;;  # a 4x longer-trained proxy
             *) echo "eval_kvasir.sh: unknown arm $arm" >&2; exit 2 ;;
         esac
     fi

@@ -174,6 +174,7 @@ def _evaluate(
         "alpha": config.alpha,
         "retained_fraction_definition": R_DEFINITION,
         "positive_control": _positive_control(summaries),
+        "headroom": _headroom(summaries),
         "arms": summaries,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -222,6 +223,17 @@ def _positive_control(summaries: dict) -> dict:
     if versus is None:
         return {"comparison": "full vs scratch", "holds": None, "note": "needs a 'full' arm and the scratch control"}
     return {"comparison": "full vs scratch", **versus, "holds": versus["ci95"][0] > 0}
+
+
+def _headroom(summaries: dict) -> dict:
+    """Does the whole pool pre-train better than a random subset (interval above zero)? Only
+    then is pre-training limited by data at this compute, and can a selector beat random by
+    choosing more informative images (arXiv 2206.14486); otherwise it can only match random, or
+    lose by shifting the images away from what the downstream task sees."""
+    versus = summaries.get("full", {}).get("vs_random")
+    if versus is None:
+        return {"comparison": "full vs random", "holds": None, "note": "needs a 'full' and a 'random' arm"}
+    return {"comparison": "full vs random", **versus, "holds": versus["ci95"][0] > 0}
 
 
 def _summary(arm: Arm | None, units: list[dict], alpha: float) -> dict:

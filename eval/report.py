@@ -59,6 +59,8 @@ def markdown(results: dict) -> str:
         "",
         verdict,
         "",
+        _headroom_verdict(results["headroom"]),
+        "",
         "Differences are paired (same seed: same init, masks and data order), mean over seeds of the mIoU "
         "difference, [bootstrap 95% interval over seeds and held-out images].",
         f"{config['model']} MAE at {config['size']} px, {config['steps']} pre-training steps x "
@@ -70,6 +72,19 @@ def markdown(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _headroom_verdict(headroom: dict) -> str:
+    if headroom["holds"] is None:
+        return f"Headroom not measured ({headroom['note']})."
+    if headroom["holds"]:
+        return (f"Headroom: full beats random by {_diff(headroom)}, so data limits pre-training here and a "
+                "selection can beat random.")
+    return (
+        f"**No headroom**: full vs random is {_diff(headroom)}. A random subset pre-trains as well as the whole "
+        "pool at this compute, so no selector is expected to beat random here; one can still lose to it by "
+        "shifting what the encoder sees away from the downstream images."
+    )
 
 
 def plot(results: dict) -> bytes:

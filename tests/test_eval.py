@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from optidel.eval import labeled
+from optidel.eval import harness, labeled, report
 from optidel.eval.labeled import EvalError
 from optidel.eval.metrics import class_iou, iou_counts, miou, normdel
 from optidel import imageio
@@ -271,6 +271,7 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
     assert full["vs_scratch"]["diff"] == pytest.approx(-scratch["vs_full"]["diff"])
     control = results["positive_control"]
     assert control["diff"] == full["vs_scratch"]["diff"] and control["holds"] == (control["ci95"][0] > 0)
+    assert results["headroom"]["holds"] is None  # no random arm to measure it against
     for arm in (full, quarter):
         assert arm["normdel"] == pytest.approx(
             [normdel(m, arm["retained_fraction"], results["alpha"]) for m in arm["miou"]]
@@ -285,7 +286,7 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
     low, high = versus["ci95"]
     assert f"{versus['diff']:+.4f} [{low:+.4f}, {high:+.4f}]" in rows["quarter"]
     assert "| 0.250 |" in rows["quarter"] and "n/a" in rows["scratch"]
-    assert "validation split" in table and "Positive control" in table
+    assert "validation split" in table and "Positive control" in table and "Headroom not measured" in table
     with Image.open(out / "results.png") as png:
         assert png.format == "PNG" and png.width > 300
     assert "quarter" in capsys.readouterr().out
@@ -336,3 +337,11 @@ def test_eval_refuses_a_video_pool_made_from_held_out_images(kvasir, kvasir_name
     with pytest.raises(EvalError, match="contains 1 validation or test image.*or frames made from them"):
         check_no_held_out_images(arm, split.validation + split.test)
 
+
+
+@pytest.mark.parametrize("low, holds, says", [(0.004, True, "data limits pre-training"), (-0.002, False, "No headroom")])
+def test_headroom_is_full_against_random(low, holds, says):
+    versus = {"diff": 0.01, "ci95": [low, 0.02]}
+    headroom = harness._headroom({"full": {"vs_random": versus}, "random": {}})
+    assert headroom == {"comparison": "full vs random", **versus, "holds": holds}
+    assert says in report._headroom_verdict(headroom)
