@@ -22,7 +22,8 @@ from optidel import seeding
 
 from .amg_batched import BatchedMaskGenerator
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+TINY_MODEL = "vit_tiny"  # a small image-size-256 SAM for tests and CPU smoke runs; random weights allowed
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", TINY_MODEL)
 # ProposeConfig keys passed under segment-anything's own names to either mask generator.
 AMG_SETTINGS = (
     "points_per_side",
@@ -43,7 +44,7 @@ def build_sam(model_type: str, checkpoint: str | None) -> Sam:
     `checkpoint` is None, else the checkpoint's weights, loaded strictly."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown SAM model type {model_type!r}; expected one of {MODEL_TYPES}")
-    model = _build_tiny() if model_type == "vit_tiny" else sam_model_registry[model_type](checkpoint=None)
+    model = _build_tiny() if model_type == TINY_MODEL else sam_model_registry[model_type](checkpoint=None)
     if checkpoint is not None:
         _load_weights(model, checkpoint, model_type)
     return model.eval()

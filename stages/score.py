@@ -32,6 +32,7 @@ from optidel import seeding
 
 from ..manifests import schema
 from . import columns
+from .execution import MODEL_ACTOR
 from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input, train_proxy
 
 # Test hook (tests/test_faults.py): the first call that finds no file at this path creates it and
@@ -83,6 +84,8 @@ def mask_noise(seed: int, row_key: str, masks: int, num_patches: int) -> torch.T
 
 class Score:
     """CANDIDATE_COLUMNS + CROP -> CANDIDATE_COLUMNS + SCORE + EMBEDDING (see module docstring)."""
+
+    execution = MODEL_ACTOR
 
     def __init__(self, config, seed: int, checkpoint: str, device: str = "cpu"):
         self.config = config
