@@ -75,21 +75,22 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
         method=config.selector,
         seed=config.seed,
     )
-    n = len(ok)
-    patches = {
-        "patch_id": np.array([f"{sid[:16]}-img" for sid in ids], dtype=object),
-        "source_id": ids,
-        "x0": np.zeros(n, np.int64),
-        "y0": np.zeros(n, np.int64),
-        "x1": sources[C.WIDTH][ok],
-        "y1": sources[C.HEIGHT][ok],
-        "mask_area": np.full(n, -1),
-        "predicted_iou": np.full(n, np.nan, np.float32),
-        "stability_score": np.full(n, np.nan, np.float32),
-        "mask_rle": np.full(n, "", dtype=object),
-        "score": sources[C.SCORE][ok] if has_scores else np.full(n, np.nan, np.float32),
-        **_selection_columns(selection),
-    }
+    # One patch row per image: the whole image as its box, its source row's score, and
+    # sentinels in every other column the proposer and the proxy fill.
+    patches = C.sentinel_columns(schema.filled_by("patches", schema.PROPOSE, schema.SCORE), len(ok))
+    patches.update(
+        {
+            C.PATCH_ID: np.array([f"{sid[:16]}-img" for sid in ids], dtype=object),
+            C.SOURCE_ID: ids,
+            "x0": np.zeros(len(ok), np.int64),
+            "y0": np.zeros(len(ok), np.int64),
+            "x1": sources[C.WIDTH][ok],
+            "y1": sources[C.HEIGHT][ok],
+            **_selection_columns(selection),
+        }
+    )
+    if has_scores:
+        patches[C.SCORE] = sources[C.SCORE][ok]
     # Output order follows rank (seeded for random), so it never depends on listing order.
     chosen = sorted(np.flatnonzero(selection.selected), key=lambda i: selection.rank[i])
     samples = [[int(i)] for i in chosen]

@@ -76,7 +76,8 @@ def _stream(rows, plan: Plan, config: Config, writer: ShardWriter, samples: dict
 
 
 def _write_one(writer, batch, i, row, grid, fmt, samples) -> None:
-    """Write sample i of a composed batch, and its samples.parquet row."""
+    """Write sample i of a composed batch, and its samples.parquet row: the columns the schema
+    says Compose fills come from its batch, the others from the shard writer and the plan."""
     key = batch["sample_key"][i]
     loc = writer.write(key, [(fmt, batch["image"][i]), ("json", batch["json"][i])])
     values = {
@@ -91,7 +92,7 @@ def _write_one(writer, batch, i, row, grid, fmt, samples) -> None:
         "index_in_shard": loc.index_in_shard,
         "members": list(loc.members),
     }
-    values.update((name, _plain(batch[name][i])) for name in ("image_sha256", "image_bytes", "width", "height"))
+    values.update((name, _plain(batch[name][i])) for name in schema.filled_by("samples", schema.COMPOSE))
     for name, column in samples.items():
         column.append(values[name])
 
