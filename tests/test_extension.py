@@ -18,9 +18,8 @@ from optidel.manifests.verify import verify
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
 from optidel.stages import mae, propose, score, select
-from optidel.stages.keypatch import rle_to_mask
 
-pytestmark = pytest.mark.slow
+from masks import rle_to_mask
 
 N_SOURCES = 12
 KEEP = 0.25

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from masks import rle_to_mask
 from sam_fixtures import relaxed_sam_config, save_tiny_sam
 from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
 
@@ -16,7 +17,6 @@ from optidel.manifests import schema
 from optidel.pipeline.config import ProposeConfig
 from optidel.stages import columns
 from optidel.stages.crops import crop_resize
-from optidel.stages.keypatch import rle_to_mask
 from optidel.stages.propose import Propose, check_weights, proposer_info, resolve_proposer
 from optidel.stages.regions import RegionsProposer
 from optidel.stages.sam import CheckpointError, seeded_sam
