@@ -77,6 +77,9 @@ PATCHES, _PATCHES_BY = _schema(
         (PROPOSE, pa.field("x1", pa.int32(), nullable=False)),
         (PROPOSE, pa.field("y1", pa.int32(), nullable=False)),
         (PROPOSE, pa.field("mask_area", pa.int64())),  # pixels of the proposing mask
+        # Share of the box's pixels inside that mask: low when the patch is mostly context
+        # around a small region (the square margin), near 1 when the region fills it.
+        (PROPOSE, pa.field("mask_fraction", pa.float32())),
         (PROPOSE, pa.field("predicted_iou", pa.float32())),
         (PROPOSE, pa.field("stability_score", pa.float32())),
         (PROPOSE, pa.field("mask_rle", pa.string())),  # COCO compressed RLE counts, size = (height, width)

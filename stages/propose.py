@@ -154,6 +154,7 @@ class Propose:
     def _patch_row(source: dict, k: int, patch) -> dict:
         source_id = str(source[columns.SOURCE_ID])
         x0, y0, x1, y1 = patch.box
+        mask = np.asarray(patch.mask, dtype=bool)  # read once: the regions proposer's is lazy
         return {
             columns.SOURCE_ID: source_id,
             columns.INPUT_INDEX: source[columns.INPUT_INDEX],
@@ -164,7 +165,8 @@ class Propose:
             "x1": x1,
             "y1": y1,
             "mask_area": patch.mask_area,
+            "mask_fraction": mask[y0:y1, x0:x1].sum() / ((x1 - x0) * (y1 - y0)),
             "predicted_iou": patch.predicted_iou,
             "stability_score": patch.stability_score,
-            "mask_rle": mask_to_rle(patch.mask),
+            "mask_rle": mask_to_rle(mask),
         }
