@@ -98,6 +98,8 @@ def _check_layout(batch, out, max_patches):
             assert np.array_equal(out[columns.CROP][row], crop_resize(image, box, CROP))
             mask = rle_to_mask(patch["mask_rle"], h, w)
             assert mask.sum() == patch["mask_area"] > 0
+            inside = mask[y0:y1, x0:x1].sum() / ((x1 - x0) * (y1 - y0))
+            assert 0 < patch["mask_fraction"] <= 1 and patch["mask_fraction"] == np.float32(inside)
             assert 0.0 <= patch["stability_score"] <= 1.0
     return n_patches
 
