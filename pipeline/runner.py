@@ -24,7 +24,7 @@ from . import barrier, pass1, pass2, patch_manifest, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
-from .resume import RunError  # noqa: F401 - the run's error type, imported from here by the CLI
+from .resume import RunError  # the run's error type, imported from here by the CLI
 
 log = logging.getLogger("optidel")
 

@@ -133,7 +133,7 @@ def _load_weights(model: Sam, checkpoint: str, model_type: str) -> None:
     except pickle.UnpicklingError as exc:
         # weights_only refuses anything but tensors and plain containers: the file would run code.
         raise CheckpointError(f"{checkpoint}: refused: not a plain weights file ({load_error_reason(exc)})") from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, OSError... for broken files
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, OSError... for broken files
         raise CheckpointError(f"{checkpoint}: unreadable SAM checkpoint: {load_error_reason(exc)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{checkpoint}: not a state dict (a mapping of parameter names to tensors)")
