@@ -9,7 +9,7 @@
      pass2     the first shard is written (pass 2 under way)
      manifests the last manifest is written (run.json not yet complete, if the kill lands in time)
 3. A fault: a Score actor that kills itself mid-batch (`os._exit`, once, through the
-   OPTIDEL_TEST_EXIT_ONCE hook), which Ray restarts and retries.
+   wrapper stage of tests/score_exits_once.py), which Ray restarts and retries.
 
 For each: what OUT held when the kill landed, the rerun's time as a ratio of the reference's,
 the partitions it reused, whether every file but run.json is byte-identical to the reference,
@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO / "tests"))
 from killable import optidel_run  # noqa: E402
 
 KVASIR_IMAGES = REPO.parent / "shared" / "datasets" / "kvasir-seg" / "images"
-EXIT_ONCE_ENV = "OPTIDEL_TEST_EXIT_ONCE"
 
 
 def settings(partition_size: int) -> list[str]:
@@ -148,7 +147,7 @@ def main() -> None:
 
     out = tmp / "actor-death"
     marker = tmp / "score-exited"
-    fault = optidel_run([str(pool)], out, sets, env={EXIT_ONCE_ENV: str(marker)})
+    fault = optidel_run([str(pool)], out, sets, score_exits_once=marker)
     assert fault.returncode == 0, fault.log[-3000:]
     results["actor_death"] = {
         "hook_fired": marker.exists(),

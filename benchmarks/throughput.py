@@ -37,7 +37,7 @@ from optidel.stages.compose import Compose
 from optidel.stages.crops import crop_resize
 from optidel.stages.ingest import Ingest
 from optidel.stages.keypatch import key_patches
-from optidel.stages.propose import Propose
+from optidel.stages.propose import PROPOSERS, Propose
 from optidel.stages.score import Score
 from optidel.stages.write import ShardWriter
 
@@ -142,7 +142,7 @@ def _local_ray(cpus: int) -> None:
 
 def _train_proxy(listing: Path, config, tmp: Path) -> tuple[str, float]:
     start = time.perf_counter()
-    crops = pass1.training_crops(list_sources([str(listing)]), config, "regions")
+    crops = pass1.training_crops(list_sources([str(listing)]), config, PROPOSERS["regions"])
     model = score.train_self_proxy(crops, config.score, config.seed)
     path = tmp / "proxy.pt"
     mae.save_proxy(model, str(path))
@@ -209,7 +209,7 @@ def _pass2_reads(out: Path) -> int:
     import pyarrow.parquet as pq
 
     samples = pq.read_table(out / "manifests" / "samples.parquet").column("source_ids").to_pylist()
-    per_task = pass2.SAMPLES_PER_TASK
+    per_task = Compose.execution.batch_size
     return sum(
         len({s for ids in samples[i : i + per_task] for s in ids}) for i in range(0, len(samples), per_task)
     )

@@ -1,47 +1,29 @@
 """`optidel eval`'s arguments and entry point. Kept apart from harness.py so that building the
-CLI's parser imports no torch. Every default comes from settings.EvalConfig."""
+CLI's parser imports no torch. Every setting's flag, default, choices, range and help come from
+settings.EvalConfig."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, replace
+import typing
+from dataclasses import fields
 from pathlib import Path
 
-from .labeled import SPLITS, EvalError
+from pydantic import ValidationError
+
+from .labeled import EvalError
 from .settings import EvalConfig
 
 DEFAULTS_NOTE = "Defaults are CPU-sized (2 cores, 64 px); on a GPU raise --size, --steps and --model"
 _DEFAULT = EvalConfig()
+_FIELDS = EvalConfig.__pydantic_fields__
+_NOT_FLAGS = ("mask_ratio",)  # fixed for the reference tables
+_NO_DEFAULT_SHOWN = ("split", "pool", "scratch")  # their help says it
 
-# (flag, help) for every EvalConfig field set from the command line under its own name.
-_SETTINGS = {
-    "seeds": "seeds 0..N-1, each fixing init, masks and data order for every arm",
-    "split": "the held-out split reported: choose settings on validation, run test once at the end "
-    "(default validation; test with --test-only)",
-    "test_fraction": "last fraction of --labeled by sorted name that tests",
-    "validation_fraction": "last fraction of the non-test pairs by sorted name that validates",
-    "size": "image side for pre-training and evaluation",
-    "model": "MAE shape",
-    "steps": "pre-training optimizer steps, equal for every arm",
-    "batch_size": "pre-training batch",
-    "lr": "pre-training peak learning rate",
-    "probe_iterations": "L-BFGS iterations of the linear probe (the primary metric)",
-    "probe_l2": "the probe's L2 penalty on its weights",
-    "finetune_every": "the low-label fine-tune (secondary metric) uses every N-th train pair",
-    "finetune_seeds": "the first N seeds also run the fine-tune (0: none)",
-    "finetune_steps": "fine-tuning optimizer steps",
-    "finetune_batch_size": "fine-tuning batch",
-    "finetune_lr": "fine-tuning peak learning rate",
-    "alpha": "NormDEL's alpha",
-    "device": "where models run",
-    "threads": "torch CPU threads per process (0: torch's own choice; 1 on busy shared CPUs)",
-    "jobs": "units run side by side in this many processes (one torch thread each unless --threads)",
-    "pool": "a short description of the pre-training pool for the table (default: the arms' pool sizes)",
-}
-_CHOICES = {"split": list(SPLITS), "model": ["tiny", "small", "base"], "device": ["auto", "cpu", "cuda"]}
-_AT_LEAST_ONE = ("seeds", "size", "steps", "batch_size", "probe_iterations", "finetune_every", "finetune_steps",
-                 "finetune_batch_size", "jobs")
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,21 +63,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-clip", type=int, default=16, help="video pool clip lengths are log-uniform on 1..N frames (default 16)"
     )
-    for name, text in _SETTINGS.items():
-        default = getattr(_DEFAULT, name)
-        shown = f" (default {default})" if name not in ("split", "pool") else ""
+    for f in fields(EvalConfig):
+        if f.name in _NOT_FLAGS:
+            continue
+        default, info = getattr(_DEFAULT, f.name), _FIELDS[f.name]
+        help_text = info.description + ("" if f.name in _NO_DEFAULT_SHOWN else f" (default {default})")
+        if isinstance(default, bool):
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            _flag(f.name),
             type=type(default),
             # --split left unset follows --test-only: an external test set is there to be tested on.
-            default=None if name == "split" else default,
-            choices=_CHOICES.get(name),
-            help=text + shown,
+            default=None if f.name == "split" else default,
+            choices=choices,
+            help=help_text,
         )
-    parser.add_argument(
-        "--scratch", action=argparse.BooleanOptionalAction, default=_DEFAULT.scratch,
-        help="the control row: the same probe and fine-tune on random weights (default on)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,26 +114,28 @@ def _run(args: argparse.Namespace) -> int:
         if not sep or not name or not out:
             raise EvalError(f"--arm {item!r}: expected NAME=OUT")
         arms.append((name, out))
-    for flag in _AT_LEAST_ONE:
-        if getattr(args, flag) < 1:
-            raise EvalError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.threads < 0 or args.finetune_seeds < 0 or args.probe_l2 < 0:
-        raise EvalError("--threads, --finetune-seeds and --probe-l2 must be 0 or more")
-
     from .harness import evaluate
     from .pretrain import model_spec
     from .report import RESULTS_JSON, RESULTS_MD, RESULTS_PNG
 
+    if args.split is None:
+        args.split = "test" if args.test_only else "validation"
+    config = settings_from(args)
     try:
         model_spec(args.model, args.size)
     except ValueError as exc:  # e.g. a size that is not a multiple of the model's patch
         raise EvalError(f"--size {args.size} / --model {args.model}: {exc}") from exc
 
-    if args.split is None:
-        args.split = "test" if args.test_only else "validation"
-    names = {f.name for f in fields(EvalConfig)}
-    config = replace(_DEFAULT, **{k: v for k, v in vars(args).items() if k in names})
     evaluate(arms, args.labeled, args.out, config, args.test_only, args.encoders)
     print((Path(args.out) / RESULTS_MD).read_text())
     print(f"results: {args.out}/{RESULTS_JSON}, {RESULTS_MD}, {RESULTS_PNG}")
     return 0
+
+
+def settings_from(args: argparse.Namespace) -> EvalConfig:
+    """The EvalConfig the flags give; an out-of-range value is an EvalError naming its flag."""
+    try:
+        return EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig) if f.name not in _NOT_FLAGS})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise EvalError(f"{_flag(str(err['loc'][0]))} {err['input']!r}: {err['msg']}") from None

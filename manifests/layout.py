@@ -27,6 +27,7 @@ SHARDS_DIR = "shards"
 MANIFESTS_DIR = "manifests"
 WORK_DIR = "work"
 INDEX_JSON = "shards/index.json"
+INDEX_KIND = "wids-shard-index-v1"  # index.json's "__kind__"
 RUN_JSON = "run.json"
 SCHEMA_VERSION_KEY = b"optidel.schema_version"
 ROW_GROUP_ROWS = 65536

@@ -33,75 +33,101 @@ DROP_OUTLIER = "outlier"  # in the trimmed extreme top tail of scores (usually n
 DROP_DUPLICATE_SOURCE = "duplicate_source"  # its source is a byte duplicate of another
 DROP_INCOMPLETE_GROUP = "incomplete_group"  # left over after grouping into full mosaics
 
-SOURCES = pa.schema(
+# Who fills each column. The pipeline derives its per-stage column lists, sentinels and rows
+# from these tags (stages/columns.py), so a new column is one line here plus the stage that
+# fills it.
+LISTING = "listing"  # the runner's listing of the pool (pipeline/inputs.py)
+INGEST = "ingest"  # stages/ingest.py
+PROPOSE = "propose"  # stages/propose.py
+SCORE = "score"  # stages/score.py
+BARRIER = "barrier"  # the selection barrier (pipeline/barrier.py)
+COMPOSE = "compose"  # stages/compose.py
+WRITER = "writer"  # the shard writer (stages/write.py)
+
+
+def _schema(columns: list[tuple[str, pa.Field]]) -> tuple[pa.Schema, dict[str, str]]:
+    """(filled by, field) pairs -> the schema, and each column's filler by name."""
+    return pa.schema([f for _, f in columns]), {f.name: by for by, f in columns}
+
+
+SOURCES, _SOURCES_BY = _schema(
     [
-        pa.field("input_index", pa.int64(), nullable=False),  # position in the sorted listing
-        pa.field("source_id", pa.string()),  # sha256 of the bytes; null when unreadable
-        pa.field("uri", pa.string(), nullable=False),  # file, or the tar holding it
-        pa.field("member", pa.string()),  # tar member name, null for plain files
-        pa.field("byte_size", pa.int64()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("mode", pa.string()),  # PIL mode as stored, before conversion to RGB
-        pa.field("format", pa.string()),  # PIL format name (JPEG, PNG, ...)
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("duplicate_of", pa.string()),  # source_id of the first identical source
+        (LISTING, pa.field("input_index", pa.int64(), nullable=False)),  # position in the sorted listing
+        (INGEST, pa.field("source_id", pa.string())),  # sha256 of the bytes; null when unreadable
+        (LISTING, pa.field("uri", pa.string(), nullable=False)),  # file, or the tar holding it
+        (LISTING, pa.field("member", pa.string())),  # tar member name, null for plain files
+        (INGEST, pa.field("byte_size", pa.int64())),
+        (INGEST, pa.field("width", pa.int32())),
+        (INGEST, pa.field("height", pa.int32())),
+        (INGEST, pa.field("mode", pa.string())),  # PIL mode as stored, before conversion to RGB
+        (INGEST, pa.field("format", pa.string())),  # PIL format name (JPEG, PNG, ...)
+        (INGEST, pa.field("status", pa.string(), nullable=False)),
+        (INGEST, pa.field("error", pa.string())),
+        (BARRIER, pa.field("duplicate_of", pa.string())),  # source_id of the first identical source
     ]
 )
 
-PATCHES = pa.schema(
+PATCHES, _PATCHES_BY = _schema(
     [
-        pa.field("patch_id", pa.string(), nullable=False),
-        pa.field("source_id", pa.string(), nullable=False),
+        (PROPOSE, pa.field("patch_id", pa.string(), nullable=False)),
+        (PROPOSE, pa.field("source_id", pa.string(), nullable=False)),
         # Box in source pixels, half-open: [x0, x1) x [y0, y1), after the square margin.
-        pa.field("x0", pa.int32(), nullable=False),
-        pa.field("y0", pa.int32(), nullable=False),
-        pa.field("x1", pa.int32(), nullable=False),
-        pa.field("y1", pa.int32(), nullable=False),
-        pa.field("mask_area", pa.int64()),  # pixels of the proposing mask
-        pa.field("predicted_iou", pa.float32()),
-        pa.field("stability_score", pa.float32()),
-        pa.field("mask_rle", pa.string()),  # COCO compressed RLE counts, size = (height, width)
-        pa.field("score", pa.float32()),  # conditional-entropy estimate, nats per dimension
-        pa.field("cluster", pa.int32()),
-        pa.field("rank", pa.int32()),  # 0 = hardest among the pool's candidate patches
-        pa.field("selected", pa.bool_(), nullable=False),
-        pa.field("reason", pa.string()),  # why dropped; null when selected
-        pa.field("sample_key", pa.string()),
-        pa.field("slot", pa.int32()),  # row-major position in the mosaic grid
+        (PROPOSE, pa.field("x0", pa.int32(), nullable=False)),
+        (PROPOSE, pa.field("y0", pa.int32(), nullable=False)),
+        (PROPOSE, pa.field("x1", pa.int32(), nullable=False)),
+        (PROPOSE, pa.field("y1", pa.int32(), nullable=False)),
+        (PROPOSE, pa.field("mask_area", pa.int64())),  # pixels of the proposing mask
+        # Share of the box's pixels inside that mask: low when the patch is mostly context
+        # around a small region (the square margin), near 1 when the region fills it.
+        (PROPOSE, pa.field("mask_fraction", pa.float32())),
+        (PROPOSE, pa.field("predicted_iou", pa.float32())),
+        (PROPOSE, pa.field("stability_score", pa.float32())),
+        (PROPOSE, pa.field("mask_rle", pa.string())),  # COCO compressed RLE counts, size = (height, width)
+        (SCORE, pa.field("score", pa.float32())),  # conditional-entropy estimate, nats per dimension
+        (BARRIER, pa.field("cluster", pa.int32())),
+        (BARRIER, pa.field("rank", pa.int32())),  # 0 = hardest among the pool's candidate patches
+        (BARRIER, pa.field("selected", pa.bool_(), nullable=False)),
+        (BARRIER, pa.field("reason", pa.string())),  # why dropped; null when selected
+        (BARRIER, pa.field("sample_key", pa.string())),
+        (BARRIER, pa.field("slot", pa.int32())),  # row-major position in the mosaic grid
     ]
 )
 
-SAMPLES = pa.schema(
+SAMPLES, _SAMPLES_BY = _schema(
     [
-        pa.field("sample_key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),  # file name under OUT/shards/
-        pa.field("index_in_shard", pa.int32(), nullable=False),
-        pa.field("members", pa.list_(pa.string()), nullable=False),  # tar member names
-        pa.field("image_sha256", pa.string(), nullable=False),
-        pa.field("image_bytes", pa.int64(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("grid", pa.int32(), nullable=False),  # tiles per side (M = grid * grid)
-        pa.field("patch_ids", pa.list_(pa.string()), nullable=False),  # in slot order
-        pa.field("source_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("boxes", pa.list_(pa.list_(pa.int32(), 4)), nullable=False),  # x0,y0,x1,y1
-        pa.field("slots", pa.list_(pa.int32()), nullable=False),
-        pa.field("scores", pa.list_(pa.float32()), nullable=False),
+        (BARRIER, pa.field("sample_key", pa.string(), nullable=False)),
+        (WRITER, pa.field("shard", pa.string(), nullable=False)),  # file name under OUT/shards/
+        (WRITER, pa.field("index_in_shard", pa.int32(), nullable=False)),
+        (WRITER, pa.field("members", pa.list_(pa.string()), nullable=False)),  # tar member names
+        (COMPOSE, pa.field("image_sha256", pa.string(), nullable=False)),
+        (COMPOSE, pa.field("image_bytes", pa.int64(), nullable=False)),
+        (COMPOSE, pa.field("width", pa.int32(), nullable=False)),
+        (COMPOSE, pa.field("height", pa.int32(), nullable=False)),
+        (BARRIER, pa.field("grid", pa.int32(), nullable=False)),  # tiles per side (M = grid * grid)
+        (BARRIER, pa.field("patch_ids", pa.list_(pa.string()), nullable=False)),  # in slot order
+        (BARRIER, pa.field("source_ids", pa.list_(pa.string()), nullable=False)),
+        (BARRIER, pa.field("boxes", pa.list_(pa.list_(pa.int32(), 4)), nullable=False)),  # x0,y0,x1,y1
+        (BARRIER, pa.field("slots", pa.list_(pa.int32()), nullable=False)),
+        (BARRIER, pa.field("scores", pa.list_(pa.float32()), nullable=False)),
     ]
 )
 
-SHARDS = pa.schema(
+SHARDS, _SHARDS_BY = _schema(
     [
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("nsamples", pa.int64(), nullable=False),
-        pa.field("bytes", pa.int64(), nullable=False),
-        pa.field("sha256", pa.string(), nullable=False),
+        (WRITER, pa.field("shard", pa.string(), nullable=False)),
+        (WRITER, pa.field("nsamples", pa.int64(), nullable=False)),
+        (WRITER, pa.field("bytes", pa.int64(), nullable=False)),
+        (WRITER, pa.field("sha256", pa.string(), nullable=False)),
     ]
 )
 
 SCHEMAS = {"sources": SOURCES, "patches": PATCHES, "samples": SAMPLES, "shards": SHARDS}
+_FILLED_BY = {"sources": _SOURCES_BY, "patches": _PATCHES_BY, "samples": _SAMPLES_BY, "shards": _SHARDS_BY}
+
+
+def filled_by(name: str, *fillers: str) -> tuple[str, ...]:
+    """The columns of manifest `name` that `fillers` fill, in schema order."""
+    return tuple(column for column, by in _FILLED_BY[name].items() if by in fillers)
 
 
 def to_table(name: str, columns: dict) -> pa.Table:

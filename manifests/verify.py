@@ -24,7 +24,6 @@ import pyarrow as pa
 from . import layout
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-INDEX_KIND = "wids-shard-index-v1"
 
 
 @dataclass
@@ -173,8 +172,8 @@ def _check_index(output: layout.Output, shards: list[dict], problems: list[str])
     except (OSError, ValueError) as exc:
         problems.append(f"{where}: unreadable: {exc}")
         return set()
-    if not isinstance(index, dict) or index.get("__kind__") != INDEX_KIND or index.get("wids_version") != 1:
-        problems.append(f"{where}: not a {INDEX_KIND} index with wids_version 1")
+    if not isinstance(index, dict) or index.get("__kind__") != layout.INDEX_KIND or index.get("wids_version") != 1:
+        problems.append(f"{where}: not a {layout.INDEX_KIND} index with wids_version 1")
         return set()
     entries = index.get("shardlist")
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "url" in e for e in entries):
@@ -182,7 +181,7 @@ def _check_index(output: layout.Output, shards: list[dict], problems: list[str])
         return set()
     listed = [(str(e["url"]), e.get("nsamples"), e.get("filesize")) for e in entries]
     expected = [(r["shard"], r["nsamples"], r["bytes"]) for r in shards]
-    for url, nsamples, filesize in listed:
+    for url, _, _ in listed:
         if posixpath.basename(url) != url:
             problems.append(f"{where}: shard url {url} is not relative to the index")
     by_url = {url: (nsamples, filesize) for url, nsamples, filesize in listed}

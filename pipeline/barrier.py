@@ -13,13 +13,11 @@ import numpy as np
 from ..manifests import schema
 from ..stages import columns as C
 from ..stages.compose import group_patches, sample_key
-from ..stages.select import diversity_stats, select_images, select_patches
+from ..stages.select import diversity_stats, select_images, select_patches, selector
 from .config import Config
 from .pass1 import Candidates
 
 log = logging.getLogger("optidel")
-
-WHOLE_IMAGE_SELECTORS = ("random", "dedup")
 
 
 @dataclass
@@ -50,7 +48,7 @@ def plan(candidates: Candidates, config: Config) -> Plan:
     sources = mark_duplicates(candidates.sources)
     n_ok = int(np.sum(sources[C.STATUS] == schema.OK))
     n_samples = config.budget(n_ok) if n_ok else 0
-    if config.selector in WHOLE_IMAGE_SELECTORS:
+    if selector(config.selector).whole_images:
         result = _plan_images(sources, n_samples, config)
     else:
         result = _plan_patches(sources, candidates.patches, n_samples, config)
@@ -69,29 +67,30 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
     ids = sources[C.SOURCE_ID][ok]
     has_scores = C.EMBEDDING in sources
     selection = select_images(
-        ids,
-        sources[C.SCORE][ok] if has_scores else None,
-        sources[C.EMBEDDING][ok] if has_scores else None,
-        n_samples,
-        config.selector,
-        config.seed,
-        config.select,
+        source_ids=ids,
+        scores=sources[C.SCORE][ok] if has_scores else None,
+        embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
+        budget=n_samples,
+        config=config.select,
+        method=config.selector,
+        seed=config.seed,
     )
-    n = len(ok)
-    patches = {
-        "patch_id": np.array([f"{sid[:16]}-img" for sid in ids], dtype=object),
-        "source_id": ids,
-        "x0": np.zeros(n, np.int64),
-        "y0": np.zeros(n, np.int64),
-        "x1": sources[C.WIDTH][ok],
-        "y1": sources[C.HEIGHT][ok],
-        "mask_area": np.full(n, -1),
-        "predicted_iou": np.full(n, np.nan, np.float32),
-        "stability_score": np.full(n, np.nan, np.float32),
-        "mask_rle": np.full(n, "", dtype=object),
-        "score": sources[C.SCORE][ok] if has_scores else np.full(n, np.nan, np.float32),
-        **_selection_columns(selection),
-    }
+    # One patch row per image: the whole image as its box, its source row's score, and
+    # sentinels in every other column the proposer and the proxy fill.
+    patches = C.sentinel_columns(schema.filled_by("patches", schema.PROPOSE, schema.SCORE), len(ok))
+    patches.update(
+        {
+            C.PATCH_ID: np.array([f"{sid[:16]}-img" for sid in ids], dtype=object),
+            C.SOURCE_ID: ids,
+            "x0": np.zeros(len(ok), np.int64),
+            "y0": np.zeros(len(ok), np.int64),
+            "x1": sources[C.WIDTH][ok],
+            "y1": sources[C.HEIGHT][ok],
+            **_selection_columns(selection),
+        }
+    )
+    if has_scores:
+        patches[C.SCORE] = sources[C.SCORE][ok]
     # Output order follows rank (seeded for random), so it never depends on listing order.
     chosen = sorted(np.flatnonzero(selection.selected), key=lambda i: selection.rank[i])
     samples = [[int(i)] for i in chosen]
@@ -100,7 +99,7 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
 
 
 def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
-    """Patch selectors (optidel, hard): M patches per output sample."""
+    """Patch selectors: M patches per output sample."""
     status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
     patches = {name: cands[name] for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING}
     n = len(patches[C.PATCH_ID])
@@ -114,14 +113,14 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     # All eligible (no duplicate sources) is the common case: no copy of the embeddings then.
     embeddings = cands[C.EMBEDDING] if len(idx) == n else cands[C.EMBEDDING][idx]
     selection = select_patches(
-        patches[C.PATCH_ID][idx],
-        patches[C.SOURCE_ID][idx],
-        patches[C.SCORE][idx],
-        embeddings,
-        config.mosaic * n_samples,
-        config.select,
-        config.selector,
-        config.seed,
+        patch_ids=patches[C.PATCH_ID][idx],
+        source_ids=patches[C.SOURCE_ID][idx],
+        scores=patches[C.SCORE][idx],
+        embeddings=embeddings,
+        budget=config.mosaic * n_samples,
+        config=config.select,
+        method=config.selector,
+        seed=config.seed,
     ) if len(idx) else None
     if selection is not None:
         cluster[idx], rank[idx], selected[idx], reason[idx] = (

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..stages.propose import AUTO, PROPOSERS
+from ..stages.select import SELECTORS
 
 
 class ConfigError(ValueError):
@@ -32,8 +35,26 @@ class IngestConfig(Section):
     partition_size: int = Field(32, ge=1, description="sources per pass-1 partition (the unit a rerun resumes from)")
 
 
+def selector_choices() -> list[str]:
+    """Allowed values of selector: every registered selector."""
+    return list(SELECTORS)
+
+
+def proposer_choices() -> list[str]:
+    """Allowed values of propose.proposer: `auto` and every registered proposer."""
+    return [AUTO, *PROPOSERS]
+
+
+def _one_of(value: str, choices: list[str], what: str) -> str:
+    # Checked against the registry when a config is built, so a selector or proposer registered
+    # after this module was imported (a plugin, a test) is accepted too.
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
 class ProposeConfig(Section):
-    proposer: Literal["auto", "sam", "regions"] = "auto"
+    proposer: str = Field(AUTO, description="a registered proposer (stages/propose.py), or auto")
     # vit_tiny: a small image-size-256 architecture for tests and CPU smoke runs.
     sam_model: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"] = "vit_b"
     sam_checkpoint: str | None = None
@@ -61,6 +82,11 @@ class ProposeConfig(Section):
         0.25, ge=0.0, le=1.0, description="drop a patch whose crop has more near-black pixels than this (1 keeps all)"
     )
     dark_level: int = Field(20, ge=0, le=255, description="a pixel is near-black when no channel exceeds this")
+
+    @field_validator("proposer")
+    @classmethod
+    def _registered_proposer(cls, value: str) -> str:
+        return _one_of(value, proposer_choices(), "proposer")
 
     @model_validator(mode="after")
     def _area_range(self):
@@ -125,7 +151,7 @@ class RayConfig(Section):
 class Config(Section):
     seed: int = Field(0, ge=0)
     keep: float = Field(0.05, gt=0.0, le=1.0)
-    selector: Literal["optidel", "random", "hard", "dedup"] = "optidel"
+    selector: str = Field("optidel", description="a registered selector (stages/select.py)")
     mosaic: int = Field(4, description="M patches per output image: 1, 4, 9 or 16")
     overwrite: bool = False
     ingest: IngestConfig = IngestConfig()
@@ -134,6 +160,11 @@ class Config(Section):
     select: SelectConfig = SelectConfig()
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
+
+    @field_validator("selector")
+    @classmethod
+    def _registered_selector(cls, value: str) -> str:
+        return _one_of(value, selector_choices(), "selector")
 
     @model_validator(mode="after")
     def _mosaic_square(self):

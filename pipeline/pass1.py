@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
-import ray
 
 from ..stages import columns as C
 from ..stages.ingest import Ingest
+from ..stages.propose import Proposer
 from ..stages.score import Score
 from . import raydata
 from .config import Config
@@ -57,53 +57,37 @@ def listing(refs: list[SourceRef], indices: Iterable[int] | None = None) -> list
     ]
 
 
-def _dataset(rows: list[dict], config: Config) -> ray.data.Dataset:
-    """Listing rows in blocks of one model batch: partitions (the resume unit) are far larger,
-    and blocks that size would leave cores idle on small pools and at the end of large ones."""
-    blocks = max(1, math.ceil(len(rows) / config.ray.model_batch_size))
-    return ray.data.from_items(rows, override_num_blocks=blocks)
+def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
+    """Listing rows through the steps, in blocks of one model batch: partitions (the resume
+    unit) are far larger, and blocks that size would leave cores idle on small pools and at the
+    end of large ones."""
+    return raydata.stream(rows, steps, config.ray, rows_per_block=config.ray.model_batch_size)
 
 
 def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Candidates:
-    """Pass 1 of the whole-image selectors (random): read and validate, no models."""
-
-    def plan(rows):
-        return raydata.map_task(
-            _dataset(rows, config),
-            IngestWithoutPixels,
-            {"config": config.ingest},
-            batch_size=config.ray.model_batch_size,
-            config=config.ray,
-        )
-
-    _run_partitions(refs, store, plan)
+    """Pass 1 of the selectors that need no scores (random): read and validate, no models."""
+    _run_partitions(refs, store, config, [raydata.Step(IngestWithoutPixels, {"config": config.ingest})])
     return read_candidates(store, with_patches=False)
 
 
-def proposed(rows: list[dict], config: Config, proposer: str, scored: bool = False) -> ray.data.Dataset:
-    """Ingest + propose + crop: the rows of columns.CANDIDATE_COLUMNS + CROP + ROWS_OF_SOURCE.
-    `scored`: a Score actor pool follows in the same plan (its CPUs are not the tasks')."""
-    actor_stages = int(proposer == "sam") + int(scored)
+def proposed(config: Config, proposer: Proposer) -> list[raydata.Step]:
+    """Ingest + propose + crop: the steps whose rows are columns.CANDIDATE_COLUMNS + CROP +
+    ROWS_OF_SOURCE."""
     propose_kwargs = {
         "config": config.propose,
         "crop_size": config.score.image_size,
         "seed": config.seed,
         "device": raydata.device(config.ray),
+        "proposer": proposer,
     }
-    task = {"batch_size": config.ray.model_batch_size, "config": config.ray, "actor_stages": actor_stages}
-    if proposer == "sam":
-        ds = raydata.map_task(_dataset(rows, config), Ingest, {"config": config.ingest}, **task)
-        return raydata.map_actors(
-            ds, IsolatedPropose, propose_kwargs, batch_size=config.ray.model_batch_size, config=config.ray
-        )
-    # The weight-free proposer has nothing to load: one task reads and proposes each source, so
-    # decoded images never cross the object store, and a worker holds one at a time.
-    return raydata.map_task(
-        _dataset(rows, config), IngestAndPropose, {"ingest": {"config": config.ingest}, "propose": propose_kwargs}, **task
-    )
+    if proposer.actor:
+        return [raydata.Step(Ingest, {"config": config.ingest}), raydata.Step(IsolatedPropose, propose_kwargs)]
+    # A proposer with nothing to load: one task reads and proposes each source, so decoded
+    # images never cross the object store, and a worker holds one at a time.
+    return [raydata.Step(IngestAndPropose, {"ingest": {"config": config.ingest}, "propose": propose_kwargs})]
 
 
-def training_crops(refs: list[SourceRef], config: Config, proposer: str) -> np.ndarray:
+def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) -> np.ndarray:
     """Crops (N, S, S, 3) for self-training the proxy: a seeded sample of sources, proposed
     as in the full pass, then a seeded sample of their ok crops (patches and whole images)."""
     from optidel import seeding
@@ -115,11 +99,14 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: str) -> np.n
     sample = listing(refs, sorted(order[:n_sources]))
 
     keys, crops = [], []
-    for batch in proposed(sample, config, proposer).iter_batches(batch_size=None, batch_format="numpy"):
-        ok = (batch[C.PATCH_INDEX] >= 0) | (batch[C.STATUS] == "ok")
-        ids = np.where(batch[C.PATCH_INDEX] >= 0, batch[C.PATCH_ID], batch[C.SOURCE_ID])
-        keys.extend(ids[ok].tolist())
-        crops.append(batch[C.CROP][ok])
+    try:
+        for batch in _stream(sample, proposed(config, proposer), config):
+            ok = (batch[C.PATCH_INDEX] >= 0) | (batch[C.STATUS] == "ok")
+            ids = np.where(batch[C.PATCH_INDEX] >= 0, batch[C.PATCH_ID], batch[C.SOURCE_ID])
+            keys.extend(ids[ok].tolist())
+            crops.append(batch[C.CROP][ok])
+    except raydata.StageFailure as exc:
+        raise RunError(f"proposing the proxy's training crops failed: {exc}") from exc
     if not keys:
         return np.zeros((0, config.score.image_size, config.score.image_size, 3), np.uint8)
     crops = np.concatenate(crops)
@@ -128,30 +115,20 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: str) -> np.n
     return crops[sorted(chosen, key=lambda i: keys[i])]
 
 
-def scored(refs: list[SourceRef], config: Config, proposer: str, proxy_path: str, store: PartStore) -> Candidates:
-    """The full pass 1 for patch selectors: ingest + propose + crop + score."""
-
-    def plan(rows):
-        return raydata.map_actors(
-            proposed(rows, config, proposer, scored=True),
-            Score,
-            {
-                "config": config.score,
-                "seed": config.seed,
-                "checkpoint": proxy_path,
-                "device": raydata.device(config.ray),
-            },
-            batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
-            config=config.ray,
-        )
-
-    _run_partitions(refs, store, plan)
+def scored(refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore) -> Candidates:
+    """The full pass 1 for selectors that need scores: ingest + propose + crop + score."""
+    score = raydata.Step(
+        Score,
+        {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
+        # One model batch of sources, with all their patch rows.
+        batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
+    )
+    _run_partitions(refs, store, config, [*proposed(config, proposer), score])
     return read_candidates(store, with_patches=True)
 
 
-def _run_partitions(refs: list[SourceRef], store: PartStore, plan) -> None:
-    """Stream the partitions that have no part through `plan(listing rows) -> Dataset` into
-    the part store."""
+def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step]) -> None:
+    """Stream the partitions that have no part through the steps into the part store."""
     done = store.done()
     pending = [p for p in range(store.n_partitions) if p not in done]
     if done:
@@ -161,16 +138,16 @@ def _run_partitions(refs: list[SourceRef], store: PartStore, plan) -> None:
     sink = PartitionSink(store, pending)
     rows = listing(refs, [i for p in pending for i in store.sources_of(p)])
     try:
-        for batch in plan(rows).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in _stream(rows, steps, config):
             batch.pop(C.CROP, None)
             sink.add(batch)
-    except ray.exceptions.RayError as exc:
-        raise RunError(_failure_message(refs, store, sink, exc)) from exc
+    except raydata.StageFailure as exc:
+        raise RunError(_failure_message(refs, store, sink, str(exc))) from exc
     if sink.unfinished():
         raise RunError(_failure_message(refs, store, sink, None))
 
 
-def _failure_message(refs, store: PartStore, sink: PartitionSink, exc) -> str:
+def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | None) -> str:
     unfinished = sink.unfinished()
     named = []
     for p in unfinished[:NAMED_SOURCES]:
@@ -180,19 +157,12 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, exc) -> str:
         named.append(f"partition {p} (sources {span.start}-{span.stop - 1}: {uris}{more})")
     if len(unfinished) > NAMED_SOURCES:
         named.append(f"and {len(unfinished) - NAMED_SOURCES} more")
-    cause = _cause(exc) if exc is not None else "pass 1 ended with rows missing"
+    cause = cause or "pass 1 ended with rows missing"
     return (
         f"pass 1 stopped with {len(unfinished)} of {store.n_partitions} partitions unfinished: "
         f"{'; '.join(named)}. Cause: {cause}. Finished partitions are kept in "
         f"{store.output.path(PASS1_DIR)}; rerunning the same command resumes from them."
     )
-
-
-def _cause(exc: BaseException) -> str:
-    """The first line of Ray's error (its full text repeats the remote traceback)."""
-    inner = exc.__cause__ if isinstance(exc, ray.exceptions.UserCodeException) and exc.__cause__ else exc
-    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    return f"{type(inner).__name__}: {first.rstrip('.')}"
 
 
 def read_candidates(store: PartStore, with_patches: bool) -> Candidates:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..manifests import schema
 from ..stages import columns as C
+from ..stages.execution import MODEL_ACTOR, TASK
 from ..stages.ingest import Ingest
 from ..stages.propose import Propose
 from .inputs import SourceRef
@@ -45,7 +46,9 @@ class IngestWithoutPixels(Ingest):
 class IsolatedPropose(Propose):
     """Propose, where a source that raises fails alone: when a batch raises, its sources are
     proposed one by one, and a source that still raises becomes a FAILED_STATUS source row
-    with the exception as its error."""
+    with the exception as its error. Runs where its proposer's model loads once: an actor."""
+
+    execution = MODEL_ACTOR
 
     def __call__(self, batch):
         self.setup()  # a model that cannot load fails the run, not every source
@@ -74,6 +77,8 @@ class IngestAndPropose:
     Ray Data would fuse the two stages anyway, but as two calls on the whole batch, holding all
     its decoded frames at once (8 full-HD frames are 50 MB). One at a time, a worker's peak is
     set by its largest frame, which a larger pool of such frames does not raise."""
+
+    execution = TASK
 
     def __init__(self, ingest: dict, propose: dict):
         self.ingest = Ingest(**ingest)

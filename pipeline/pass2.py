@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-import ray
+import numpy as np
 
 from ..manifests import schema
 from ..manifests.layout import Output
@@ -15,9 +15,7 @@ from ..stages.write import ShardWriter
 from . import raydata
 from .barrier import Plan
 from .config import Config
-
-# Samples per Ray task: enough to amortise the task, small enough to stream.
-SAMPLES_PER_TASK = 16
+from .resume import RunError
 
 
 def sample_rows(plan: Plan) -> list[dict]:
@@ -57,46 +55,48 @@ def compose_and_write(plan: Plan, config: Config, output: Output) -> tuple[dict,
 
 
 def _stream(rows, plan: Plan, config: Config, writer: ShardWriter, samples: dict) -> None:
-    """Compose on Ray in sample order (preserve_order), writing each sample as it arrives."""
-    ctx = ray.data.DataContext.get_current()
-    keep_order, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    """Compose on Ray in sample order, writing each sample as it arrives."""
+    compose = raydata.Step(
+        Compose,
+        {
+            "config": config.output,
+            "grid": plan.grid,
+            "max_pixels": config.ingest.max_pixels,
+            "min_side": config.ingest.min_side,
+        },
+    )
+    by_key = {r["sample_key"]: r for r in rows}
+    batches = raydata.stream(rows, [compose], config.ray, rows_per_block=Compose.execution.batch_size, in_order=True)
     try:
-        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / SAMPLES_PER_TASK))
-        ds = raydata.map_task(
-            ds,
-            Compose,
-            {
-                "config": config.output,
-                "grid": plan.grid,
-                "max_pixels": config.ingest.max_pixels,
-                "min_side": config.ingest.min_side,
-            },
-            batch_size=SAMPLES_PER_TASK,
-            config=config.ray,
-        )
-        by_key = {r["sample_key"]: r for r in rows}
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in batches:
             for i in range(len(batch["sample_key"])):
-                _write_one(writer, batch, i, by_key, plan.grid, config.output.format, samples)
-    finally:
-        ctx.execution_options.preserve_order = keep_order
+                _write_one(writer, batch, i, by_key[batch["sample_key"][i]], plan.grid, config.output.format, samples)
+    except raydata.StageFailure as exc:
+        raise RunError(f"pass 2 stopped: {exc}") from exc
 
 
-def _write_one(writer, batch, i, by_key, grid, fmt, samples) -> None:
+def _write_one(writer, batch, i, row, grid, fmt, samples) -> None:
+    """Write sample i of a composed batch, and its samples.parquet row: the columns the schema
+    says Compose fills come from its batch, the others from the shard writer and the plan."""
     key = batch["sample_key"][i]
     loc = writer.write(key, [(fmt, batch["image"][i]), ("json", batch["json"][i])])
-    row = by_key[key]
-    samples["sample_key"].append(key)
-    samples["shard"].append(loc.shard)
-    samples["index_in_shard"].append(loc.index_in_shard)
-    samples["members"].append(list(loc.members))
-    samples["image_sha256"].append(batch["image_sha256"][i])
-    samples["image_bytes"].append(len(batch["image"][i]))
-    samples["width"].append(int(batch["width"][i]))
-    samples["height"].append(int(batch["height"][i]))
-    samples["grid"].append(grid)
-    samples["patch_ids"].append(row["patch_ids"])
-    samples["source_ids"].append(row["source_ids"])
-    samples["boxes"].append(row["boxes"])
-    samples["slots"].append(list(range(len(row["patch_ids"]))))
-    samples["scores"].append([s if math.isfinite(s) else None for s in row["scores"]])
+    values = {
+        "sample_key": key,
+        "grid": grid,
+        "patch_ids": row["patch_ids"],
+        "source_ids": row["source_ids"],
+        "boxes": row["boxes"],
+        "slots": list(range(len(row["patch_ids"]))),
+        "scores": [s if math.isfinite(s) else None for s in row["scores"]],
+        "shard": loc.shard,
+        "index_in_shard": loc.index_in_shard,
+        "members": list(loc.members),
+    }
+    values.update((name, _plain(batch[name][i])) for name in schema.filled_by("samples", schema.COMPOSE))
+    for name, column in samples.items():
+        column.append(values[name])
+
+
+def _plain(value):
+    """A numpy scalar as its Python value, as the rest of the row is."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,8 +1,10 @@
 """The only place that knows Ray: cluster connection and mapping stages onto Ray Data.
 
-Stages are plain classes (`__init__(config)`, optional `setup()`, `__call__(batch)`); here
-they become `map_batches` operators, as tasks (cheap, stateless stages) or actor pools (stages
-that load a model once per worker).
+Stages are plain classes (`__init__(config)`, optional `setup()`, `__call__(batch)`) that
+declare how they run (`execution`, stages/execution.py); here a list of them becomes a chain of
+`map_batches` operators, as tasks (cheap, stateless stages) or actor pools (stages that load a
+model once per worker), and Ray's errors become StageFailure. pass 1 and pass 2 call `stream`
+and know nothing else of Ray.
 
 Retries are bounded by ray.max_retries: a task whose worker dies, or an actor that dies
 mid-batch, is retried (a dead actor is restarted and its batch resubmitted) at most that many
@@ -17,7 +19,10 @@ import logging
 import math
 import os
 import warnings
+from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import ray
 
 from .config import RayConfig
@@ -43,9 +48,58 @@ def connect(config: RayConfig) -> None:
     log.info("ray: %s", "cluster at " + address if address else "local")
 
 
-def map_task(
-    ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig, actor_stages: int = 0
-):
+@dataclass(frozen=True)
+class Step:
+    """One stage of a plan: the class, its constructor's keyword arguments and, where the batch
+    depends on settings outside the stage's own section, a batch size that overrides the one
+    the stage declares."""
+
+    stage: type
+    kwargs: dict
+    batch_size: int | None = None
+
+
+class StageFailure(Exception):
+    """Ray gave up on a plan (a worker or actor died past its retries, or a stage raised); the
+    message is the first line of the cause."""
+
+
+def stream(rows: list[dict], steps: list[Step], config: RayConfig, *, rows_per_block: int, in_order: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Run `rows` through the steps on Ray Data and yield the result batches (numpy), in input
+    order when `in_order`. Rows go in blocks of `rows_per_block`. Each stage runs as its
+    `execution` declares (stages/execution.py); tasks share the CPUs the plan's actor pools
+    leave."""
+    actor_pools = sum(step.stage.execution.actor for step in steps)
+    context = ray.data.DataContext.get_current()
+    keep_order = context.execution_options.preserve_order
+    context.execution_options.preserve_order = keep_order or in_order
+    try:
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
+        for step in steps:
+            ds = _map(ds, step, config, actor_pools)
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    except ray.exceptions.RayError as exc:
+        raise StageFailure(_cause(exc)) from exc
+    finally:
+        context.execution_options.preserve_order = keep_order
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of Ray's error (its full text repeats the remote traceback)."""
+    inner = exc.__cause__ if isinstance(exc, ray.exceptions.UserCodeException) and exc.__cause__ else exc
+    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {first.rstrip('.')}"
+
+
+def _map(ds: ray.data.Dataset, step: Step, config: RayConfig, actor_pools: int) -> ray.data.Dataset:
+    execution = step.stage.execution
+    batch_size = step.batch_size or execution.batch_size or config.model_batch_size
+    if execution.actor:
+        return _map_actors(ds, step.stage, step.kwargs, batch_size=batch_size, config=config)
+    return _map_task(ds, step.stage, step.kwargs, batch_size=batch_size, config=config, actor_stages=actor_pools)
+
+
+def _map_task(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig, actor_stages: int):
     """Run a stateless stage as Ray tasks, beside `actor_stages` actor pools of the same plan."""
 
     def apply(batch):
@@ -86,7 +140,7 @@ def task_cpus(config: RayConfig, actor_stages: int) -> float:
     return wanted
 
 
-def map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
+def _map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: int, config: RayConfig):
     """Run a model stage on an actor pool: the model loads once per actor, on a GPU when
     gpus_per_actor > 0."""
     extra = {"num_gpus": config.gpus_per_actor} if config.gpus_per_actor else {}

@@ -17,12 +17,14 @@ from optidel import __version__
 from ..manifests import schema
 from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages import columns as C
+from ..stages.propose import Proposer, resolve_proposer
+from ..stages.select import selector
 from ..stages.write import shards_table
 from . import barrier, pass1, pass2, patch_manifest, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
-from .resume import RunError  # noqa: F401 - the run's error type, imported from here by the CLI
+from .resume import RunError  # the run's error type, imported from here by the CLI
 
 log = logging.getLogger("optidel")
 
@@ -62,12 +64,12 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
 
     store = PartStore(output, len(refs), config.ingest.partition_size)
     reused = {"pass1_partitions": store.n_partitions}
-    if config.selector == "random":
+    if not selector(config.selector).needs_scores:
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
             candidates = pass1.ingest_only(refs, config, store)
     else:
-        proposer = models["proposer"]["name"]
+        proposer = resolve_proposer(config.propose)
         if config.score.proxy == "self":
             with timer.stage("train_proxy"):
                 models["proxy"] = _self_trained_proxy(refs, config, proposer, output, store)
@@ -117,16 +119,14 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
 def _check_models(config: Config) -> dict:
     """Resolve the proposer and proxy, and load any checkpoint once, so a missing or wrong
     file is reported before the pool is read."""
-    if config.selector == "random":
+    if not selector(config.selector).needs_scores:
         return {}
-    from ..stages import propose, sam, score
+    from ..stages import propose, score
 
-    name = propose.resolve_proposer(config.propose)
-    if name == "sam":
-        sam.build_sam(config.propose.sam_model, config.propose.sam_checkpoint)
-    if config.propose.proposer == "auto":
-        log.info("proposer auto -> %s", name)
-    models = {"proposer": {**propose.proposer_info(config.propose), "name": name}}
+    propose.check_weights(config.propose)
+    if config.propose.proposer == propose.AUTO:
+        log.info("proposer auto -> %s", resolve_proposer(config.propose).name)
+    models = {"proposer": propose.proposer_info(config.propose)}
     if config.score.proxy != "self":
         from ..stages import mae
 
@@ -140,7 +140,7 @@ PROXY_FILE = "proxy.pt"
 PROXY_RECORD = "proxy.json"  # sha256 of proxy.pt and what it was trained on, written after it
 
 
-def _self_trained_proxy(refs, config: Config, proposer: str, output: Output, store: PartStore) -> dict:
+def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output, store: PartStore) -> dict:
     """The proxy this job trained before (a resumed run), or a newly trained one."""
     from ..stages import score
 
@@ -156,7 +156,7 @@ def _self_trained_proxy(refs, config: Config, proposer: str, output: Output, sto
     return {**_train_proxy(refs, config, proposer, output), "reused": False}
 
 
-def _train_proxy(refs, config: Config, proposer: str, output: Output) -> dict:
+def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> dict:
     from fsspec.implementations.local import LocalFileSystem
 
     from ..stages import mae, score

@@ -1,4 +1,6 @@
-"""Column names of the batches that flow between stages (pass 1 and pass 2).
+"""Column names of the batches that flow between stages (pass 1 and pass 2), derived from the
+manifest schema (manifests/schema.py tags each column with the stage that fills it) plus the few
+columns that live only inside the pipeline (the listing's location, PATCH_INDEX, pixels).
 
 Batches are Ray Data numpy batches: dict[str, np.ndarray], one row per item, no nulls. A
 missing int is -1, a missing float NaN, a missing string "" (manifests.schema.to_table turns
@@ -19,6 +21,7 @@ and carries SOURCE_ID, INPUT_INDEX and the patch fields; its other source fields
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from ..manifests import schema
 
@@ -34,8 +37,8 @@ SOURCE_ID = "source_id"
 STATUS = "status"
 WIDTH = "width"
 HEIGHT = "height"
-# Every sources.parquet column except duplicate_of (decided at the barrier), plus the location.
-SOURCE_COLUMNS = tuple(f.name for f in schema.SOURCES if f.name != "duplicate_of") + (OFFSET, LENGTH)
+# The sources.parquet columns of the listing and ingest (not the barrier's), plus the location.
+SOURCE_COLUMNS = schema.filled_by("sources", schema.LISTING, schema.INGEST) + (OFFSET, LENGTH)
 
 IMAGE = "image"  # decoded RGB uint8 (H, W, 3); shape (0, 0, 3) when the source is not ok
 
@@ -43,7 +46,8 @@ PATCH_INDEX = "patch_index"  # -1 for the source row, 0.. for the source's patch
 PATCH_ID = "patch_id"
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 MASK_RLE = "mask_rle"
-PATCH_COLUMNS = (PATCH_INDEX, PATCH_ID, *BOX_COLUMNS, "mask_area", "predicted_iou", "stability_score", MASK_RLE)
+# The patches.parquet columns the proposer fills (but the source's own), after PATCH_INDEX.
+PATCH_COLUMNS = (PATCH_INDEX, *(c for c in schema.filled_by("patches", schema.PROPOSE) if c != SOURCE_ID))
 CANDIDATE_COLUMNS = SOURCE_COLUMNS + PATCH_COLUMNS
 
 CROP = "crop"  # uint8 (S, S, 3), S = score.image_size; zeros for sources that are not ok
@@ -53,19 +57,36 @@ EMBEDDING = "embedding"  # float32 (D,) pooled proxy-encoder features, L2-normal
 # What the selection barrier holds of a patch row. Not the source fields (a patch row carries
 # them as sentinels) and not its mask (~650 B as RLE, more than the rest together): masks are
 # read back from the pass-1 parts only as patches.parquet is written.
-BARRIER_PATCH_COLUMNS = (PATCH_ID, SOURCE_ID, *PATCH_COLUMNS[2:-1], SCORE, EMBEDDING)
+BARRIER_PATCH_COLUMNS = (
+    *(c for c in schema.filled_by("patches", schema.PROPOSE, schema.SCORE) if c != MASK_RLE),
+    EMBEDDING,
+)
 
-# Sentinel per column kind, used when a row has no value for a column.
-_INT_COLUMNS = {INPUT_INDEX, OFFSET, LENGTH, "byte_size", WIDTH, HEIGHT, PATCH_INDEX, *BOX_COLUMNS, "mask_area"}
-_FLOAT_COLUMNS = {"predicted_iou", "stability_score", SCORE}
+# Batch dtype and sentinel per column, from the manifest's type: ints travel as int64, floats
+# as float32, everything else as Python objects.
+_KINDS = {"int": (np.int64, -1), "float": (np.float32, float("nan")), "object": (object, "")}
+
+
+def _kind(type_: pa.DataType) -> str:
+    return "int" if pa.types.is_integer(type_) else "float" if pa.types.is_floating(type_) else "object"
+
+
+_KIND_OF = {
+    **{field.name: _kind(field.type) for field in (*schema.SOURCES, *schema.PATCHES)},
+    OFFSET: "int",  # the pipeline's own columns
+    LENGTH: "int",
+    PATCH_INDEX: "int",
+}
 
 
 def sentinel(column: str):
-    if column in _INT_COLUMNS:
-        return -1
-    if column in _FLOAT_COLUMNS:
-        return float("nan")
-    return ""
+    """The value that stands for "none" in a batch column (manifests turn it into null)."""
+    return _KINDS[_KIND_OF.get(column, "object")][1]
+
+
+def sentinel_columns(columns, n: int) -> dict[str, np.ndarray]:
+    """n rows of sentinels in each of `columns`, with the batch dtypes."""
+    return {col: np.full(n, sentinel(col), dtype=_KINDS[_KIND_OF.get(col, "object")][0]) for col in columns}
 
 
 def take(batch: dict[str, np.ndarray], rows) -> dict[str, np.ndarray]:
@@ -83,13 +104,7 @@ def to_batch(rows: list[dict], columns: tuple[str, ...]) -> dict[str, np.ndarray
     """Rows (dicts, possibly missing columns) -> a numpy batch with every column, sentinels
     filling the gaps. Array-valued extras (IMAGE, CROP, EMBEDDING) are passed through by the
     caller, not here."""
-    batch = {}
-    for col in columns:
-        values = [row.get(col, sentinel(col)) for row in rows]
-        if col in _INT_COLUMNS:
-            batch[col] = np.asarray(values, dtype=np.int64)
-        elif col in _FLOAT_COLUMNS:
-            batch[col] = np.asarray(values, dtype=np.float32)
-        else:
-            batch[col] = np.asarray(values, dtype=object)
-    return batch
+    return {
+        col: np.asarray([row.get(col, sentinel(col)) for row in rows], dtype=_KINDS[_KIND_OF.get(col, "object")][0])
+        for col in columns
+    }

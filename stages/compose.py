@@ -13,6 +13,7 @@ from PIL import Image
 from optidel import imageio, seeding
 
 from .crops import crop_resize
+from .execution import Execution
 from .write import sample_json
 
 # Per-slot columns of a pass-2 input row: each row holds a list of M values, in slot order.
@@ -102,8 +103,11 @@ class Compose:
     """Pass-2 stage: rows = samples with per-slot lists (SLOT_COLUMNS) -> encoded mosaics.
 
     Output columns: sample_key, image (encoded bytes), json (the sample's lineage, UTF-8),
-    image_sha256, width, height.
+    image_sha256, image_bytes, width, height.
     """
+
+    # Samples per Ray task: enough to amortise the task, small enough to stream.
+    execution = Execution(batch_size=16)
 
     def __init__(self, config, grid: int, max_pixels: int, min_side: int):
         self.config = config  # OutputConfig
@@ -122,7 +126,7 @@ class Compose:
                     f"sample {key}: expected {len(self.tiles)} slots in every column, got {lengths}"
                 )
         tiles = self._cut_tiles(rows)
-        out = {"sample_key": [], "image": [], "json": [], "image_sha256": [], "width": [], "height": []}
+        out = {"sample_key": [], "image": [], "json": [], "image_sha256": [], "image_bytes": [], "width": [], "height": []}
         for r, (key, row) in enumerate(zip(keys, rows)):
             canvas = np.zeros((self.config.size, self.config.size, 3), dtype=np.uint8)
             for slot, (x0, y0, x1, y1) in enumerate(self.tiles):
@@ -132,6 +136,7 @@ class Compose:
             out["image"].append(data)
             out["json"].append(self._lineage(key, row))
             out["image_sha256"].append(hashlib.sha256(data).hexdigest())
+            out["image_bytes"].append(len(data))
             out["width"].append(self.config.size)
             out["height"].append(self.config.size)
         return {
@@ -139,6 +144,7 @@ class Compose:
             "image": _object_array(out["image"]),
             "json": _object_array(out["json"]),
             "image_sha256": np.asarray(out["image_sha256"], dtype=object),
+            "image_bytes": np.asarray(out["image_bytes"], dtype=np.int64),
             "width": np.asarray(out["width"], dtype=np.int32),
             "height": np.asarray(out["height"], dtype=np.int32),
         }

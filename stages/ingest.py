@@ -13,6 +13,7 @@ from optidel import imageio
 
 from ..manifests import schema
 from . import columns
+from .execution import TASK
 
 
 class Ingest:
@@ -21,6 +22,8 @@ class Ingest:
     source_id is the sha256 of the bytes whenever they were read (corrupt ones included), ""
     when they were not. A read failure is status missing; a file over max_bytes is refused
     unread as unsupported (its byte_size still reported)."""
+
+    execution = TASK
 
     def __init__(self, config):
         # An IngestConfig (min_side, max_pixels, max_bytes); taken as is, so stages stay free of

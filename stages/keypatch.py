@@ -126,7 +126,3 @@ def mask_to_rle(mask: np.ndarray) -> str:
     """COCO compressed RLE counts of a bool (H, W) mask (the size is stored beside it)."""
     rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
     return rle["counts"].decode("ascii")
-
-
-def rle_to_mask(rle: str, height: int, width: int) -> np.ndarray:
-    return mask_utils.decode({"size": [height, width], "counts": rle.encode("ascii")}).astype(bool)

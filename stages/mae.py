@@ -18,7 +18,6 @@ import io
 import math
 import pickle
 import posixpath
-import re
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 
@@ -31,6 +30,8 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from optidel import seeding
+
+from .weights import load_error_reason
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -249,7 +250,7 @@ def read_checkpoint(path: str, fallback_spec: MAESpec | None = None) -> tuple[di
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise ProxyCheckpointError(
-            f"{path}: refused: not a tensors-only torch checkpoint ({_load_reason(exc)}); "
+            f"{path}: refused: not a tensors-only torch checkpoint ({load_error_reason(exc)}); "
             'pickled code or objects are never loaded: re-save just {"model": state_dict}'
         ) from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
@@ -297,12 +298,6 @@ def _infer_spec(state: dict, fallback: MAESpec | None) -> MAESpec:
     }
     rest = {f.name: getattr(fallback, f.name) for f in fields(MAESpec) if f.name not in shapes}
     return MAESpec(**shapes, **rest)
-
-
-def _load_reason(exc: Exception) -> str:
-    # torch wraps the useful part ("Unsupported global: ...") in paragraphs of advice.
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", str(exc), re.S)
-    return found.group(1).strip() if found else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _count_blocks(state: dict, prefix: str) -> int:

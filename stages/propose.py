@@ -1,10 +1,17 @@
-"""The propose stage: masks from SAM (or the weight-free regions proposer) -> key patches, each
-with its crop resized for the proxy; one source row, then its patch rows, per ingested source.
+"""The propose stage: masks from a proposer -> key patches, each with its crop resized for the
+proxy; one source row, then its patch rows, per ingested source.
+
+Proposers are entries of PROPOSERS (see `register_proposer`): the config's allowed values, the
+CLI's choices, the runner's checks and the number of actor pools in pass 1 all read that table.
+Built in: `sam` (segment-anything's automatic masks) and `regions` (weight-free).
 
 torch and segment-anything are imported only on the SAM path (stages/sam.py): the regions
 proposer's Ray workers then start in a fraction of a second and without torch's ~800 MB."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -12,32 +19,85 @@ from ..manifests import schema
 from . import columns
 from .crops import crop_resize
 from .keypatch import key_patches, mask_to_rle
-from .regions import RegionsProposer
 
-TINY_MODEL = "vit_tiny"
+AUTO = "auto"  # the config's default: `sam` when a checkpoint is given, else `regions`
 
 
-def resolve_proposer(config) -> str:
-    """'sam' or 'regions' for a ProposeConfig: 'auto' means SAM when a checkpoint is given.
-    Random SAM weights are allowed only for vit_tiny (smoke tests)."""
-    if config.proposer == "auto":
-        return "sam" if config.sam_checkpoint else "regions"
-    if config.proposer == "sam" and not config.sam_checkpoint and config.sam_model != TINY_MODEL:
-        from .sam import CheckpointError
+@dataclass(frozen=True)
+class Proposer:
+    """One entry of PROPOSERS.
 
-        raise CheckpointError("propose.proposer=sam needs propose.sam_checkpoint")
-    return config.proposer
+    `factory(config, seed, device)` (config a ProposeConfig) returns `generate(images)`: for a
+    list of RGB uint8 images, a list of mask records per image in segment-anything's format
+    (segmentation, bbox, area, predicted_iou, stability_score). It runs on a Ray worker."""
+
+    name: str
+    factory: Callable
+    actor: bool  # loads a model once per worker: its own actor pool; else fused into the ingest task
+    needs_weights: bool  # takes a checkpoint: checked before the pool is read, recorded in run.json
+
+
+PROPOSERS: dict[str, Proposer] = {}
+
+
+def register_proposer(name: str, *, actor: bool, needs_weights: bool):
+    """Decorator: add `factory` to PROPOSERS under `name`."""
+
+    def add(factory):
+        if name in PROPOSERS or name == AUTO:
+            raise ValueError(f"proposer {name!r} is already registered")
+        PROPOSERS[name] = Proposer(name, factory, actor, needs_weights)
+        return factory
+
+    return add
+
+
+@register_proposer("sam", actor=True, needs_weights=True)
+def sam_masks(config, seed: int, device: str):
+    from .sam import mask_generator
+
+    return mask_generator(config, seed, device)
+
+
+@register_proposer("regions", actor=False, needs_weights=False)
+def region_masks(config, seed: int, device: str):
+    from .regions import RegionsProposer  # scikit-image: seconds to import, needed on workers only
+
+    regions = RegionsProposer(config)
+    return lambda images: [regions.generate(image) for image in images]
+
+
+def resolve_proposer(config) -> Proposer:
+    """The entry a ProposeConfig names; `auto` means SAM when a checkpoint is given."""
+    if config.proposer == AUTO:
+        return PROPOSERS["sam" if config.sam_checkpoint else "regions"]
+    try:
+        return PROPOSERS[config.proposer]
+    except KeyError:
+        raise ValueError(f"unknown proposer {config.proposer!r}; expected one of {', '.join(PROPOSERS)}") from None
+
+
+def check_weights(config) -> None:
+    """Load the resolved proposer's weights once, so that a missing or wrong checkpoint is
+    reported before the pool is read. Random SAM weights are allowed only for vit_tiny."""
+    if not resolve_proposer(config).needs_weights:
+        return
+    from .sam import TINY_MODEL, CheckpointError, build_sam
+
+    if not config.sam_checkpoint and config.sam_model != TINY_MODEL:
+        raise CheckpointError(f"propose.proposer={config.proposer} needs propose.sam_checkpoint")
+    build_sam(config.sam_model, config.sam_checkpoint)
 
 
 def proposer_info(config) -> dict:
     """What run.json records about the proposer."""
     from .sam import file_sha256
 
-    name = resolve_proposer(config)
-    checkpoint = config.sam_checkpoint if name == "sam" else None
+    entry = resolve_proposer(config)
+    checkpoint = config.sam_checkpoint if entry.needs_weights else None
     return {
-        "name": name,
-        "model": config.sam_model if name == "sam" else None,
+        "name": entry.name,
+        "model": config.sam_model if entry.needs_weights else None,
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
     }
@@ -46,24 +106,19 @@ def proposer_info(config) -> dict:
 class Propose:
     """Ingest batch (SOURCE_COLUMNS + IMAGE) -> CANDIDATE_COLUMNS + CROP (uint8 (n, S, S, 3))."""
 
-    def __init__(self, config, crop_size: int, seed: int = 0, device: str = "cpu"):
+    def __init__(self, config, crop_size: int, seed: int = 0, device: str = "cpu", proposer: Proposer | None = None):
         self.config = config
         self.crop_size = crop_size
         self.seed = seed
         self.device = device
-        self.proposer_name = resolve_proposer(config)
+        # The driver resolves the entry and hands it over, so that a proposer registered only in
+        # the driver's process (a plugin, a test) still runs on Ray's workers.
+        self.proposer = proposer or resolve_proposer(config)
         self._generate = None  # images -> mask records per image (segment-anything's format)
 
     def setup(self) -> None:
-        if self._generate is not None:
-            return
-        if self.proposer_name == "regions":
-            regions = RegionsProposer(self.config)
-            self._generate = lambda images: [regions.generate(image) for image in images]
-            return
-        from .sam import mask_generator
-
-        self._generate = mask_generator(self.config, self.seed, self.device)
+        if self._generate is None:
+            self._generate = self.proposer.factory(self.config, self.seed, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.setup()
@@ -99,6 +154,7 @@ class Propose:
     def _patch_row(source: dict, k: int, patch) -> dict:
         source_id = str(source[columns.SOURCE_ID])
         x0, y0, x1, y1 = patch.box
+        mask = np.asarray(patch.mask, dtype=bool)  # read once: the regions proposer's is lazy
         return {
             columns.SOURCE_ID: source_id,
             columns.INPUT_INDEX: source[columns.INPUT_INDEX],
@@ -109,7 +165,8 @@ class Propose:
             "x1": x1,
             "y1": y1,
             "mask_area": patch.mask_area,
+            "mask_fraction": mask[y0:y1, x0:x1].sum() / ((x1 - x0) * (y1 - y0)),
             "predicted_iou": patch.predicted_iou,
             "stability_score": patch.stability_score,
-            "mask_rle": mask_to_rle(patch.mask),
+            "mask_rle": mask_to_rle(mask),
         }

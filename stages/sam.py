@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import re
 from functools import partial
 from pathlib import Path
 
@@ -21,8 +20,10 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from optidel import seeding
 
 from .amg_batched import BatchedMaskGenerator
+from .weights import load_error_reason
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+TINY_MODEL = "vit_tiny"  # a small image-size-256 SAM for tests and CPU smoke runs; random weights allowed
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", TINY_MODEL)
 # ProposeConfig keys passed under segment-anything's own names to either mask generator.
 AMG_SETTINGS = (
     "points_per_side",
@@ -43,7 +44,7 @@ def build_sam(model_type: str, checkpoint: str | None) -> Sam:
     `checkpoint` is None, else the checkpoint's weights, loaded strictly."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown SAM model type {model_type!r}; expected one of {MODEL_TYPES}")
-    model = _build_tiny() if model_type == "vit_tiny" else sam_model_registry[model_type](checkpoint=None)
+    model = _build_tiny() if model_type == TINY_MODEL else sam_model_registry[model_type](checkpoint=None)
     if checkpoint is not None:
         _load_weights(model, checkpoint, model_type)
     return model.eval()
@@ -78,11 +79,6 @@ def mask_generator(config, seed: int, device: str):
             return [reference.generate(image) for image in images]
 
     return generate
-
-
-def save_sam(model: Sam, path: str | Path) -> None:
-    """Save the model's state dict only (loadable with weights_only=True)."""
-    torch.save(model.state_dict(), path)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -136,9 +132,9 @@ def _load_weights(model: Sam, checkpoint: str, model_type: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses anything but tensors and plain containers: the file would run code.
-        raise CheckpointError(f"{checkpoint}: refused: not a plain weights file ({_unpickler_reason(exc)})") from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, OSError... for broken files
-        raise CheckpointError(f"{checkpoint}: unreadable SAM checkpoint: {_first_line(exc)}") from None
+        raise CheckpointError(f"{checkpoint}: refused: not a plain weights file ({load_error_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, OSError... for broken files
+        raise CheckpointError(f"{checkpoint}: unreadable SAM checkpoint: {load_error_reason(exc)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{checkpoint}: not a state dict (a mapping of parameter names to tensors)")
     problem = _first_mismatch(model.state_dict(), state)
@@ -157,15 +153,3 @@ def _first_mismatch(expected: dict, given: dict) -> str | None:
             return f"key {key} has shape {tuple(given[key].shape)}, expected {tuple(tensor.shape)}"
     extra = [key for key in given if key not in expected]
     return f"unexpected key {extra[0]}" if extra else None
-
-
-def _unpickler_reason(exc: BaseException) -> str:
-    """torch wraps the reason (e.g. "Unsupported global: GLOBAL print ...") in advice about
-    loading the file unsafely, which must not be passed on."""
-    found = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?:\. Please|\n|$)", str(exc))
-    return found.group(1) if found else "the pickle holds more than tensors"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

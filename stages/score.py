@@ -21,7 +21,6 @@ cut a source's rows into batches.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict
 
 import numpy as np
@@ -32,11 +31,9 @@ from optidel import seeding
 
 from ..manifests import schema
 from . import columns
+from .execution import MODEL_ACTOR
 from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input, train_proxy
 
-# Test hook (tests/test_faults.py): the first call that finds no file at this path creates it and
-# kills its own worker mid-batch, as a crash would.
-EXIT_ONCE_ENV = "OPTIDEL_TEST_EXIT_ONCE"
 _MSE_FLOOR = 1e-12  # a pixel-perfect reconstruction would otherwise score -inf
 ROWS_PER_FORWARD = 32  # rows per fixed-shape micro-batch (x R masked copies)
 
@@ -84,6 +81,8 @@ def mask_noise(seed: int, row_key: str, masks: int, num_patches: int) -> torch.T
 class Score:
     """CANDIDATE_COLUMNS + CROP -> CANDIDATE_COLUMNS + SCORE + EMBEDDING (see module docstring)."""
 
+    execution = MODEL_ACTOR
+
     def __init__(self, config, seed: int, checkpoint: str, device: str = "cpu"):
         self.config = config
         self.seed = seed
@@ -101,7 +100,6 @@ class Score:
         self.model = model.to(self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _exit_once_for_tests()
         if self.model is None:
             self.setup()
         crops = self._crops(batch[columns.CROP])
@@ -151,13 +149,3 @@ class Score:
         embeddings = F.normalize(self.model.embed(images)[:n], dim=1).float().cpu().numpy()
         return scores, embeddings
 
-
-def _exit_once_for_tests() -> None:
-    marker = os.environ.get(EXIT_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        open(marker, "x").close()
-    except FileExistsError:
-        return
-    os._exit(1)

@@ -3,8 +3,12 @@
 OptiDEL maximises V-information I_V(X->Y) = H_V(Y|empty) - H_V(Y|X): hard patches (high
 conditional entropy under the proxy) raise the second term, diverse ones the first. So the
 `optidel` selector ranks by hardness under diversity constraints (cluster quotas, near-duplicate
-and per-source limits); `hard` is the hardness-only baseline; `select_images` holds the
-whole-image baselines (`random`, `dedup`).
+and per-source limits); `hard` is the hardness-only baseline; `random` and `dedup` are the
+whole-image baselines.
+
+Selectors are entries of SELECTORS (see `register_selector`): the config's allowed values, the
+CLI's choices and the barrier's dispatch all read that table, so a new selector is one
+decorated function here (or in a plugin module that registers itself on import).
 
 Every choice depends only on ids, scores, embeddings and the seed, never on row order: rows are
 put in id order before anything order-sensitive (k-means included) sees them.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -22,10 +27,6 @@ import numpy as np
 from optidel import seeding
 
 from ..manifests import schema
-
-PATCH_METHODS = ("optidel", "hard")
-IMAGE_METHODS = ("random", "dedup")
-
 
 @dataclass
 class Selection:
@@ -38,93 +39,181 @@ class Selection:
     n_clusters: int = 0  # k of the k-means behind `cluster` (0 when not clustered)
 
 
-def select_patches(
-    patch_ids,
-    source_ids,
-    scores,
-    embeddings,
-    budget: int,
-    config,
-    method: str,
-    seed: int,
-) -> Selection:
-    """Choose up to `budget` candidate patches. `config` is a SelectConfig.
+@dataclass(frozen=True)
+class Selector:
+    """One entry of SELECTORS.
 
-    Both methods cluster the embeddings, so the diversity of either selection can be reported
-    on the same footing; only `optidel` uses the clusters to choose. When fewer than `budget`
-    patches are eligible, all eligible ones are selected and the caller records the shortfall.
-    """
-    if method not in PATCH_METHODS:
-        raise ValueError(f"unknown patch selector {method!r}; expected one of {PATCH_METHODS}")
-    ids = _ids(patch_ids, "patch_ids")
-    n = len(ids)
-    sources = _aligned(source_ids, n, "source_ids")
-    rank = hardness_rank(ids, scores)
-    emb = _unit_rows(embeddings, ids)
-    k = min(config.clusters, n)
-    cluster = cluster_embeddings(ids, emb, k, seed)
-    hardest_first = np.argsort(rank, kind="stable")
+    `choose` takes keyword arguments only and returns a Selection aligned with its rows. A patch
+    selector gets patch_ids, source_ids, scores, embeddings, budget (patches), config (a
+    SelectConfig) and seed; a whole-image selector gets the same without patch_ids, one row per
+    ok source, with scores and embeddings None when it does not need scores."""
 
-    selected = np.zeros(n, dtype=bool)
-    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
-    if method == "hard":
-        _take_hardest(hardest_first, sources, budget, config.per_source_cap, selected, reason)
-    else:
-        n_trim = int(config.trim_top_frac * n)
-        reason[hardest_first[:n_trim]] = schema.DROP_OUTLIER
-        eligible = hardest_first[n_trim:]
-        _take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason)
-        # Never looked at, yet hard enough for a hardness-only pick: its cluster's share was full.
-        unseen_hard = eligible[:budget][reason[eligible[:budget]] == schema.DROP_BUDGET]
-        reason[unseen_hard] = schema.DROP_QUOTA
-    return Selection(selected, cluster, rank, reason, k)
+    name: str
+    choose: Callable[..., Selection]
+    whole_images: bool  # one source image per output sample, instead of mosaics of patches
+    needs_scores: bool  # runs after the proposer and the proxy; without, pass 1 only ingests
 
 
-def select_images(source_ids, scores, embeddings, budget: int, method: str, seed: int, config) -> Selection:
-    """Whole-image baselines. `random`: a seeded draw (embeddings may be None). `dedup`:
-    SemDeDup-style (arXiv 2401.17542) — k-means the image embeddings, drop images cosine-near a
-    kept one of their cluster, then draw the budget from the survivors in seeded order, spread
-    round-robin across clusters. `scores` only fill `rank`; without them rank is the draw order."""
-    if method not in IMAGE_METHODS:
-        raise ValueError(f"unknown image selector {method!r}; expected one of {IMAGE_METHODS}")
-    ids = _ids(source_ids, "source_ids")
-    n = len(ids)
-    # The draw is a sort by a hash of (seed, id): independent of input order and of the pool's
-    # other members, so a source keeps its place when the pool grows.
-    draw_keys = [(seeding.derive(seed, "draw", sid), sid) for sid in ids]
-    drawn = np.asarray(sorted(range(n), key=draw_keys.__getitem__), dtype=np.int64)
-    if scores is not None:
+SELECTORS: dict[str, Selector] = {}
+
+
+def register_selector(name: str, *, whole_images: bool, needs_scores: bool):
+    """Decorator: add `choose` to SELECTORS under `name`."""
+
+    def add(choose):
+        if name in SELECTORS:
+            raise ValueError(f"selector {name!r} is already registered")
+        if not (whole_images or needs_scores):
+            raise ValueError(f"selector {name!r}: patch selectors need scores (patches come from the scored pass)")
+        SELECTORS[name] = Selector(name, choose, whole_images, needs_scores)
+        return choose
+
+    return add
+
+
+def selector(name: str) -> Selector:
+    try:
+        return SELECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown selector {name!r}; expected one of {', '.join(SELECTORS)}") from None
+
+
+def select_patches(*, patch_ids, source_ids, scores, embeddings, budget: int, config, method: str, seed: int) -> Selection:
+    """Choose up to `budget` candidate patches with the patch selector `method`. When fewer
+    than `budget` patches are eligible, all eligible ones are selected and the caller records
+    the shortfall."""
+    entry = selector(method)
+    if entry.whole_images:
+        raise ValueError(f"selector {method!r} keeps whole images, not patches")
+    return entry.choose(
+        patch_ids=patch_ids, source_ids=source_ids, scores=scores, embeddings=embeddings,
+        budget=budget, config=config, seed=seed,
+    )
+
+
+def select_images(*, source_ids, scores, embeddings, budget: int, config, method: str, seed: int) -> Selection:
+    """Choose up to `budget` whole source images with the whole-image selector `method`."""
+    entry = selector(method)
+    if not entry.whole_images:
+        raise ValueError(f"selector {method!r} selects patches, not whole images")
+    return entry.choose(source_ids=source_ids, scores=scores, embeddings=embeddings, budget=budget, config=config, seed=seed)
+
+
+@dataclass
+class _Ranked:
+    """What both patch selectors start from: rows checked, ranked and clustered. Both cluster,
+    so the diversity of either selection is reported on the same footing; only `optidel` uses
+    the clusters to choose."""
+
+    sources: np.ndarray
+    rank: np.ndarray
+    emb: np.ndarray
+    cluster: np.ndarray
+    k: int
+    hardest_first: np.ndarray
+
+    @classmethod
+    def of(cls, patch_ids, source_ids, scores, embeddings, config, seed) -> _Ranked:
+        ids = _ids(patch_ids, "patch_ids")
+        sources = _aligned(source_ids, len(ids), "source_ids")
         rank = hardness_rank(ids, scores)
-    else:
-        rank = np.empty(n, dtype=np.int32)
-        rank[drawn] = np.arange(n, dtype=np.int32)
+        emb = _unit_rows(embeddings, ids)
+        k = min(config.clusters, len(ids))
+        cluster = cluster_embeddings(ids, emb, k, seed)
+        return cls(sources, rank, emb, cluster, k, np.argsort(rank, kind="stable"))
 
+
+@register_selector("optidel", whole_images=False, needs_scores=True)
+def select_optidel(*, patch_ids, source_ids, scores, embeddings, budget, config, seed) -> Selection:
+    """Hardest first under diversity constraints: the trimmed noise tail dropped, then
+    round-robin cluster quotas, near-duplicate and per-source limits."""
+    r = _Ranked.of(patch_ids, source_ids, scores, embeddings, config, seed)
+    n = len(r.rank)
     selected = np.zeros(n, dtype=bool)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
-    if method == "random":
-        cluster, k = np.full(n, -1, dtype=np.int32), 0
-        chosen = drawn[:budget]
-    else:
-        emb = _unit_rows(embeddings, ids)
-        k = min(config.clusters, n)
-        cluster = cluster_embeddings(ids, emb, k, seed)
-        survivors: dict[int, list[int]] = {}
-        guards: dict[int, _NearDuplicates] = {}
-        sizes = Counter(cluster.tolist())
-        for i in drawn.tolist():
-            c = int(cluster[i])
-            if c not in guards:
-                guards[c] = _NearDuplicates(emb.shape[1], sizes[c], config.near_duplicate_cosine)
-            guard = guards[c]
-            if guard.near(emb[i]):
-                reason[i] = schema.DROP_DUPLICATE
-            else:
-                guard.add(emb[i])
-                survivors.setdefault(c, []).append(i)
-        chosen = np.asarray(_interleave(list(survivors.values()))[:budget], dtype=np.int64)
+    n_trim = int(config.trim_top_frac * n)
+    reason[r.hardest_first[:n_trim]] = schema.DROP_OUTLIER
+    eligible = r.hardest_first[n_trim:]
+    _take_round_robin(eligible, r.cluster, r.sources, r.emb, budget, config, selected, reason)
+    # Never looked at, yet hard enough for a hardness-only pick: its cluster's share was full.
+    unseen_hard = eligible[:budget][reason[eligible[:budget]] == schema.DROP_BUDGET]
+    reason[unseen_hard] = schema.DROP_QUOTA
+    return Selection(selected, r.cluster, r.rank, reason, r.k)
+
+
+@register_selector("hard", whole_images=False, needs_scores=True)
+def select_hard(*, patch_ids, source_ids, scores, embeddings, budget, config, seed) -> Selection:
+    """The hardness-only baseline: hardest first, under the per-source cap only."""
+    r = _Ranked.of(patch_ids, source_ids, scores, embeddings, config, seed)
+    n = len(r.rank)
+    selected = np.zeros(n, dtype=bool)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    _take_hardest(r.hardest_first, r.sources, budget, config.per_source_cap, selected, reason)
+    return Selection(selected, r.cluster, r.rank, reason, r.k)
+
+
+def _drawn(ids: np.ndarray, seed: int) -> np.ndarray:
+    """Row indices in seeded draw order: a sort by a hash of (seed, id), independent of input
+    order and of the pool's other members, so a source keeps its place when the pool grows."""
+    draw_keys = [(seeding.derive(seed, "draw", sid), sid) for sid in ids]
+    return np.asarray(sorted(range(len(ids)), key=draw_keys.__getitem__), dtype=np.int64)
+
+
+def _image_rank(ids: np.ndarray, scores, drawn: np.ndarray) -> np.ndarray:
+    """Hardness rank when scores are given; without them, the draw order."""
+    if scores is not None:
+        return hardness_rank(ids, scores)
+    rank = np.empty(len(ids), dtype=np.int32)
+    rank[drawn] = np.arange(len(ids), dtype=np.int32)
+    return rank
+
+
+def _image_selection(n: int, chosen: np.ndarray, cluster: np.ndarray, rank: np.ndarray, reason: np.ndarray, k: int) -> Selection:
+    selected = np.zeros(n, dtype=bool)
     selected[chosen] = True
     reason[chosen] = ""
     return Selection(selected, cluster, rank, reason, k)
+
+
+@register_selector("random", whole_images=True, needs_scores=False)
+def select_random(*, source_ids, scores, embeddings, budget, config, seed) -> Selection:
+    """A seeded draw of whole images (scores, when given, only fill `rank`)."""
+    ids = _ids(source_ids, "source_ids")
+    n = len(ids)
+    drawn = _drawn(ids, seed)
+    rank = _image_rank(ids, scores, drawn)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    return _image_selection(n, drawn[:budget], np.full(n, -1, dtype=np.int32), rank, reason, 0)
+
+
+@register_selector("dedup", whole_images=True, needs_scores=True)
+def select_dedup(*, source_ids, scores, embeddings, budget, config, seed) -> Selection:
+    """SemDeDup-style (arXiv 2401.17542): k-means the image embeddings, drop images cosine-near
+    a kept one of their cluster, then draw the budget from the survivors in seeded order,
+    spread round-robin across clusters."""
+    ids = _ids(source_ids, "source_ids")
+    n = len(ids)
+    drawn = _drawn(ids, seed)
+    rank = _image_rank(ids, scores, drawn)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    emb = _unit_rows(embeddings, ids)
+    k = min(config.clusters, n)
+    cluster = cluster_embeddings(ids, emb, k, seed)
+    survivors: dict[int, list[int]] = {}
+    guards: dict[int, _NearDuplicates] = {}
+    sizes = Counter(cluster.tolist())
+    for i in drawn.tolist():
+        c = int(cluster[i])
+        if c not in guards:
+            guards[c] = _NearDuplicates(emb.shape[1], sizes[c], config.near_duplicate_cosine)
+        guard = guards[c]
+        if guard.near(emb[i]):
+            reason[i] = schema.DROP_DUPLICATE
+        else:
+            guard.add(emb[i])
+            survivors.setdefault(c, []).append(i)
+    chosen = np.asarray(_interleave(list(survivors.values()))[:budget], dtype=np.int64)
+    return _image_selection(n, chosen, cluster, rank, reason, k)
 
 
 def diversity_stats(cluster_of_selected, n_clusters: int) -> dict:

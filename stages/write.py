@@ -31,7 +31,6 @@ BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 TAR_FORMAT = tarfile.USTAR_FORMAT
 USTAR_NAME_MAX = 100  # bytes; keys carry no "/", so the USTAR prefix field cannot help
-INDEX_KIND = "wids-shard-index-v1"
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def index_json(records: Sequence[ShardRecord]) -> dict:
     """The wids shard index (what `wids.ShardListDataset` reads); urls are relative to the
     index file, which sits beside the shards, so the output directory can move."""
     return {
-        "__kind__": INDEX_KIND,
+        "__kind__": layout.INDEX_KIND,
         "wids_version": 1,
         "shardlist": [{"url": r.shard, "nsamples": r.nsamples, "filesize": r.bytes} for r in records],
     }

@@ -36,3 +36,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the real local Ray cluster (end-to-end runs, mostly) are the slow ones: marked
+    by the fixture they use, so that no such test can forget its mark."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu") and not _cuda():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+def _cuda() -> bool:
+    import torch  # only when a gpu test is collected
+
+    return torch.cuda.is_available()

@@ -32,14 +32,18 @@ class Outcome:
 
 
 def optidel_run(inputs: list[str], out: Path, sets: list[str], *, env: dict | None = None,
-                kill_when: Callable[[Path], bool] | None = None, timeout: float = 600) -> Outcome:
+                kill_when: Callable[[Path], bool] | None = None, timeout: float = 600,
+                score_exits_once: Path | None = None) -> Outcome:
     """Run `optidel run INPUTS -o OUT --set ...`; with kill_when, SIGKILL its whole run (driver,
-    local Ray, workers) as soon as kill_when(OUT) holds."""
+    local Ray, workers) as soon as kill_when(OUT) holds. With score_exits_once, the first Score
+    call that finds no file there creates it and kills its worker (tests/score_exits_once.py)."""
     run_id = uuid.uuid4().hex
     child_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     child_env.update(env or {}, **{MARKER: run_id, "PYTHONUNBUFFERED": "1"})
-    args = [sys.executable, "-m", "optidel.pipeline.cli", "--log-level", "INFO", "run", *inputs,
-            "-o", str(out), "--ray-address", "local"]
+    program = ["-m", "optidel.pipeline.cli"]
+    if score_exits_once is not None:
+        program = [str(Path(__file__).with_name("score_exits_once.py")), str(score_exits_once)]
+    args = [sys.executable, *program, "--log-level", "INFO", "run", *inputs, "-o", str(out), "--ray-address", "local"]
     for item in sets:
         args += ["--set", item]
     log_path = out.parent / f"{out.name}-{run_id[:8]}.log"

@@ -72,8 +72,8 @@ def build_output(
         row = dict(input_index=i, source_id=source_id, uri=str(path), member=None, byte_size=len(data),
                    width=width, height=height, mode="RGB", format="JPEG", status=schema.OK, error=None,
                    duplicate_of=None)
-        for name, value in row.items():
-            sources[name].append(value)
+        for name, column in sources.items():
+            column.append(row.get(name))  # a column this fixture does not know stays null
         box, mask = _polyp_box(kvasir / "masks" / path.name, width, height)
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
         for box_, rle_, is_polyp in ((box, rle, True), ((0, 0, width, height), None, False)):
@@ -82,8 +82,8 @@ def build_output(
                          mask_area=int(mask.sum()) if is_polyp else -1, predicted_iou=float("nan"),
                          stability_score=float("nan"), mask_rle=rle_, score=float("nan"), cluster=-1, rank=-1,
                          selected=is_polyp, reason=None if is_polyp else schema.DROP_BUDGET, sample_key=None, slot=-1)
-            for name, value in patch.items():
-                patches[name].append(value)
+            for name, column in patches.items():
+                column.append(patch.get(name))  # a column this fixture does not know stays null
             if is_polyp:
                 selected.append((patch_id, source_id, box_, image))
 

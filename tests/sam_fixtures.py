@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from optidel.pipeline.config import ProposeConfig
-from optidel.stages.sam import build_sam, save_sam
+from optidel.stages.sam import build_sam
+from segment_anything.modeling import Sam
 
 RELAXED = {
     "pred_iou_thresh": 0.0,
@@ -45,3 +46,8 @@ def relaxed_sam_config(checkpoint: Path | None, **overrides) -> ProposeConfig:
         **RELAXED,
     }
     return ProposeConfig(**{**settings, **overrides})
+
+
+def save_sam(model: Sam, path: str | Path) -> None:
+    """Save the model's state dict only (loadable with weights_only=True)."""
+    torch.save(model.state_dict(), path)

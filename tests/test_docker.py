@@ -131,7 +131,7 @@ def test_rayjob_runs_a_valid_optidel_command_on_mounted_paths():
             assert mounted(group, path), (name, path)
     gpu_groups = {n: g for n, g in groups.items() if "nvidia.com/gpu" in _container(g)["resources"]["limits"]}
     assert gpu_groups and "head" not in gpu_groups
-    if resolve_proposer(config.propose) == "sam":
+    if resolve_proposer(config.propose).needs_weights:
         checkpoint = config.propose.sam_checkpoint
         # The path Dockerfile.gpu bakes weights to, or where the models volume provides them.
         assert "/models/sam_${SAM_MODEL}.pth" in IMAGES["gpu"].read_text()
@@ -144,7 +144,7 @@ def test_rayjob_actor_pools_fit_its_gpus():
     job = _rayjob()
     _, config = _entrypoint_config(job)
     assert config.ray.gpus_per_actor > 0 and config.ray.address is None  # RAY_ADDRESS is set by the job
-    pools = 2 if resolve_proposer(config.propose) == "sam" else 1
+    pools = 1 + int(resolve_proposer(config.propose).actor)  # Score, and the proposer's own pool
     wanted = pools * config.ray.actors * config.ray.gpus_per_actor
     available = sum(
         g["replicas"] * int(_container(g)["resources"]["limits"]["nvidia.com/gpu"])

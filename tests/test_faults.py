@@ -16,7 +16,6 @@ from optidel.pipeline.pass1_stages import FAILED_STATUS, IsolatedPropose
 from optidel.stages import columns as C
 from optidel.stages.ingest import Ingest
 from optidel.stages.propose import Propose
-from optidel.stages.score import EXIT_ONCE_ENV
 
 import resume_fixtures as rf
 from killable import optidel_run
@@ -31,11 +30,11 @@ def test_actor_death_while_scoring_is_retried_within_bounds(reference, tmp_path)
     pool, reference_out, _ = reference
     out = tmp_path / "out"
     marker = tmp_path / "score-exited"
-    env = {EXIT_ONCE_ENV: str(marker)}  # the first Score call exits its worker, once
     rf.trained(reference_out, out)  # skip training the proxy: this test is about scoring
 
     # No retries allowed: the death stops the run, naming what is unfinished.
-    failed = optidel_run([str(pool)], out, rf.SETS + ["ray.max_retries=0"], env=env)
+    # The first Score call exits its worker, once.
+    failed = optidel_run([str(pool)], out, rf.SETS + ["ray.max_retries=0"], score_exits_once=marker)
     assert failed.returncode == 2 and marker.exists(), failed.log[-2000:]
     assert "optidel: error: pass 1 stopped with 4 of 4 partitions unfinished: partition 0 (sources 0-2: " in failed.log
     assert "ActorDiedError" in failed.log
@@ -43,7 +42,7 @@ def test_actor_death_while_scoring_is_retried_within_bounds(reference, tmp_path)
     # Retries allowed (the default): the actor is restarted and its batch retried; rerun on
     # the same OUT, the job resumes and completes with each sample once.
     marker.unlink()
-    done = optidel_run([str(pool)], out, rf.SETS, env=env)
+    done = optidel_run([str(pool)], out, rf.SETS, score_exits_once=marker)
     assert done.returncode == 0, done.log[-2000:]
     assert marker.exists()  # the actor did die during this run
     rf.assert_same_as_reference(out, reference_out)

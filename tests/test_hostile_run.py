@@ -29,6 +29,9 @@ from optidel.pipeline.runner import run
 from hostile import write_hostile_corpus, write_hostile_tar
 from test_run_optidel import FAST
 
+# End to end: every test here runs `optidel run` (in this process or a child).
+pytestmark = pytest.mark.slow
+
 KVASIR_IN_POOL = 12
 MISSING = ("gone/never-written.jpg", "/nonexistent-optidel-dir/absent.png")
 

@@ -7,7 +7,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from optidel.pipeline.config import ProposeConfig
-from optidel.stages.keypatch import greedy_nms, key_patches, mask_to_rle, rle_to_mask
+from optidel.stages.keypatch import greedy_nms, key_patches, mask_to_rle
+
+from masks import rle_to_mask
 
 H, W = 100, 120
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from masks import rle_to_mask
 from sam_fixtures import relaxed_sam_config, save_tiny_sam
 from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
 
@@ -16,8 +17,7 @@ from optidel.manifests import schema
 from optidel.pipeline.config import ProposeConfig
 from optidel.stages import columns
 from optidel.stages.crops import crop_resize
-from optidel.stages.keypatch import rle_to_mask
-from optidel.stages.propose import Propose, proposer_info, resolve_proposer
+from optidel.stages.propose import Propose, check_weights, proposer_info, resolve_proposer
 from optidel.stages.regions import RegionsProposer
 from optidel.stages.sam import CheckpointError, seeded_sam
 
@@ -98,6 +98,8 @@ def _check_layout(batch, out, max_patches):
             assert np.array_equal(out[columns.CROP][row], crop_resize(image, box, CROP))
             mask = rle_to_mask(patch["mask_rle"], h, w)
             assert mask.sum() == patch["mask_area"] > 0
+            inside = mask[y0:y1, x0:x1].sum() / ((x1 - x0) * (y1 - y0))
+            assert 0 < patch["mask_fraction"] <= 1 and patch["mask_fraction"] == np.float32(inside)
             assert 0.0 <= patch["stability_score"] <= 1.0
     return n_patches
 
@@ -127,7 +129,7 @@ def test_sam_path_layout_crops_and_stable_ids(sam_checkpoint, small_paths):
     batch = _ingest_batch(small_paths, max_side=256)
     first = Propose(config, crop_size=CROP, seed=0)
     out = first(batch)
-    assert first.proposer_name == "sam"
+    assert first.proposer.name == "sam"
     n_patches = _check_layout(batch, out, max_patches=4)
     assert len(n_patches) == 2
     again = Propose(config, crop_size=CROP, seed=0)(batch)
@@ -192,12 +194,13 @@ def test_regions_records_match_sams_format_and_partition_the_image(sam_checkpoin
 
 def test_resolve_proposer_rules(tmp_path):
     ckpt = str(tmp_path / "sam.pt")
-    assert resolve_proposer(ProposeConfig()) == "regions"
-    assert resolve_proposer(ProposeConfig(sam_checkpoint=ckpt)) == "sam"
-    assert resolve_proposer(ProposeConfig(proposer="regions", sam_checkpoint=ckpt)) == "regions"
-    assert resolve_proposer(ProposeConfig(proposer="sam", sam_model="vit_tiny")) == "sam"
+    assert resolve_proposer(ProposeConfig()).name == "regions"
+    assert resolve_proposer(ProposeConfig(sam_checkpoint=ckpt)).name == "sam"
+    assert resolve_proposer(ProposeConfig(proposer="regions", sam_checkpoint=ckpt)).name == "regions"
+    assert resolve_proposer(ProposeConfig(proposer="sam", sam_model="vit_tiny")).name == "sam"
+    check_weights(ProposeConfig(proposer="sam", sam_model="vit_tiny"))  # random tiny weights are allowed
     with pytest.raises(CheckpointError, match="propose.proposer=sam needs propose.sam_checkpoint"):
-        resolve_proposer(ProposeConfig(proposer="sam", sam_model="vit_b"))
+        check_weights(ProposeConfig(proposer="sam", sam_model="vit_b"))
 
 
 def test_proposer_info_records_the_checkpoint_hash(sam_checkpoint):

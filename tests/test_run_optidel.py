@@ -23,6 +23,9 @@ from optidel.stages.sam import CheckpointError
 
 from sam_fixtures import RELAXED, save_tiny_sam
 
+# End to end: every test here runs `optidel run` (in this process or a child).
+pytestmark = pytest.mark.slow
+
 # Small but real: a 64-px proxy trained briefly, few clusters so the budget can cover them.
 FAST = [
     "score.mae.train_steps=60",

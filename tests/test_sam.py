@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
-from sam_fixtures import save_tiny_sam, tiny_sam
+from sam_fixtures import save_sam, save_tiny_sam, tiny_sam
 
-from optidel.stages.sam import CheckpointError, build_sam, file_sha256, save_sam
+from optidel.stages.sam import CheckpointError, build_sam, file_sha256
 
 
 def _marker_writer(path: str):

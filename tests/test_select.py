@@ -60,7 +60,7 @@ def test_hard_is_top_k_by_score_under_the_source_cap():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=4, per_cluster=50, per_source=5)
     budget = 30
     config = SelectConfig(clusters=4, per_source_cap=2)
-    sel = select_patches(ids, sources, scores, emb, budget, config, "hard", 0)
+    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="hard", seed=0)
     check_reasons(sel)
     assert sel.selected.sum() == budget
     assert max(Counter(sources[sel.selected]).values()) == 2
@@ -74,7 +74,7 @@ def test_hard_is_top_k_by_score_under_the_source_cap():
 
     # Without a binding cap it is exactly the top-k by score.
     config = SelectConfig(clusters=4, per_source_cap=10)
-    loose = select_patches(ids, sources, scores, emb, budget, config, "hard", 0)
+    loose = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="hard", seed=0)
     assert set(np.flatnonzero(loose.selected)) == set(np.argsort(-scores)[:budget])
 
 
@@ -88,8 +88,8 @@ def test_optidel_covers_the_clusters_hardness_alone_misses():
     ids, sources, scores, emb, truth = clustered_pool(per_cluster=50)
     budget = 40
     config = SelectConfig(clusters=20, trim_top_frac=0.0)
-    optidel = select_patches(ids, sources, scores, emb, budget, config, "optidel", 0)
-    hard = select_patches(ids, sources, scores, emb, budget, config, "hard", 0)
+    optidel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="optidel", seed=0)
+    hard = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="hard", seed=0)
     for sel in (optidel, hard):
         check_reasons(sel)
         assert sel.selected.sum() == budget
@@ -122,7 +122,7 @@ def test_optidel_drops_near_duplicates():
     all_emb = np.concatenate([emb, twin])
     config = SelectConfig(clusters=10, near_duplicate_cosine=0.95, trim_top_frac=0.0)
     # A budget as large as the pool: every patch is looked at.
-    sel = select_patches(all_ids, all_sources, all_scores, all_emb, len(all_ids), config, "optidel", 0)
+    sel = select_patches(patch_ids=all_ids, source_ids=all_sources, scores=all_scores, embeddings=all_emb, budget=len(all_ids), config=config, method="optidel", seed=0)
     check_reasons(sel)
     chosen = all_emb[sel.selected]
     sims = chosen @ chosen.T
@@ -138,7 +138,7 @@ def test_optidel_drops_near_duplicates():
 def test_optidel_respects_the_per_source_cap():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=5, per_cluster=40, per_source=8)
     config = SelectConfig(clusters=5, per_source_cap=3, trim_top_frac=0.0, near_duplicate_cosine=1.0)
-    sel = select_patches(ids, sources, scores, emb, 60, config, "optidel", 0)
+    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=60, config=config, method="optidel", seed=0)
     check_reasons(sel)
     counts = Counter(sources[sel.selected])
     assert max(counts.values()) == 3
@@ -150,7 +150,7 @@ def test_optidel_respects_the_per_source_cap():
 def test_trim_drops_the_extreme_top_tail():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=5, per_cluster=40, per_source=1)
     config = SelectConfig(clusters=5, trim_top_frac=0.1, near_duplicate_cosine=1.0)
-    sel = select_patches(ids, sources, scores, emb, 30, config, "optidel", 0)
+    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=30, config=config, method="optidel", seed=0)
     check_reasons(sel)
     top = np.argsort(-scores)[:20]  # 10% of 200
     assert set(np.flatnonzero(sel.reason == schema.DROP_OUTLIER)) == set(top)
@@ -162,10 +162,10 @@ def test_trim_drops_the_extreme_top_tail():
 def test_patch_selection_is_deterministic_and_ignores_row_order(method):
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=8, per_cluster=25)
     config = SelectConfig(clusters=8)
-    first = select_patches(ids, sources, scores, emb, 40, config, method, 7)
-    again = select_patches(ids, sources, scores, emb, 40, config, method, 7)
+    first = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=40, config=config, method=method, seed=7)
+    again = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=40, config=config, method=method, seed=7)
     perm = np.random.default_rng(3).permutation(len(ids))
-    shuffled = select_patches(ids[perm], sources[perm], scores[perm], emb[perm], 40, config, method, 7)
+    shuffled = select_patches(patch_ids=ids[perm], source_ids=sources[perm], scores=scores[perm], embeddings=emb[perm], budget=40, config=config, method=method, seed=7)
     for field in ("selected", "cluster", "rank", "reason"):
         assert np.array_equal(getattr(first, field), getattr(again, field))
         assert np.array_equal(getattr(first, field)[perm], getattr(shuffled, field)), field
@@ -174,38 +174,40 @@ def test_patch_selection_is_deterministic_and_ignores_row_order(method):
 def test_shortfall_selects_every_eligible_patch():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=3, per_cluster=4, per_source=1)
     config = SelectConfig(clusters=50, trim_top_frac=0.0, near_duplicate_cosine=1.0)
-    sel = select_patches(ids, sources, scores, emb, 100, config, "optidel", 0)
+    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=100, config=config, method="optidel", seed=0)
     assert sel.selected.all()
     assert sel.n_clusters == len(ids)  # k shrinks to the number of candidates
 
 
 def test_bad_input_is_named():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=2, per_cluster=5)
-    with pytest.raises(ValueError, match="unknown patch selector"):
-        select_patches(ids, sources, scores, emb, 4, SelectConfig(), "greedy", 0)
+    with pytest.raises(ValueError, match="unknown selector 'greedy'; expected one of optidel, hard, random, dedup"):
+        select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=4, config=SelectConfig(), method="greedy", seed=0)
+    with pytest.raises(ValueError, match="selector 'random' keeps whole images, not patches"):
+        select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=4, config=SelectConfig(), method="random", seed=0)
     dup_ids = ids.copy()
     dup_ids[1] = dup_ids[0]
     with pytest.raises(ValueError, match="patch-00000"):
-        select_patches(dup_ids, sources, scores, emb, 4, SelectConfig(), "optidel", 0)
+        select_patches(patch_ids=dup_ids, source_ids=sources, scores=scores, embeddings=emb, budget=4, config=SelectConfig(), method="optidel", seed=0)
     bad = scores.copy()
     bad[3] = np.nan
     with pytest.raises(ValueError, match="patch-00003"):
-        select_patches(ids, sources, bad, emb, 4, SelectConfig(), "optidel", 0)
+        select_patches(patch_ids=ids, source_ids=sources, scores=bad, embeddings=emb, budget=4, config=SelectConfig(), method="optidel", seed=0)
 
 
 def test_random_images_are_seeded_and_order_free():
     ids = np.array([f"{i:064x}" for i in range(200)], dtype=object)
-    pick = {seed: select_images(ids, None, None, 20, "random", seed, SelectConfig()) for seed in (0, 1)}
+    pick = {seed: select_images(source_ids=ids, scores=None, embeddings=None, budget=20, config=SelectConfig(), method="random", seed=seed) for seed in (0, 1)}
     for sel in pick.values():
         assert sel.selected.sum() == 20
         assert set(sel.reason[~sel.selected]) == {schema.DROP_BUDGET}
         assert sorted(sel.rank.tolist()) == list(range(200))
     assert set(ids[pick[0].selected]) != set(ids[pick[1].selected])
     perm = np.random.default_rng(0).permutation(200)
-    shuffled = select_images(ids[perm], None, None, 20, "random", 0, SelectConfig())
+    shuffled = select_images(source_ids=ids[perm], scores=None, embeddings=None, budget=20, config=SelectConfig(), method="random", seed=0)
     assert set(ids[perm][shuffled.selected]) == set(ids[pick[0].selected])
     # A source's draw does not depend on the rest of the pool.
-    half = select_images(ids[:100], None, None, 200, "random", 0, SelectConfig())
+    half = select_images(source_ids=ids[:100], scores=None, embeddings=None, budget=200, config=SelectConfig(), method="random", seed=0)
     assert half.selected.all()
 
 
@@ -220,20 +222,20 @@ def test_dedup_images_drops_planted_near_duplicates():
     all_scores = np.concatenate([scores, scores[planted]])
     config = SelectConfig(clusters=6, near_duplicate_cosine=0.95)
 
-    generous = select_images(ids, all_scores, all_emb, n, "dedup", 0, config)
+    generous = select_images(source_ids=ids, scores=all_scores, embeddings=all_emb, budget=n, config=config, method="dedup", seed=0)
     check_reasons(generous)
     for original, copy in zip(planted, range(len(emb), n)):
         assert generous.selected[original] != generous.selected[copy]
     assert (generous.reason == schema.DROP_DUPLICATE).sum() >= 15
     assert generous.selected.sum() == n - (generous.reason == schema.DROP_DUPLICATE).sum()
 
-    tight = select_images(ids, all_scores, all_emb, 12, "dedup", 0, config)
+    tight = select_images(source_ids=ids, scores=all_scores, embeddings=all_emb, budget=12, config=config, method="dedup", seed=0)
     assert tight.selected.sum() == 12
     assert set(tight.reason[~tight.selected]) == {schema.DROP_BUDGET, schema.DROP_DUPLICATE}
     assert_water_filled(tight)
 
     perm = np.random.default_rng(5).permutation(n)
-    shuffled = select_images(ids[perm], all_scores[perm], all_emb[perm], 12, "dedup", 0, config)
+    shuffled = select_images(source_ids=ids[perm], scores=all_scores[perm], embeddings=all_emb[perm], budget=12, config=config, method="dedup", seed=0)
     assert np.array_equal(tight.selected[perm], shuffled.selected)
     assert np.array_equal(tight.reason[perm], shuffled.reason)
 
