@@ -45,34 +45,38 @@ def proposer_choices() -> list[str]:
     return [AUTO, *PROPOSERS]
 
 
-def _one_of(value: str, choices: list[str], what: str) -> str:
+def _one_of(value: str, choices: list[str]) -> str:
     # Checked against the registry when a config is built, so a selector or proposer registered
     # after this module was imported (a plugin, a test) is accepted too.
     if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+        raise ValueError(f"must be one of {', '.join(choices)}")
     return value
 
 
 class ProposeConfig(Section):
-    proposer: str = Field(AUTO, description="a registered proposer (stages/propose.py), or auto")
+    proposer: str = Field(
+        AUTO, description="how key patches are proposed: a registered proposer (stages/propose.py), or auto"
+    )
     # vit_tiny: a small image-size-256 architecture for tests and CPU smoke runs.
-    sam_model: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"] = "vit_b"
-    sam_checkpoint: str | None = None
+    sam_model: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"] = Field(
+        "vit_b", description="SAM architecture (vit_tiny: a small one for tests and CPU smoke runs)"
+    )
+    sam_checkpoint: str | None = Field(None, description="SAM weights file (null: none)")
     # segment-anything's SamAutomaticMaskGenerator settings, under its own names.
-    points_per_side: int = Field(16, ge=1, le=128)
-    points_per_batch: int = Field(64, ge=1)
-    pred_iou_thresh: float = Field(0.86, ge=0.0, le=1.0)
-    stability_score_thresh: float = Field(0.92, ge=0.0, le=1.0)
-    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
-    crop_n_layers: int = Field(0, ge=0, le=3)
-    min_mask_region_area: int = Field(0, ge=0)
+    points_per_side: int = Field(16, ge=1, le=128, description="SAM: prompt grid points per side")
+    points_per_batch: int = Field(64, ge=1, description="SAM: prompt points per model call")
+    pred_iou_thresh: float = Field(0.86, ge=0.0, le=1.0, description="SAM: keep masks with predicted IoU above this")
+    stability_score_thresh: float = Field(0.92, ge=0.0, le=1.0, description="SAM: keep masks more stable than this")
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="SAM: IoU above which mask boxes are suppressed")
+    crop_n_layers: int = Field(0, ge=0, le=3, description="SAM: layers of image crops also prompted")
+    min_mask_region_area: int = Field(0, ge=0, description="SAM: small disconnected regions removed, pixels")
     # Regions proposer (Felzenszwalb on a downscaled copy).
-    regions_scale: float = Field(200.0, gt=0)
+    regions_scale: float = Field(200.0, gt=0, description="regions: Felzenszwalb scale (larger, fewer regions)")
     regions_max_side: int = Field(256, ge=32, description="segment a copy no larger than this")
     # Key-patch filters, shared by both proposers.
-    min_area_frac: float = Field(0.005, ge=0.0, le=1.0)
-    max_area_frac: float = Field(0.6, ge=0.0, le=1.0)
-    max_patches_per_image: int = Field(16, ge=1)
+    min_area_frac: float = Field(0.005, ge=0.0, le=1.0, description="smallest mask kept, fraction of the image")
+    max_area_frac: float = Field(0.6, ge=0.0, le=1.0, description="largest mask kept, fraction of the image")
+    max_patches_per_image: int = Field(16, ge=1, description="most key patches proposed per source")
     patch_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="IoU above which boxes merge")
     margin: float = Field(0.1, ge=0.0, le=1.0, description="square crop grows by this fraction")
     min_patch_side: int = Field(24, ge=1, description="smallest square crop side, source pixels")
@@ -86,7 +90,7 @@ class ProposeConfig(Section):
     @field_validator("proposer")
     @classmethod
     def _registered_proposer(cls, value: str) -> str:
-        return _one_of(value, proposer_choices(), "proposer")
+        return _one_of(value, proposer_choices())
 
     @model_validator(mode="after")
     def _area_range(self):
@@ -98,40 +102,42 @@ class ProposeConfig(Section):
 class MAEConfig(Section):
     """Shape and self-training of the proxy MAE (used when score.proxy == 'self')."""
 
-    patch_size: int = Field(8, ge=2)
-    embed_dim: int = Field(128, ge=8)
-    depth: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    decoder_embed_dim: int = Field(64, ge=8)
-    decoder_depth: int = Field(2, ge=1)
-    decoder_num_heads: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=2, description="ViT patch side, pixels")
+    embed_dim: int = Field(128, ge=8, description="encoder width")
+    depth: int = Field(4, ge=1, description="encoder blocks")
+    num_heads: int = Field(4, ge=1, description="encoder attention heads")
+    decoder_embed_dim: int = Field(64, ge=8, description="decoder width")
+    decoder_depth: int = Field(2, ge=1, description="decoder blocks")
+    decoder_num_heads: int = Field(4, ge=1, description="decoder attention heads")
     train_patches: int = Field(2048, ge=1, description="seeded sample of pool patches to train on")
-    train_steps: int = Field(300, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1.5e-3, gt=0)
+    train_steps: int = Field(300, ge=0, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, description="crops per step")
+    lr: float = Field(1.5e-3, gt=0, description="peak learning rate (warm-up, then cosine decay)")
 
 
 class ScoreConfig(Section):
     proxy: str = Field("self", description="'self' (train a small MAE on the pool) or a checkpoint file")
     image_size: int = Field(64, ge=16, description="patches are resized to this for the proxy")
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="fraction of the proxy's patches masked")
     masks_per_patch: int = Field(4, ge=1, description="R: random masks averaged per patch")
-    mae: MAEConfig = MAEConfig()
+    mae: MAEConfig = Field(MAEConfig(), description="the self-trained proxy MAE (score.proxy = self)")
 
 
 class SelectConfig(Section):
     clusters: int = Field(32, ge=1, description="k-means clusters of patch embeddings")
-    near_duplicate_cosine: float = Field(0.95, ge=-1.0, le=1.0)
+    near_duplicate_cosine: float = Field(
+        0.95, ge=-1.0, le=1.0, description="patch embeddings more similar than this are near-duplicates"
+    )
     per_source_cap: int = Field(4, ge=1, description="most selected patches from one source")
     trim_top_frac: float = Field(0.01, ge=0.0, lt=1.0, description="hardest tail dropped as noise")
 
 
 class OutputConfig(Section):
     size: int = Field(224, ge=8, description="output image side, pixels")
-    format: Literal["jpg", "png", "webp"] = "jpg"
-    quality: int = Field(90, ge=1, le=100)
-    shard_max_count: int = Field(1000, ge=1)
-    shard_max_bytes: int = Field(1 << 30, ge=1024)
+    format: Literal["jpg", "png", "webp"] = Field("jpg", description="output image encoding")
+    quality: int = Field(90, ge=1, le=100, description="jpg/webp quality")
+    shard_max_count: int = Field(1000, ge=1, description="most samples per shard")
+    shard_max_bytes: int = Field(1 << 30, ge=1024, description="largest shard, bytes")
 
 
 class RayConfig(Section):
@@ -139,7 +145,7 @@ class RayConfig(Section):
     cpus_per_task: float | None = Field(
         None, gt=0, description="CPUs per Ray task; unset: one task per CPU, sharing what the actor pools leave"
     )
-    cpus_per_actor: float = Field(0.5, gt=0)
+    cpus_per_actor: float = Field(0.5, gt=0, description="CPUs reserved per model actor")
     gpus_per_actor: float = Field(0.0, ge=0, description="0 = run models on the CPU")
     actors: int = Field(1, ge=1, description="model actors per GPU stage")
     model_batch_size: int = Field(8, ge=1, description="sources per call of a model stage")
@@ -149,28 +155,31 @@ class RayConfig(Section):
 
 
 class Config(Section):
-    seed: int = Field(0, ge=0)
-    keep: float = Field(0.05, gt=0.0, le=1.0)
-    selector: str = Field("optidel", description="a registered selector (stages/select.py)")
+    seed: int = Field(0, ge=0, description="seeds every random choice: the same seed gives the same bytes")
+    keep: float = Field(0.05, gt=0.0, le=1.0, description="fraction of the pool to output: ceil(keep * usable sources)")
+    selector: str = Field(
+        "optidel", description="a registered selector (stages/select.py): random and dedup keep whole images"
+    )
     mosaic: int = Field(4, description="M patches per output image: 1, 4, 9 or 16")
-    overwrite: bool = False
-    ingest: IngestConfig = IngestConfig()
-    propose: ProposeConfig = ProposeConfig()
-    score: ScoreConfig = ScoreConfig()
-    select: SelectConfig = SelectConfig()
-    output: OutputConfig = OutputConfig()
-    ray: RayConfig = RayConfig()
+    overwrite: bool = Field(False, description="replace a non-empty OUT")
+    ingest: IngestConfig = Field(IngestConfig(), description="reading and checking sources")
+    propose: ProposeConfig = Field(ProposeConfig(), description="key patches: proposer and filters")
+    score: ScoreConfig = Field(ScoreConfig(), description="the proxy's conditional entropy per patch")
+    select: SelectConfig = Field(SelectConfig(), description="diversity constraints of the selection")
+    output: OutputConfig = Field(OutputConfig(), description="output images and shards")
+    ray: RayConfig = Field(RayConfig(), description="where and on how many workers the run goes")
 
     @field_validator("selector")
     @classmethod
     def _registered_selector(cls, value: str) -> str:
-        return _one_of(value, selector_choices(), "selector")
+        return _one_of(value, selector_choices())
 
-    @model_validator(mode="after")
-    def _mosaic_square(self):
-        if self.mosaic not in (1, 4, 9, 16):
-            raise ValueError("mosaic must be 1, 4, 9 or 16 (a square grid)")
-        return self
+    @field_validator("mosaic")
+    @classmethod
+    def _mosaic_square(cls, value: int) -> int:
+        if value not in (1, 4, 9, 16):
+            raise ValueError("must be 1, 4, 9 or 16 (a square grid)")
+        return value
 
     @property
     def grid(self) -> int:
@@ -182,29 +191,45 @@ class Config(Section):
         return math.ceil(round(self.keep * n_ok, 9))
 
 
-def load(path: str | Path | None = None, overrides: dict | None = None, sets: list[str] = ()) -> Config:
+def load(
+    path: str | Path | None = None,
+    overrides: dict | None = None,
+    sets: list[str] = (),
+    flags: dict[str, str] | None = None,
+) -> Config:
     """Config from an optional YAML file, then `overrides` (dotted keys from CLI flags, None
-    values ignored), then `sets` ("dotted.key=yaml-value"). Errors name file and key."""
+    values ignored), then `sets` ("dotted.key=yaml-value"). An error is one line naming where
+    the bad value came from: the file and key, the flag (`flags` maps a dotted key to the flag
+    that sets it), or `--set key`."""
     data: dict = {}
+    given: dict[str, str] = {}  # dotted key -> where the user wrote it, for error messages
     if path is not None:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+            reason = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split())
+            raise ConfigError(f"{path}: cannot read config: {reason}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a YAML mapping")
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
+            given[key] = (flags or {}).get(key, f"config key {key}")
     for item in sets:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: not a YAML value: {raw!r}") from exc
+        _set_dotted(data, key, value)
+        given[key] = f"--set {key}"
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, given)) from None
 
 
 def _set_dotted(data: dict, key: str, value) -> None:
@@ -213,16 +238,55 @@ def _set_dotted(data: dict, key: str, value) -> None:
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{key}: {part} is not a section")
+            raise ConfigError(f"config key {key}: {part} is not a section")
         node = child
     node[leaf] = value
 
 
-def _describe(exc: ValidationError, path) -> str:
-    where = f"{path}: " if path else ""
-    lines = []
+def _describe(exc: ValidationError, path, given: dict[str, str]) -> str:
+    """pydantic's errors as one line: "--mosaic must be 1, 4, 9 or 16 (a square grid), not 5"."""
+    parts = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(config)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{where}config key {key}: {msg}")
-    return "\n".join(lines)
+        key = ".".join(str(p) for p in err["loc"])
+        if key in given:
+            name = given[key]
+        else:
+            name = f"{path}: {key or 'config'}" if path else f"config key {key or '(top level)'}"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{name}: unknown key (`optidel config --defaults` lists them all)")
+            continue
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Input ")
+        value = err.get("input")
+        if msg.startswith(("must", "should")) and not isinstance(value, (dict, list)):
+            parts.append(f"{name} {msg}, not {value!r}")
+        else:
+            parts.append(f"{name}: {msg}")
+    return "; ".join(parts)
+
+
+def description(key: str) -> str | None:
+    """The description of a dotted config key (a flag's help), or None."""
+    model: type[BaseModel] = Config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].description
+
+
+def to_yaml(config: Config) -> str:
+    """The config as YAML that `load` reads back to the same config, every key preceded by its
+    description as a comment."""
+    return "\n".join(_yaml_lines(config, indent="")) + "\n"
+
+
+def _yaml_lines(section: BaseModel, indent: str):
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if field.description:
+            yield f"{indent}# {field.description}"
+        if isinstance(value, BaseModel):
+            yield f"{indent}{name}:"
+            yield from _yaml_lines(value, indent + "  ")
+        else:
+            scalar = yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
+            yield f"{indent}{name}: {scalar}"
