@@ -116,3 +116,22 @@ class Output:
                 f"{path}: manifest schema version {version}, this optidel reads {schema.SCHEMA_VERSION}"
             )
         return table
+
+
+class NotAnOutputError(ValueError):
+    """OUT, given to a command that reads an output (verify, inspect, report), holds none."""
+
+
+def require_output(url: str) -> Output:
+    """OUT as an Output, or NotAnOutputError saying in one line what OUT is instead."""
+    output = Output(url)
+    fs = output.fs
+    if not fs.exists(output.root):
+        raise NotAnOutputError(f"{url}: no such directory")
+    if not fs.isdir(output.root):
+        raise NotAnOutputError(f"{url}: not a directory")
+    if output.exists(MANIFESTS_DIR, "samples.parquet"):
+        return output
+    if output.exists(WORK_DIR, "job.json"):
+        raise NotAnOutputError(f"{url}: an unfinished optidel run (no manifests yet); rerun `optidel run` to finish it")
+    raise NotAnOutputError(f"{url}: not an optidel output (no {MANIFESTS_DIR}/samples.parquet)")

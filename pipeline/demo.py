@@ -16,19 +16,26 @@ PHOTOS = ("retina", "immunohistochemistry", "hubble_deep_field", "coffee", "astr
 
 
 def build_pool(directory: Path, frames_per_photo: int = 30, frame_size: int = 320, seed: int = 0) -> list[Path]:
-    """Write frames_per_photo JPEG frames per photo into `directory`; return their paths."""
+    """Write frames_per_photo JPEG frames per photo into `directory`; return their paths.
+    Frames already there are kept as they are (a second demo resumes): each is written under a
+    temporary name and renamed when whole, so a frame present is a complete one."""
     import skimage.data
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name in PHOTOS:
+        paths = [directory / f"{name}-{index:03d}.jpg" for index in range(frames_per_photo)]
+        written += paths
+        if all(path.exists() for path in paths):
+            continue
         photo = np.asarray(getattr(skimage.data, name)())
         if photo.ndim == 2:
             photo = np.stack([photo] * 3, axis=-1)
-        for index, frame in enumerate(camera_path(photo, frames_per_photo, frame_size, seeding.rng(seed, name))):
-            path = directory / f"{name}-{index:03d}.jpg"
-            Image.fromarray(frame).save(path, quality=92)
-            written.append(path)
+        for path, frame in zip(paths, camera_path(photo, frames_per_photo, frame_size, seeding.rng(seed, name))):
+            if not path.exists():
+                tmp = path.with_name(path.name + ".tmp")
+                Image.fromarray(frame).save(tmp, format="JPEG", quality=92)
+                tmp.replace(path)
     return written
 
 

@@ -207,3 +207,10 @@ def _url_to_fs(url: str, item: str):
 
 def _extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+    """InputError for the first input that does not exist, without listing any: the CLI's
+    check before it creates OUT or imports torch."""
+    for item in inputs:
+        _locate(item)

@@ -50,11 +50,11 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     timer = Timer()
     models = _check_models(config)  # a bad checkpoint fails here, before the pool is read
-    output, recorded = resume.open_output(out, config.overwrite)
-    with timer.stage("list"):
+    with timer.stage("list"):  # before OUT is created: a missing input must leave no OUT behind
         refs = list_sources(inputs)
     if not refs:
         raise RunError(f"no image sources found in {inputs}")
+    output, recorded = resume.open_output(out, config.overwrite)
     log.info("pool: %d sources", len(refs))
     finished = resume.claim(output, recorded, resume.job_record(inputs, config, refs, models))
     if finished is not None:

@@ -231,7 +231,7 @@ def test_choose_samples_is_seeded_by_key():
 def test_not_an_output_directory_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "samples.parquet: missing" in err and str(tmp_path) in err
+    assert "not an optidel output (no manifests/samples.parquet)" in err and str(tmp_path) in err
 
 
 def test_moved_source_fails_only_its_own_lineage_view(kvasir, tmp_path):
