@@ -20,7 +20,7 @@ from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, patch_manifest, raydata, resume
+from . import barrier, pass1, pass2, patch_manifest, progress, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
@@ -165,8 +165,12 @@ def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> di
     if not isinstance(output.fs, LocalFileSystem):
         raise RunError(f"{output.url}: --proxy self needs OUT on a local or shared file system")
     crops = pass1.training_crops(refs, config, proposer)
-    log.info("proxy: training a small MAE on %d crops", len(crops))
-    model = score.train_self_proxy(crops, config.score, config.seed)
+    threads = progress.driver_cpus()
+    log.info("proxy: training a small MAE on %d crops, %d steps, %d torch threads", len(crops),
+             config.score.mae.train_steps, threads)
+    with progress.torch_threads(threads):
+        steps = progress.StepLog("proxy", config.score.mae.train_steps)
+        model = score.train_self_proxy(crops, config.score, config.seed, progress=steps)
     path = output.path(WORK_DIR, PROXY_FILE)
     sha256 = mae.save_proxy(model, path)
     output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", {"sha256": sha256, "trained_on_crops": int(len(crops))})

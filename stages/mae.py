@@ -20,6 +20,7 @@ import pickle
 import posixpath
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -194,7 +195,14 @@ def adamw_warmup_cosine(
 
 
 def train_proxy(
-    crops: np.ndarray, spec: MAESpec, mask_ratio: float, steps: int, batch_size: int, lr: float, seed: int
+    crops: np.ndarray,
+    spec: MAESpec,
+    mask_ratio: float,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: Callable[[int, float], None] | None = None,
 ) -> MAE:
     """Train an MAE on uint8 crops (N, S, S, 3) on the CPU; returns it in eval mode.
 
@@ -202,7 +210,8 @@ def train_proxy(
     linear warm-up over the first tenth of the steps, then cosine decay to zero: the official
     schedule, compressed to a few hundred steps. Batches (drawn with replacement) and masks
     come from a generator seeded by `seed`, the initial weights from a derived torch seed, so
-    the same call gives the same weights.
+    the same call gives the same weights. `progress(step, loss)`, if given, is called after
+    each step (1-based); it only reads the loss, so the weights do not depend on it.
     """
     s = spec.image_size
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or len(crops) == 0:
@@ -214,7 +223,7 @@ def train_proxy(
     optimizer, schedule = adamw_warmup_cosine(model, lr, steps)
     draws = seeding.torch_generator(seed, "proxy-batches")
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         index = torch.randint(len(crops), (batch_size,), generator=draws)
         noise = torch.rand(batch_size, spec.num_patches, generator=draws)
         loss = model.masked_mse(to_input(crops[index.numpy()]), noise, mask_ratio).mean()
@@ -222,6 +231,8 @@ def train_proxy(
         loss.backward()
         optimizer.step()
         schedule.step()
+        if progress is not None:
+            progress(step, loss.item())
     return model.eval()
 
 

@@ -53,8 +53,9 @@ def proxy_spec(config) -> MAESpec:
     )
 
 
-def train_self_proxy(crops: np.ndarray, config, seed: int) -> MAE:
-    """`score.proxy = self`: a small MAE of the configured shape trained on the pool's crops."""
+def train_self_proxy(crops: np.ndarray, config, seed: int, progress=None) -> MAE:
+    """`score.proxy = self`: a small MAE of the configured shape trained on the pool's crops;
+    `progress` as for train_proxy."""
     return train_proxy(
         crops,
         proxy_spec(config),
@@ -63,6 +64,7 @@ def train_self_proxy(crops: np.ndarray, config, seed: int) -> MAE:
         batch_size=config.mae.batch_size,
         lr=config.mae.lr,
         seed=seed,
+        progress=progress,
     )
 
 

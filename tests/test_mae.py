@@ -217,3 +217,18 @@ def test_same_seed_same_weights(crops):
 def test_bad_training_crops_named():
     with pytest.raises(ValueError, match=r"uint8 crops \(N>0, 32, 32, 3\)"):
         train_proxy(np.zeros((4, 16, 16, 3), np.uint8), SPEC, 0.75, steps=1, batch_size=2, lr=1e-3, seed=0)
+
+
+def test_progress_reports_every_step_and_leaves_the_checkpoint_unchanged(tmp_path, crops):
+    """The training's progress line only reads the loss: the checkpoint's bytes are the same
+    with it as without it, under the driver's explicit thread count."""
+    from optidel.pipeline.progress import driver_cpus, torch_threads
+
+    seen = []
+    with torch_threads(driver_cpus()):
+        quiet = train_proxy(crops, SPEC, 0.75, steps=5, batch_size=8, lr=1e-3, seed=3)
+        reported = train_proxy(
+            crops, SPEC, 0.75, steps=5, batch_size=8, lr=1e-3, seed=3, progress=lambda i, x: seen.append((i, x))
+        )
+    assert [i for i, _ in seen] == [1, 2, 3, 4, 5] and all(np.isfinite(x) and x > 0 for _, x in seen)
+    assert save_proxy(quiet, str(tmp_path / "a.pt")) == save_proxy(reported, str(tmp_path / "b.pt"))
