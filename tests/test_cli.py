@@ -1,11 +1,13 @@
 """The command line's user errors, global flags, --version and `optidel config`.
 
 Every user error is one line on stderr naming the thing, exit 2, raised before torch or Ray is
-imported and before OUT is created. The error cases run the CLI in a child process (a fresh
-interpreter, so that what it imported is its own), which reports the heavy modules it loaded."""
+imported and before OUT is created. The error cases run in one child process (a fresh
+interpreter, so that what was imported is the CLI's doing), which records after each case its
+exit code, its stderr and the heavy modules loaded so far."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -15,34 +17,34 @@ from optidel import __version__
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
 
-# Runs the CLI, then says on stdout which heavy modules it imported, however it exited.
 CHILD = """
-import sys
+import contextlib, io, json, sys
 from optidel.pipeline.cli import main
-try:
-    code = main(sys.argv[1:])
-finally:
-    print("imported:", *[m for m in ("torch", "ray") if m in sys.modules])
-sys.exit(code)
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    results.append({"code": code, "stderr": err.getvalue(), "imported": [m for m in ("torch", "ray") if m in sys.modules]})
+print(json.dumps(results))
 """
 
 
-def optidel(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
-
-
-@pytest.fixture
-def places(tmp_path):
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
     """A pool with one image, a directory that is no optidel output, an unfinished run's OUT."""
-    (tmp_path / "pool").mkdir()
-    (tmp_path / "pool" / "a.jpg").write_bytes(b"")  # never read: every case fails before
-    (tmp_path / "notout").mkdir()
-    (tmp_path / "notout" / "notes.txt").write_text("mine")
-    (tmp_path / "unfinished" / "work").mkdir(parents=True)
-    (tmp_path / "unfinished" / "work" / "job.json").write_text("{}")
-    (tmp_path / "bad.yaml").write_text("select:\n  clusterz: 3\n")
-    return tmp_path
+    root = tmp_path_factory.mktemp("cli")
+    (root / "pool").mkdir()
+    (root / "pool" / "a.jpg").write_bytes(b"")  # never read: every case fails before
+    (root / "notout").mkdir()
+    (root / "notout" / "notes.txt").write_text("mine")
+    (root / "unfinished" / "work").mkdir(parents=True)
+    (root / "unfinished" / "work" / "job.json").write_text("{}")
+    (root / "bad.yaml").write_text("select:\n  clusterz: 3\n")
+    return root
 
 
 ERRORS = {
@@ -66,14 +68,22 @@ ERRORS = {
 }
 
 
+@pytest.fixture(scope="module")
+def outcomes(places):
+    cases = [args for args, _ in ERRORS.values()]
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], cwd=places, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return dict(zip(ERRORS, json.loads(done.stdout.splitlines()[-1])))
+
+
 @pytest.mark.parametrize("case", ERRORS, ids=list(ERRORS))
-def test_user_error_is_one_line_exit_2_before_torch_and_out(places, case):
-    args, expected = ERRORS[case]
-    done = optidel(*args, cwd=places)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("optidel"), done.stderr
-    assert expected in done.stderr
-    assert done.stdout.splitlines()[-1] == "imported:"  # neither torch nor Ray
+def test_user_error_is_one_line_exit_2_before_torch_and_out(places, outcomes, case):
+    _, expected = ERRORS[case]
+    got = outcomes[case]
+    assert got["code"] == 2, got
+    assert got["stderr"].count("\n") == 1 and got["stderr"].startswith("optidel"), got
+    assert expected in got["stderr"]
+    assert got["imported"] == []  # neither torch nor Ray, by this case or any before it
     assert not (places / "out").exists()
 
 
