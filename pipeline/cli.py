@@ -1,4 +1,4 @@
-"""The `optidel` command: run, verify, inspect, report, eval, demo."""
+"""The `optidel` command: run, verify, inspect, report, eval, demo, config."""
 
 from __future__ import annotations
 
