@@ -199,9 +199,9 @@ def _print_summary(out: str, info: dict) -> None:
 
 
 def _verify(args) -> int:
+    require_output(args.out)  # before the reader's imports: a wrong OUT is told at once
     from ..manifests.verify import verify
 
-    require_output(args.out)
     report = verify(args.out)
     print(report.summary)
     for problem in report.problems[:20]:
@@ -210,9 +210,9 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
+    require_output(args.out)
     from ..manifests import lineage
 
-    require_output(args.out)
     try:
         info = lineage.lineage(args.out, args.key)
     except KeyError as exc:
@@ -226,9 +226,9 @@ def _inspect(args) -> int:
 
 
 def _report(args) -> int:
+    require_output(args.out)
     from ..manifests.report import ReportError, build_report
 
-    require_output(args.out)
     limit = {} if args.max_samples is None else {"max_samples": args.max_samples}
     try:
         index = build_report(args.out, **limit)
