@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optidel import __version__
+from optidel import __version__, imageio
 from . import labeled as labeled_mod
 from . import report, units as units_mod
 from .arms import Arm, check_no_held_out_images, open_arm
@@ -298,9 +298,10 @@ def _device(choice: str) -> str:
 
 
 def _files(pairs: list[labeled_mod.Pair]) -> list[list]:
-    """What a unit's key records of a split: every file with its size and mtime, so an edited
-    mask or image invalidates the units that used it."""
-    return [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for p in pairs for path in (p.image, p.mask)]
+    """What a unit's key records of a split: each pair's name and the sha256 of its image and
+    mask, so an edited file invalidates the units that used it while a copied, moved or
+    re-mounted dataset (new paths, new mtimes) does not."""
+    return [[p.name, imageio.sha256_hex(p.image.read_bytes()), imageio.sha256_hex(p.mask.read_bytes())] for p in pairs]
 
 
 def _key(fields: dict) -> str:

@@ -291,10 +291,12 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
         assert png.format == "PNG" and png.width > 300
     assert "quarter" in capsys.readouterr().out
 
-    # A rerun reuses every unit: same numbers, unit files untouched.
+    # A rerun reuses every unit, even on a copy of the labeled data (new paths, new mtimes): same
+    # numbers, unit files untouched.
     units = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
     assert len(units) == 6
-    assert cli.main(argv) == 0
+    copied = shutil.copytree(lab, tmp_path / "labeled-copy", copy_function=shutil.copy)
+    assert cli.main([str(copied) if a == str(lab) else a for a in argv]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == units
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
 
