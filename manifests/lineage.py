@@ -89,8 +89,7 @@ def format_lineage(info: dict) -> str:
         lines.append(f"  (not in patches.parquet: {', '.join(missing)})")
     lines.append("sources:")
     for src in info["sources"]:
-        where = src["uri"] + (f" :: {src['member']}" if src["member"] else "")
-        lines.append(f"  {src['source_id']}  {src['width']}x{src['height']}  {where}")
+        lines.append(f"  {src['source_id']}  {src['width']}x{src['height']}  {schema.source_where(src)}")
     return "\n".join(lines)
 
 
@@ -189,7 +188,7 @@ def _mosaic_bytes(output: layout.Output, sample: dict) -> bytes:
 def _source_image(src: dict) -> np.ndarray:
     """A source's pixels, read and decoded the way ingest read them, checked against its id."""
     uri, member = src["uri"], src["member"]
-    where = f"{uri} :: {member}" if member else uri
+    where = schema.source_where(src)
     if member:
         offset, length = _tar_member_range(uri, member)
         data = imageio.read_bytes(uri, offset, length, max_bytes=max(length, 1))

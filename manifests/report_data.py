@@ -124,16 +124,11 @@ def bad_sources(sources: pa.Table) -> list[dict]:
     kept = sources.filter(
         pc.and_(pc.is_in(sources["source_id"], kept_ids), pc.not_equal(sources["status"], schema.DUPLICATE))
     ).to_pylist()
-    where = {s["source_id"]: source_where(s) for s in kept}
+    where = {s["source_id"]: schema.source_where(s) for s in kept}
     for source in bad:
         if source.get("duplicate_of"):
             source["duplicate_of_where"] = where.get(source["duplicate_of"], source["duplicate_of"])
     return bad
-
-
-def source_where(source: dict) -> str:
-    """A source's file, with its tar member when it came from a shard."""
-    return source["uri"] + (f" :: {source['member']}" if source.get("member") else "")
 
 
 def finite(values) -> np.ndarray:

@@ -12,7 +12,8 @@ import json
 import pyarrow.compute as pc
 
 from .lineage import SLOT_COLOURS
-from .report_data import REASONS, RunFacts, Shown, source_where
+from .report_data import REASONS, RunFacts, Shown
+from .schema import source_where
 
 # Said beside the reasons table and in every lineage view: the two figures auditors misread.
 LEGEND = (

@@ -125,6 +125,12 @@ SCHEMAS = {"sources": SOURCES, "patches": PATCHES, "samples": SAMPLES, "shards":
 _FILLED_BY = {"sources": _SOURCES_BY, "patches": _PATCHES_BY, "samples": _SAMPLES_BY, "shards": _SHARDS_BY}
 
 
+def source_where(source: dict) -> str:
+    """A sources.parquet row's location as people read it: the file, with its tar member when it
+    came from a shard."""
+    return source["uri"] + (f" :: {source['member']}" if source.get("member") else "")
+
+
 def filled_by(name: str, *fillers: str) -> tuple[str, ...]:
     """The columns of manifest `name` that `fillers` fill, in schema order."""
     return tuple(column for column, by in _FILLED_BY[name].items() if by in fillers)
