@@ -219,10 +219,7 @@ def _compare(summaries: dict, units: dict, counts_field: str, prefix: str) -> No
 
 def _positive_control(summaries: dict) -> dict:
     """Does pre-training on the full pool beat random weights (interval above zero)?"""
-    versus = summaries.get("full", {}).get("vs_scratch")
-    if versus is None:
-        return {"comparison": "full vs scratch", "holds": None, "note": "needs a 'full' arm and the scratch control"}
-    return {"comparison": "full vs scratch", **versus, "holds": versus["ci95"][0] > 0}
+    return _full_beats(summaries, "scratch", "needs a 'full' arm and the scratch control")
 
 
 def _headroom(summaries: dict) -> dict:
@@ -230,10 +227,16 @@ def _headroom(summaries: dict) -> dict:
     then is pre-training limited by data at this compute, and can a selector beat random by
     choosing more informative images (arXiv 2206.14486); otherwise it can only match random, or
     lose by shifting the images away from what the downstream task sees."""
-    versus = summaries.get("full", {}).get("vs_random")
+    return _full_beats(summaries, "random", "needs a 'full' and a 'random' arm")
+
+
+def _full_beats(summaries: dict, baseline: str, missing: str) -> dict:
+    """The full arm's paired difference against `baseline`, and whether its interval is above zero."""
+    comparison = f"full vs {baseline}"
+    versus = summaries.get("full", {}).get(f"vs_{baseline}")
     if versus is None:
-        return {"comparison": "full vs random", "holds": None, "note": "needs a 'full' and a 'random' arm"}
-    return {"comparison": "full vs random", **versus, "holds": versus["ci95"][0] > 0}
+        return {"comparison": comparison, "holds": None, "note": missing}
+    return {"comparison": comparison, **versus, "holds": versus["ci95"][0] > 0}
 
 
 def _summary(arm: Arm | None, units: list[dict], alpha: float) -> dict:
