@@ -78,6 +78,7 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
             full) sets=(--selector random --keep 1.0) ;;
             random | optidel) sets=(--selector "$arm") ;;
             optidel-proxy1200) sets=(--selector optidel --set score.mae.train_steps=1200) ;;  # a 4x longer-trained proxy
+            optidel-shared-masks) sets=(--selector optidel --set score.shared_masks=true) ;;  # every patch scored under the same masks
             *) echo "eval_kvasir.sh: unknown arm $arm" >&2; exit 2 ;;
         esac
     fi

@@ -120,6 +120,9 @@ class ScoreConfig(Section):
     image_size: int = Field(64, ge=16, description="patches are resized to this for the proxy")
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="fraction of the proxy's patches masked")
     masks_per_patch: int = Field(4, ge=1, description="R: random masks averaged per patch")
+    shared_masks: bool = Field(
+        False, description="every row gets the same R masks (PASS's consistent masks): scores differ by content only"
+    )
     mae: MAEConfig = Field(MAEConfig(), description="the self-trained proxy MAE (score.proxy = self)")
 
 

@@ -10,7 +10,10 @@ the differential entropy, per dimension, of a Gaussian whose variance is the rec
 residual variance. Harder patches (more the proxy cannot predict from context) score higher.
 
 The masks of row k derive from (seed, k, r) through optidel.seeding, k being the patch_id (or
-the source_id for a source row), so a score never depends on luck, batch or worker. BLAS
+the source_id for a source row), so a score never depends on luck, batch or worker. With
+score.shared_masks every row gets the same R masks, from (seed, r) alone: PASS (AAAI 2024)
+finds that per-sample MAE losses rank samples better when the mask draw is not part of the
+difference between two rows. BLAS
 results can change in the last bit with a matmul's size (seen on CPU at ViT-B width), so rows
 run in micro-batches of one fixed shape (ROWS_PER_FORWARD rows, the last padded with blank
 crops): no computation mixes samples of a batch, and with the shape fixed the kernels are
@@ -74,9 +77,11 @@ def proxy_info(path: str, fallback_spec: MAESpec | None = None) -> dict:
     return {"path": str(path), "sha256": sha256, "spec": asdict(spec)}
 
 
-def mask_noise(seed: int, row_key: str, masks: int, num_patches: int) -> torch.Tensor:
-    """(masks, num_patches) masking noise for one row: mask r from (seed, row_key, r) alone."""
-    generators = (seeding.torch_generator(seed, "score-mask", row_key, r) for r in range(masks))
+def mask_noise(seed: int, row_key: str | None, masks: int, num_patches: int) -> torch.Tensor:
+    """(masks, num_patches) masking noise for one row: mask r from (seed, row_key, r) alone, or
+    from (seed, r) when row_key is None (the masks every row shares)."""
+    keys = ("score-mask", row_key) if row_key is not None else ("score-mask-shared",)
+    generators = (seeding.torch_generator(seed, *keys, r) for r in range(masks))
     return torch.stack([torch.rand(num_patches, generator=g) for g in generators])
 
 
@@ -141,7 +146,7 @@ class Score:
         images = to_input(padded).to(self.device)
         noise = torch.zeros(ROWS_PER_FORWARD, r, spec.num_patches)
         for i, key in enumerate(keys):
-            noise[i] = mask_noise(self.seed, key, r, spec.num_patches)
+            noise[i] = mask_noise(self.seed, None if self.config.shared_masks else key, r, spec.num_patches)
         # Row i's R masked copies are rows i*R .. i*R+R-1.
         mse = self.model.masked_mse(
             images.repeat_interleave(r, dim=0), noise.flatten(0, 1).to(self.device), self.config.mask_ratio

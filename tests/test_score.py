@@ -167,6 +167,22 @@ def test_masks_follow_seed_and_row_not_batch(checkpoint, rows_by_source):
     assert np.array_equal(seed0[columns.EMBEDDING], seed1[columns.EMBEDDING])
 
 
+def test_shared_masks_score_equal_crops_equally_whatever_their_ids(checkpoint, rows_by_source):
+    crop = rows_by_source[4][1][columns.CROP]
+    twins = [
+        {columns.INPUT_INDEX: 0, columns.SOURCE_ID: "twins", columns.PATCH_INDEX: k, columns.PATCH_ID: f"twin-{k}",
+         columns.CROP: crop}
+        for k in range(2)
+    ]  # fmt: skip
+    per_row = Score(CONFIG, seed=0, checkpoint=checkpoint)(make_batch(twins))[columns.SCORE]
+    shared_config = CONFIG.model_copy(update={"shared_masks": True})
+    shared = Score(shared_config, seed=0, checkpoint=checkpoint)(make_batch(twins))[columns.SCORE]
+    assert per_row[0] != per_row[1]  # the default: each id draws its own masks
+    assert shared[0] == shared[1]
+    assert torch.equal(mask_noise(0, None, 4, 16), mask_noise(0, None, 4, 16))
+    assert not torch.equal(mask_noise(0, None, 4, 16), mask_noise(1, None, 4, 16))
+
+
 def test_proxy_info_and_mismatches_named(checkpoint, rows_by_source):
     info = proxy_info(checkpoint)
     assert info["path"] == checkpoint and len(info["sha256"]) == 64
