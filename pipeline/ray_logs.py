@@ -1,14 +1,14 @@
-"""Where Ray's log lines go when optidel starts Ray: every one into OUT/logs/, and onto the
-console only those at or above the level that optidel's own log level implies (console_level).
+"""Where the driver's Ray log lines go when optidel connects to Ray itself: into OUT/logs/, and
+onto the console only those at or above the level that optidel's log level implies.
 
 Ray speaks in two places in the driver. Its Python loggers (`ray`, `ray.data`) each have their
 own console handler and do not propagate: those handlers get the console level, and a file
-handler in OUT/logs/ gets everything. Its C++ core worker writes straight to file descriptor 2,
-where no Python setting reaches: on a successful run its one line there is an ERROR that Ray
-prints for every Ray Data actor pool allowed restarts (ray-project/ray#57733: Ray Data hands its
-actors their constructor arguments through the object store). So, except under --verbose, file
-descriptor 2 goes to OUT/logs/ray-native.log, and Python's stderr (our log, tracebacks, Ray's
-Python console handlers) to a copy of the console.
+handler in OUT/logs/ gets INFO and above (DEBUG too under --verbose). Its C++ core worker writes
+straight to file descriptor 2, where no Python setting reaches: on a successful run its one line
+there is an ERROR that Ray prints for every Ray Data actor pool allowed restarts
+(ray-project/ray#57733: Ray Data hands its actors their constructor arguments through the object
+store). So, except under --verbose, file descriptor 2 goes to OUT/logs/ray-native.log, and
+Python's stderr (our log, tracebacks, Ray's Python console handlers) to a copy of the console.
 
 This module imports no Ray: it only configures loggers by name and file descriptors.
 """
@@ -23,6 +23,7 @@ LOGS_DIR = "logs"
 PYTHON_LOG = "ray.log"  # the driver's Ray Python loggers
 NATIVE_LOG = "ray-native.log"  # the driver's Ray C++ core worker (file descriptor 2)
 RAY_LOGGERS = ("ray", "ray.data")
+FILE_HANDLER = "optidel-out-logs"
 RAY_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"  # Ray's own
 
 
@@ -45,10 +46,15 @@ def route(level: int, directory: str | None) -> None:
         return
     os.makedirs(directory, exist_ok=True)
     to_file = logging.FileHandler(os.path.join(directory, PYTHON_LOG), encoding="utf-8")
+    to_file.set_name(FILE_HANDLER)
     to_file.setFormatter(logging.Formatter(RAY_FORMAT))
     to_file.setLevel(min(level, logging.INFO))
     for name in RAY_LOGGERS:
-        logging.getLogger(name).addHandler(to_file)
+        logger = logging.getLogger(name)
+        for earlier in [h for h in logger.handlers if h.get_name() == FILE_HANDLER]:  # an earlier run's OUT
+            logger.removeHandler(earlier)
+            earlier.close()
+        logger.addHandler(to_file)
     if level > logging.DEBUG:
         _native_stderr_to(os.path.join(directory, NATIVE_LOG))
 

@@ -67,3 +67,23 @@ def test_verbose_shows_everything_on_the_console(tmp_path):
     assert all(line in stderr for line in RAY_LINES + [NATIVE, "optidel says info"]), stderr
     assert sorted(files) == ["ray.log"]  # file descriptor 2 left alone: native lines on the console
     assert all(line in files["ray.log"] for line in RAY_LINES)
+
+
+ROUTED_TWICE = r"""
+import logging, sys
+import ray, ray.data
+from optidel.pipeline import ray_logs
+
+for logs in sys.argv[1:]:  # two runs in one process, Ray shut down between them
+    ray_logs.route(logging.INFO, logs)
+    logging.getLogger("ray.data").warning("said during %s", logs)
+"""
+
+
+def test_a_second_route_moves_the_file_lines_to_the_second_out(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = subprocess.run([sys.executable, "-c", ROUTED_TWICE, str(first), str(second)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "said during" not in (first / "ray.log").read_text().replace(f"said during {first}", "")
+    assert f"said during {second}" in (second / "ray.log").read_text()
