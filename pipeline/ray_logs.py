@@ -36,8 +36,8 @@ def console_level(level: int) -> int:
 
 
 def route(level: int, directory: str | None) -> None:
-    """Ray's console handlers to console_level(level), and, given a directory, every line of
-    Ray's into it. For the rest of the process: Ray keeps logging until the process exits."""
+    """Ray's console handlers to console_level(level) and, given a directory, Ray's lines (INFO
+    and above, all under --verbose) into it, for the rest of the process: Ray logs until it exits."""
     for name in RAY_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             if _is_console(handler):
