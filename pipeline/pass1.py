@@ -26,7 +26,7 @@ from ..stages import columns as C
 from ..stages.ingest import Ingest
 from ..stages.propose import Proposer
 from ..stages.score import Score
-from . import raydata
+from . import progress, raydata
 from .config import Config
 from .inputs import SourceRef
 from .partitions import PASS1_DIR, PartitionSink, PartStore
@@ -99,8 +99,11 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
     sample = listing(refs, sorted(order[:n_sources]))
 
     keys, crops = [], []
+    shown = progress.StageProgress("proxy crops", len(sample), "sources")
     try:
         for batch in _stream(sample, proposed(config, proposer), config):
+            sources, patches = _sources_and_patches(batch)
+            shown.add(sources, **patches)
             ok = (batch[C.PATCH_INDEX] >= 0) | (batch[C.STATUS] == "ok")
             ids = np.where(batch[C.PATCH_INDEX] >= 0, batch[C.PATCH_ID], batch[C.SOURCE_ID])
             keys.extend(ids[ok].tolist())
@@ -137,14 +140,27 @@ def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, ste
         return
     sink = PartitionSink(store, pending)
     rows = listing(refs, [i for p in pending for i in store.sources_of(p)])
+    shown = progress.StageProgress("pass 1", len(rows), "sources")
     try:
         for batch in _stream(rows, steps, config):
             batch.pop(C.CROP, None)
             sink.add(batch)
+            sources, patches = _sources_and_patches(batch)
+            shown.add(sources, **patches)
     except raydata.StageFailure as exc:
         raise RunError(_failure_message(refs, store, sink, str(exc))) from exc
     if sink.unfinished():
         raise RunError(_failure_message(refs, store, sink, None))
+
+
+def _sources_and_patches(batch: dict[str, np.ndarray]) -> tuple[int, dict[str, int]]:
+    """The sources a pass-1 batch completes, and its patches as progress counts. A source has
+    one source row (PATCH_INDEX -1), wherever Ray splits its patch rows; without patches
+    (whole-image selectors) every row is a source."""
+    if C.PATCH_INDEX not in batch:
+        return len(batch[C.INPUT_INDEX]), {}
+    sources = int(np.count_nonzero(batch[C.PATCH_INDEX] < 0))
+    return sources, {"patches": len(batch[C.PATCH_INDEX]) - sources}
 
 
 def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | None) -> str:

@@ -20,7 +20,7 @@ from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, patch_manifest, progress, raydata, resume
+from . import barrier, pass1, pass2, patch_manifest, progress, ray_logs, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
@@ -60,7 +60,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
     if finished is not None:
         log.info("%s already holds this job, complete: nothing to do", out)
         return finished
-    raydata.connect(config.ray)
+    raydata.connect(config.ray, logs=_logs_dir(output))
 
     store = PartStore(output, len(refs), config.ingest.partition_size)
     reused = {"pass1_partitions": store.n_partitions}
@@ -114,6 +114,14 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
     }
     output.write_json(RUN_JSON, info)
     return info
+
+
+def _logs_dir(output: Output) -> str | None:
+    """OUT/logs/ for Ray's log files where OUT is on a local file system (they are written by
+    plain file handles); elsewhere they stay in Ray's session directory."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return output.path(ray_logs.LOGS_DIR) if isinstance(output.fs, LocalFileSystem) else None
 
 
 def _check_models(config: Config) -> dict:
