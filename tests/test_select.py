@@ -252,15 +252,18 @@ def test_diversity_stats():
 
 def test_unit_rows_in_chunks_are_the_one_shot_formula(monkeypatch):
     """The barrier centres and normalises the pool's embeddings in chunks (to hold one full-size
-    copy, not five); any chunking gives the bits of the one-shot formula."""
+    copy, not five) on the pool's exact mean; any chunking gives the bits of the one-shot
+    formula."""
+    from fractions import Fraction
+
     from optidel.stages import select
 
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(50, 16)).astype(np.float32)
     emb[7] = emb.mean(axis=0)  # near the mean: a tiny row after centring
     ids = np.array([f"p{i:03d}" for i in rng.permutation(50)], dtype=object)
-    order = np.argsort(ids.astype(str), kind="stable")
-    centred = (emb - emb[order].astype(np.float64).sum(axis=0) / 50).astype(np.float32)
+    mean = np.array([float(sum(Fraction(float(v)) for v in column) / 50) for column in emb.T])
+    centred = (emb - mean).astype(np.float32)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     expected = np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
     for chunk in (1, 3, 7, 50, 1024):
