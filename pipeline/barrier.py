@@ -13,8 +13,11 @@ import numpy as np
 from ..manifests import schema
 from ..stages import columns as C
 from ..stages.compose import group_patches, sample_key
-from ..stages.select import diversity_stats, select_images, select_patches, selector
+from ..stages.select import Selection, diversity_stats, select_images, select_patches, selector
+from ..stages.select_parts import DISTRIBUTED
+from . import part_selection
 from .config import Config
+from .partitions import PartStore
 from .pass1 import Candidates
 
 log = logging.getLogger("optidel")
@@ -44,14 +47,19 @@ def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**sources, C.STATUS: status, "duplicate_of": duplicate_of}
 
 
-def plan(candidates: Candidates, config: Config) -> Plan:
+def plan(candidates: Candidates, config: Config, parts: PartStore | None = None) -> Plan:
+    """The plan. With `parts` (the pass-1 parts the candidates were read from), a selector that
+    has a distributed form chooses by Ray tasks over the parts (pipeline/part_selection.py), the
+    same rows as in memory whenever select.kmeans_sample covers the pool."""
     sources = mark_duplicates(candidates.sources)
     n_ok = int(np.sum(sources[C.STATUS] == schema.OK))
     n_samples = config.budget(n_ok) if n_ok else 0
+    if config.selector not in DISTRIBUTED:
+        parts = None
     if selector(config.selector).whole_images:
-        result = _plan_images(sources, n_samples, config)
+        result = _plan_images(sources, n_samples, config, parts)
     else:
-        result = _plan_patches(sources, candidates.patches, n_samples, config)
+        result = _plan_patches(sources, candidates.patches, n_samples, config, parts)
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(result.samples))
     if len(result.samples) < n_samples:
         log.warning(
@@ -61,20 +69,25 @@ def plan(candidates: Candidates, config: Config) -> Plan:
     return result
 
 
-def _plan_images(sources, n_samples: int, config: Config) -> Plan:
+def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | None) -> Plan:
     """Whole-image baselines: one source image per output sample."""
     ok = np.flatnonzero(sources[C.STATUS] == schema.OK)
     ids = sources[C.SOURCE_ID][ok]
     has_scores = C.EMBEDDING in sources
-    selection = select_images(
-        source_ids=ids,
-        scores=sources[C.SCORE][ok] if has_scores else None,
-        embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
-        budget=n_samples,
-        config=config.select,
-        method=config.selector,
-        seed=config.seed,
-    )
+    if parts is not None:
+        duplicates = frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] == schema.DUPLICATE].tolist())
+        load = part_selection.OkSources(parts, duplicates, scored=has_scores)
+        selection = _joined(part_selection.select(load, parts, n_samples, config, True, has_scores), len(ok))
+    else:
+        selection = select_images(
+            source_ids=ids,
+            scores=sources[C.SCORE][ok] if has_scores else None,
+            embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
+            budget=n_samples,
+            config=config.select,
+            method=config.selector,
+            seed=config.seed,
+        )
     # One patch row per image: the whole image as its box, its source row's score, and
     # sentinels in every other column the proposer and the proxy fill.
     patches = C.sentinel_columns(schema.filled_by("patches", schema.PROPOSE, schema.SCORE), len(ok))
@@ -98,7 +111,7 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
     return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches, selection.n_clusters))
 
 
-def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
+def _plan_patches(sources, cands, n_samples: int, config: Config, parts: PartStore | None) -> Plan:
     """Patch selectors: M patches per output sample."""
     status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
     patches = {name: cands[name] for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING}
@@ -110,18 +123,14 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     selected = np.zeros(n, bool)
     reason = np.where(eligible, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
     idx = np.flatnonzero(eligible)
-    # All eligible (no duplicate sources) is the common case: no copy of the embeddings then.
-    embeddings = cands[C.EMBEDDING] if len(idx) == n else cands[C.EMBEDDING][idx]
-    selection = select_patches(
-        patch_ids=patches[C.PATCH_ID][idx],
-        source_ids=patches[C.SOURCE_ID][idx],
-        scores=patches[C.SCORE][idx],
-        embeddings=embeddings,
-        budget=config.mosaic * n_samples,
-        config=config.select,
-        method=config.selector,
-        seed=config.seed,
-    ) if len(idx) else None
+    if not len(idx):
+        selection = None
+    elif parts is not None:
+        excluded = frozenset(s for s, st in status_of.items() if st != schema.OK)
+        load = part_selection.CompetingPatches(parts, excluded)
+        selection = _joined(part_selection.select(load, parts, config.mosaic * n_samples, config, False, True), len(idx))
+    else:
+        selection = _in_memory_patches(patches, cands, idx, config.mosaic * n_samples, config)
     if selection is not None:
         cluster[idx], rank[idx], selected[idx], reason[idx] = (
             selection.cluster, selection.rank, selection.selected, selection.reason
@@ -139,6 +148,30 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     accounting = _accounting(patches, selection.n_clusters if selection is not None else 0)
     accounting["pool_mean_entropy_nats"] = _mean(patches[C.SCORE][eligible])
     return Plan(sources, patches, samples, grid=config.grid, accounting=accounting)
+
+
+def _in_memory_patches(patches, cands, idx: np.ndarray, budget: int, config: Config) -> Selection:
+    # All eligible (no duplicate sources) is the common case: no copy of the embeddings then.
+    embeddings = cands[C.EMBEDDING] if len(idx) == len(cands[C.EMBEDDING]) else cands[C.EMBEDDING][idx]
+    return select_patches(
+        patch_ids=patches[C.PATCH_ID][idx],
+        source_ids=patches[C.SOURCE_ID][idx],
+        scores=patches[C.SCORE][idx],
+        embeddings=embeddings,
+        budget=budget,
+        config=config.select,
+        method=config.selector,
+        seed=config.seed,
+    )
+
+
+def _joined(selections: list[Selection], n: int) -> Selection:
+    """The parts' Selections as one, in part order: the order of the barrier's rows."""
+    joined = Selection(*(np.concatenate([getattr(s, f) for s in selections]) for f in ("selected", "cluster", "rank", "reason")),
+                       n_clusters=selections[0].n_clusters if selections else 0)
+    if len(joined.rank) != n:
+        raise RuntimeError(f"the pass-1 parts hold {len(joined.rank)} competing rows, the barrier {n}")
+    return joined
 
 
 def _selection_columns(selection) -> dict[str, np.ndarray]:

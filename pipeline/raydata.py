@@ -169,3 +169,14 @@ def _retry_args_allowed():
 
 def device(config: RayConfig) -> str:
     return "cuda" if config.gpus_per_actor > 0 else "cpu"
+
+
+def run_tasks(fn, calls: list[tuple], config: RayConfig) -> list:
+    """[fn(*call) for call in calls], each call a Ray task of ray.cpus_per_task CPUs (default one),
+    results in call order: the selection barrier's map steps over the pass-1 parts
+    (stages/select_parts.py), whose results are small."""
+    remote = ray.remote(num_cpus=config.cpus_per_task or 1.0, max_retries=config.max_retries)(fn)
+    try:
+        return ray.get([remote.remote(*call) for call in calls])
+    except ray.exceptions.RayError as exc:
+        raise StageFailure(_cause(exc)) from exc

@@ -19,6 +19,7 @@ from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
+from ..stages.select_parts import DISTRIBUTED
 from ..stages.write import shards_table
 from . import barrier, pass1, pass2, patch_manifest, progress, raydata, resume
 from .config import Config
@@ -76,9 +77,11 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store)
+            # A selection over the parts reads the embeddings there: the driver never holds them.
+            over_parts = config.selector in DISTRIBUTED and not selector(config.selector).whole_images
+            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store, embeddings=not over_parts)
     with timer.stage("select"):
-        plan = barrier.plan(candidates, config)
+        plan = barrier.plan(candidates, config, store)
     with timer.stage("pass2"):
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
