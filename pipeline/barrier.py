@@ -12,6 +12,7 @@ import numpy as np
 
 from ..manifests import schema
 from ..stages import columns as C
+from ..stages import exact_mean
 from ..stages.compose import group_patches, sample_key
 from ..stages.select import Selection, diversity_stats, select_images, select_patches, selector
 from ..stages.select_parts import DISTRIBUTED
@@ -30,6 +31,9 @@ class Plan:
     samples: list[list[int]]  # per output sample, its patch rows in slot order
     grid: int
     accounting: dict = field(default_factory=dict)
+    # Set when the selection ran over the parts: `patches` then holds the chosen rows only, and
+    # patches.parquet is labelled part by part from this (pipeline/part_selection.py).
+    labels: part_selection.PatchLabels | None = None
 
 
 def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -58,8 +62,10 @@ def plan(candidates: Candidates, config: Config, parts: PartStore | None = None)
         parts = None
     if selector(config.selector).whole_images:
         result = _plan_images(sources, n_samples, config, parts)
+    elif parts is not None:
+        result = _plan_patches_over_parts(sources, parts, n_samples, config)
     else:
-        result = _plan_patches(sources, candidates.patches, n_samples, config, parts)
+        result = _plan_patches(sources, candidates.patches, n_samples, config)
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(result.samples))
     if len(result.samples) < n_samples:
         log.warning(
@@ -77,7 +83,7 @@ def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | Non
     if parts is not None:
         duplicates = frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] == schema.DUPLICATE].tolist())
         load = part_selection.OkSources(parts, duplicates, scored=has_scores)
-        selection = _joined(part_selection.select(load, parts, n_samples, config, True, has_scores), len(ok))
+        selection = _joined(part_selection.select_images(load, parts, n_samples, config, has_scores), len(ok))
     else:
         selection = select_images(
             source_ids=ids,
@@ -111,7 +117,7 @@ def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | Non
     return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches, selection.n_clusters))
 
 
-def _plan_patches(sources, cands, n_samples: int, config: Config, parts: PartStore | None) -> Plan:
+def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     """Patch selectors: M patches per output sample."""
     status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
     patches = {name: cands[name] for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING}
@@ -123,14 +129,18 @@ def _plan_patches(sources, cands, n_samples: int, config: Config, parts: PartSto
     selected = np.zeros(n, bool)
     reason = np.where(eligible, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
     idx = np.flatnonzero(eligible)
-    if not len(idx):
-        selection = None
-    elif parts is not None:
-        excluded = frozenset(s for s, st in status_of.items() if st != schema.OK)
-        load = part_selection.CompetingPatches(parts, excluded)
-        selection = _joined(part_selection.select(load, parts, config.mosaic * n_samples, config, False, True), len(idx))
-    else:
-        selection = _in_memory_patches(patches, cands, idx, config.mosaic * n_samples, config)
+    # All eligible (no duplicate sources) is the common case: no copy of the embeddings then.
+    embeddings = cands[C.EMBEDDING] if len(idx) == n else cands[C.EMBEDDING][idx]
+    selection = select_patches(
+        patch_ids=patches[C.PATCH_ID][idx],
+        source_ids=patches[C.SOURCE_ID][idx],
+        scores=patches[C.SCORE][idx],
+        embeddings=embeddings,
+        budget=config.mosaic * n_samples,
+        config=config.select,
+        method=config.selector,
+        seed=config.seed,
+    ) if len(idx) else None
     if selection is not None:
         cluster[idx], rank[idx], selected[idx], reason[idx] = (
             selection.cluster, selection.rank, selection.selected, selection.reason
@@ -150,19 +160,28 @@ def _plan_patches(sources, cands, n_samples: int, config: Config, parts: PartSto
     return Plan(sources, patches, samples, grid=config.grid, accounting=accounting)
 
 
-def _in_memory_patches(patches, cands, idx: np.ndarray, budget: int, config: Config) -> Selection:
-    # All eligible (no duplicate sources) is the common case: no copy of the embeddings then.
-    embeddings = cands[C.EMBEDDING] if len(idx) == len(cands[C.EMBEDDING]) else cands[C.EMBEDDING][idx]
-    return select_patches(
-        patch_ids=patches[C.PATCH_ID][idx],
-        source_ids=patches[C.SOURCE_ID][idx],
-        scores=patches[C.SCORE][idx],
-        embeddings=embeddings,
-        budget=budget,
-        config=config.select,
-        method=config.selector,
-        seed=config.seed,
-    )
+def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: Config) -> Plan:
+    """_plan_patches by Ray tasks over the pass-1 parts: the plan holds the chosen rows only, the
+    same rows, samples and accounting (patches.parquet: the same bytes)."""
+    status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
+    excluded = frozenset(s for s, st in status_of.items() if st != schema.OK)
+    chosen = part_selection.choose_patches(parts, excluded, config.mosaic * n_samples, config)
+    patches = chosen.rows
+    n = len(patches[C.PATCH_ID])
+    selected = np.ones(n, bool)
+    reason = np.full(n, "", dtype=object)
+    groups, leftover = group_patches(patches[C.SOURCE_ID], patches["cluster"], patches["rank"], config.mosaic, config.seed)
+    selected[leftover], reason[leftover] = False, schema.DROP_INCOMPLETE_GROUP
+    patches.update(selected=selected, reason=reason)
+    _assign_samples(patches, groups)
+    verdict = chosen.verdict
+    accounting = _accounting(patches, verdict.k)
+    pool = exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0] if verdict.n else None
+    accounting["pool_mean_entropy_nats"] = float(pool) if pool is not None else None
+    plan_rows = dict(zip(patches[C.PATCH_ID].tolist(), zip(selected.tolist(), reason.tolist(),
+                                                           patches["sample_key"].tolist(), patches["slot"].tolist())))
+    labels = part_selection.PatchLabels(chosen, plan_rows, config)
+    return Plan(sources, patches, groups, grid=config.grid, accounting=accounting, labels=labels)
 
 
 def _joined(selections: list[Selection], n: int) -> Selection:
@@ -209,6 +228,8 @@ def _accounting(patches: dict, n_clusters: int) -> dict:
 
 
 def _mean(values: np.ndarray):
-    values = np.asarray(values, dtype=np.float64)
+    """The exact mean of the finite scores (float32 values): the same bits in any order, so a
+    selection over the parts, which sums each part apart, reports the same figure."""
+    values = np.asarray(values, dtype=np.float32)
     values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else None
+    return float(exact_mean.mean_of_sums(exact_mean.column_sums(values.reshape(-1, 1)), len(values))[0]) if len(values) else None

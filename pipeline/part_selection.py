@@ -1,13 +1,18 @@
 """The selection barrier's choice, made by Ray tasks over the pass-1 parts (stages/select_parts.py)
-instead of in the driver: which rows of each part compete, and the per-part Selections in part
-order, aligned with the rows the in-memory barrier hands its selector."""
+instead of in the driver: which rows of each part compete; for `random`, each part's Selection;
+for the patch selectors, the chosen rows (all the plan holds of the pool) and patches.parquet's
+pieces, labelled by tasks, as the in-memory barrier labels its rows."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
+from ..manifests import schema
 from ..stages import columns as C
 from ..stages import select_parts
 from ..stages.select import Selection
@@ -29,9 +34,13 @@ class CompetingPatches:
         # The source decides whether a patch competes, even when `columns` leaves it out.
         part = self.store.read(partition, columns=(C.PATCH_INDEX, *columns, *({C.SOURCE_ID} - set(columns))))
         keep = part.pop(C.PATCH_INDEX) >= 0
-        if self.excluded_sources:
-            keep &= ~np.isin(part[C.SOURCE_ID], list(self.excluded_sources))
+        keep[keep] = self.competes(part[C.SOURCE_ID][keep])
         return {name: part[name][keep] for name in columns}
+
+    def competes(self, source_ids: np.ndarray) -> np.ndarray:
+        if not self.excluded_sources:
+            return np.ones(len(source_ids), dtype=bool)
+        return ~np.isin(source_ids, list(self.excluded_sources))
 
 
 class OkSources:
@@ -54,23 +63,109 @@ class OkSources:
         return {name: part[name][keep] for name in (C.SOURCE_ID, C.SCORE) if name in part}
 
 
-def select(load, store: PartStore, budget: int, config: Config, whole_images: bool, scored: bool) -> list[Selection]:
-    """Each part's Selection, in part order, from Ray tasks; the driver holds the verdict only
-    (selected ids, thresholds, centroids)."""
+def select_images(load, store: PartStore, budget: int, config: Config, scored: bool) -> list[Selection]:
+    """`random` over the parts: each part's Selection, in part order (whole images: a row per
+    ok source, which the driver holds anyway as the sources table)."""
     parts = list(range(store.n_partitions))
+    run = _runner(config)
+    verdict = select_parts.select_images_in_parts(load, parts, run, budget=budget, method=config.selector, seed=config.seed)
+    labelled = run(select_parts.parts_selection, [(load, parts, g, verdict, config.seed, scored) for g in _groups(parts)])
+    return [selection for group in labelled for selection in group]
 
+
+@dataclass
+class ChosenPatches:
+    """A patch selector's choice over the parts: the verdict, and the chosen rows' plan columns
+    (select.columns.BARRIER_PATCH_COLUMNS less the embedding, plus cluster and rank), in part order."""
+
+    load: CompetingPatches
+    verdict: select_parts.Verdict
+    rows: dict[str, np.ndarray]
+
+
+def choose_patches(store: PartStore, excluded_sources: frozenset[str], budget: int, config: Config) -> ChosenPatches:
+    load = CompetingPatches(store, excluded_sources)
+    parts = list(range(store.n_partitions))
+    run = _runner(config)
+    verdict = select_parts.select_patches_in_parts(
+        load, parts, run, budget=budget, config=config.select, method=config.selector, seed=config.seed
+    )
+    chosen = verdict.chosen
+    rank = select_parts.ranks_in_pool(load, parts, run, config.selector, chosen["primary"], chosen["id"]) if chosen else []
+    labels = {i: (c, r) for i, c, r in zip(chosen.get("id", ()), chosen.get("cluster", ()), rank)}
+    rows = C.concat(list(run(_chosen_rows, [(store, p, labels) for p in parts])))
+    return ChosenPatches(load, verdict, rows)
+
+
+def _chosen_rows(store: PartStore, partition: int, labels: dict) -> dict[str, np.ndarray]:
+    """The plan columns of part `partition`'s chosen patches, with their cluster and rank."""
+    columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)
+    part = store.read(partition, columns=(C.PATCH_INDEX, *columns))
+    keep = part[C.PATCH_INDEX] >= 0
+    keep[keep] = [i in labels for i in part[C.PATCH_ID][keep].tolist()]
+    rows = {name: part[name][keep] for name in columns}
+    chosen = [labels[i] for i in rows[C.PATCH_ID].tolist()]
+    rows["cluster"] = np.array([c for c, _ in chosen], dtype=np.int32)
+    rows["rank"] = np.array([r for _, r in chosen], dtype=np.int32)
+    return rows
+
+
+@dataclass
+class PatchLabels:
+    """What patches.parquet's writer needs to label every patch of every part by tasks: the
+    choice, and the plan's word on the chosen rows (id -> selected, reason, sample_key, slot)."""
+
+    chosen: ChosenPatches
+    plan_rows: dict[str, tuple]
+    config: Config
+
+
+def manifest_pieces(store: PartStore, labels: PatchLabels) -> Iterator[pa.Table]:
+    """patches.parquet's rows, one table per part in part order, each labelled by a task: the
+    driver holds one group's pieces at a time."""
+    parts = list(range(store.n_partitions))
+    for pieces in _runner(labels.config)(_labelled_pieces, [(store, labels, parts, g) for g in _groups(parts)]):
+        yield from pieces
+
+
+def _labelled_pieces(store: PartStore, labels: PatchLabels, parts: list[int], group: list[int]) -> list[pa.Table]:
+    """The patches.parquet rows of the parts in `group`, as the in-memory barrier labels them."""
+    load = labels.chosen.load
+    selections = select_parts.parts_selection(load, parts, group, labels.chosen.verdict, labels.config.seed)
+    columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING) + (C.MASK_RLE,)
+    pieces = []
+    for partition, selection in zip(group, selections):
+        part = store.read(partition, columns=(C.PATCH_INDEX, *columns))
+        rows = {name: part[name][part[C.PATCH_INDEX] >= 0] for name in columns}
+        n = len(rows[C.PATCH_ID])
+        competing = load.competes(rows[C.SOURCE_ID])
+        cluster = np.full(n, -1, np.int32)
+        rank = np.full(n, -1, np.int32)
+        selected = np.zeros(n, bool)
+        # A duplicate source's patches were proposed before duplicates were known; they never compete.
+        reason = np.where(competing, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
+        cluster[competing], rank[competing], selected[competing], reason[competing] = (
+            selection.cluster, selection.rank, selection.selected, selection.reason
+        )
+        sample_key = np.full(n, "", dtype=object)
+        slot = np.full(n, -1, np.int64)
+        for i, patch_id in enumerate(rows[C.PATCH_ID].tolist()):
+            if patch_id in labels.plan_rows:
+                selected[i], reason[i], sample_key[i], slot[i] = labels.plan_rows[patch_id]
+        rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
+        pieces.append(schema.to_table("patches", rows))
+    return pieces
+
+
+def _runner(config: Config):
     def run(fn, calls):
         return raydata.run_tasks(fn, calls, config.ray)
 
-    if whole_images:
-        verdict = select_parts.select_images_in_parts(load, parts, run, budget=budget, method=config.selector, seed=config.seed)
-    else:
-        verdict = select_parts.select_patches_in_parts(
-            load, parts, run, budget=budget, config=config.select, method=config.selector, seed=config.seed
-        )
-    # Groups of about sqrt(P) parts: each group reads every part's keys once to rank its rows,
-    # so the pool's keys are read about sqrt(P) times, and a group holds about sqrt(P) parts.
+    return run
+
+
+def _groups(parts: list[int]) -> list[list[int]]:
+    """Groups of about sqrt(P) parts: each group reads every part's keys once to rank its rows,
+    so the pool's keys are read about sqrt(P) times, and a group holds about sqrt(P) parts."""
     size = max(1, math.isqrt(len(parts)))
-    groups = [parts[start : start + size] for start in range(0, len(parts), size)]
-    labelled = run(select_parts.parts_selection, [(load, parts, group, verdict, config.seed, scored) for group in groups])
-    return [selection for group in labelled for selection in group]
+    return [parts[start : start + size] for start in range(0, len(parts), size)]

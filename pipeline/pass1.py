@@ -116,10 +116,10 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
 
 
 def scored(
-    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, embeddings: bool = True
+    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, patches: bool = True
 ) -> Candidates:
     """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
-    candidates without embeddings unless `embeddings`."""
+    candidates' sources only (no embeddings) unless `patches`."""
     score = raydata.Step(
         Score,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
@@ -127,7 +127,7 @@ def scored(
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
     )
     _run_partitions(refs, store, config, [*proposed(config, proposer), score])
-    return read_candidates(store, with_patches=True, embeddings=embeddings)
+    return read_candidates(store, with_patches=patches, embeddings=patches)
 
 
 def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step]) -> None:
@@ -182,10 +182,13 @@ def read_candidates(store: PartStore, with_patches: bool, embeddings: bool = Tru
 
 def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
     """Split pass-1 rows (sorted by input_index, patch_index) into sources and patches, each
-    patch with those of columns.BARRIER_PATCH_COLUMNS the table has."""
-    if not with_patches:
+    patch with those of columns.BARRIER_PATCH_COLUMNS the table has; without `with_patches`,
+    the source rows only."""
+    if C.PATCH_INDEX not in table:  # an ingest-only pass 1: every row is a source
         return Candidates(sources=table, patches={})
     is_source = table[C.PATCH_INDEX] < 0
+    if not with_patches:
+        return Candidates(sources=C.take(table, is_source), patches={})
     return Candidates(
         sources=C.take(table, is_source),
         patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS if k in table},

@@ -77,16 +77,16 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            # A selection over the parts reads the embeddings there: the driver never holds them.
+            # A selection over the parts reads the patches there: the driver holds the sources.
             over_parts = config.selector in DISTRIBUTED and not selector(config.selector).whole_images
-            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store, embeddings=not over_parts)
+            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store, patches=not over_parts)
     with timer.stage("select"):
         plan = barrier.plan(candidates, config, store)
     with timer.stage("pass2"):
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
         output.write_manifest("sources", schema.to_table("sources", plan.sources))
-        patch_manifest.write(output, plan, store)
+        n_candidates = patch_manifest.write(output, plan, store)
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
 
@@ -104,7 +104,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
         "counts": {
             "sources": len(plan.sources[C.STATUS]),
             "by_status": dict(sorted(Counter(plan.sources[C.STATUS].tolist()).items())),
-            "candidate_patches": int(len(plan.patches["patch_id"])),
+            "candidate_patches": n_candidates,
             "selected_patches": int(np.sum(plan.patches["selected"])),
             "samples": len(samples["sample_key"]),
             "samples_target": plan.accounting["samples_target"],

@@ -4,10 +4,11 @@
 The caller hands over the parts as opaque handles, `load(part, columns=None)` giving a part's
 competing rows (PART_COLUMNS, or those of `columns`: ids, sources, scores, embeddings;
 whole-image selectors: one row per ok source, its source id and score when scored),
-and `run(fn, calls)`, which returns [fn(*call) for call in calls] in order, in this process or
-as Ray tasks (pipeline/raydata.py). Every fn here is a module-level function, so it pickles.
-What comes back to the caller per part is small: sums, a sample, the head of the hardness
-order, per-cluster shortlists. The caller holds O(budget + clusters x dim + sample).
+and `run(fn, calls)`, which yields fn(*call) for each call in order, in this process or as Ray
+tasks (pipeline/raydata.py). Every fn here is a module-level function, so it pickles. Each
+part's result is folded into a running merge as it arrives (the sample, the head of the
+hardness order, the shortlists each cut to their length), so the caller holds
+O(budget + clusters x dim + sample x dim) whatever the number of parts.
 
 Rounds (patch selectors):
 1. summary: rows, exact embedding sums (the pool mean, stages/exact_mean.py) and a seeded sample
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -43,7 +44,7 @@ PART_COLUMNS = (PATCH_ID, SOURCE_ID, SCORE, EMBEDDING)
 DISTRIBUTED = ("optidel", "hard", "random")  # selectors with a form here (dedup: not yet)
 IMAGE_ID = SOURCE_ID  # whole-image selectors: a row is an ok source, its id the source id
 
-Run = Callable[[Callable, list[tuple]], list]
+Run = Callable[[Callable, list[tuple]], Iterable]
 Key = tuple  # (primary, id): rows sort ascending by primary, then id
 
 
@@ -59,6 +60,8 @@ class Verdict:
     last_trimmed: Key | None = None  # rows up to this key are the noise tail (optidel)
     last_in_reach: Key | None = None  # rows up to this key a hardness-only pick would take
     decided: dict[str, str] = field(default_factory=dict)  # id -> reason ("" = selected)
+    chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, source, cluster, primary
+    score_sum: int = 0  # exact sum of the scores (exact_mean units): the pool's mean hardness
     fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again)
 
 
@@ -74,8 +77,7 @@ def select_patches_in_parts(
         return verdict
     n_trim = int(config.trim_top_frac * verdict.n) if method == "optidel" else 0
     if method == "optidel":
-        head = run(_head, [(load, part, method, "hardness", n_trim + budget) for part in parts])
-        primary, ids = _first_keys(head, n_trim + budget)
+        _, primary, ids = _first_keys(run(_head, [(load, part, method, "hardness", n_trim + budget) for part in parts]), n_trim + budget)
         if n_trim:
             verdict.last_trimmed = (primary[n_trim - 1], ids[n_trim - 1])
         if budget and len(ids) > n_trim:
@@ -90,6 +92,8 @@ def select_patches_in_parts(
         short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
         if not short:
             verdict.decided = decided
+            chosen = np.array([decided.get(i) == "" for i in merged["id"].tolist()], dtype=bool)
+            verdict.chosen = {name: merged[name][chosen] for name in ("id", "source", "cluster", "primary")}
             return verdict
         lengths.update({g: 2 * length for g, length in short.items()})
 
@@ -99,9 +103,7 @@ def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, meth
     of hashes)."""
     if method != "random":
         raise ValueError(f"selector {method!r} has no distributed form over parts")
-    head = run(_head, [(load, part, method, ("draw", seed), budget) for part in parts])
-    primary, ids = _first_keys(head, budget)
-    n = sum(count for count, _, _ in head)
+    n, _, ids = _first_keys(run(_head, [(load, part, method, ("draw", seed), budget) for part in parts]), budget)
     verdict = Verdict(method, n)
     verdict.decided = dict.fromkeys(ids.tolist(), "")
     return verdict
@@ -123,6 +125,21 @@ def parts_selection(load, parts: Sequence, indices: list[int], verdict: Verdict,
     return [_labelled(*part, verdict) for part in zip(rows, ids, primary, ranks)]
 
 
+def ranks_in_pool(load, parts: Sequence, run: Run, method: str, primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """int32 hardness rank in the pool of the rows with these keys (the selected ones): the rows
+    of every part that precede each, counted by the parts and summed."""
+    rank = np.zeros(len(ids), dtype=np.int64)
+    for counts in run(_count_preceding, [(load, part, method, primary, ids) for part in parts]):
+        rank += counts
+    return rank.astype(np.int32)
+
+
+def _count_preceding(load, part, method: str, primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    rows = load(part, (_id_column(method), SCORE))
+    part_ids = _ids(rows, method)
+    return _count_before(primary, ids, _primary(rows, part_ids, "hardness"), part_ids)
+
+
 def _labelled(rows: dict, ids: np.ndarray, primary: np.ndarray, rank: np.ndarray, verdict: Verdict) -> reference.Selection:
     n = len(ids)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
@@ -142,34 +159,36 @@ def _labelled(rows: dict, ids: np.ndarray, primary: np.ndarray, rank: np.ndarray
 
 def _clustered(load, parts, run: Run, config, method: str, seed: int) -> Verdict:
     """Round 1: the pool's size and mean, and centroids trained on the seeded sample."""
-    summaries = run(_summary, [(load, part, seed, config.kmeans_sample) for part in parts])
-    n = sum(count for count, _, _ in summaries)
+    n, sums, score_sum, sample = 0, None, 0, None
+    for rows, part_sums, part_score_sum, part_sample in run(_summary, [(load, part, seed, config.kmeans_sample) for part in parts]):
+        n += rows
+        sums = part_sums if sums is None else exact_mean.add_sums(sums, part_sums)
+        score_sum += part_score_sum
+        if sample is not None:
+            part_sample = tuple(np.concatenate(pair) for pair in zip(sample, part_sample))
+        draws, ids, _ = part_sample
+        sample = tuple(column[_key_order(draws, ids)[: config.kmeans_sample]] for column in part_sample)
     if n == 0:
         return Verdict(method, 0)
-    sums = summaries[0][1]
-    for _, part_sums, _ in summaries[1:]:
-        sums = exact_mean.add_sums(sums, part_sums)
-    dim = len(sums)
     # A single row is left uncentred, as in memory: it would be its own mean.
-    mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(dim)
-    draws = np.concatenate([s[2][0] for s in summaries])
-    ids = np.concatenate([s[2][1] for s in summaries])
-    emb = np.concatenate([s[2][2] for s in summaries])
-    sample = _key_order(draws, ids)[: config.kmeans_sample]
-    sample = sample[np.argsort(ids[sample], kind="stable")]  # k-means++ reads rows in id order
-    k = min(config.clusters, n, len(sample))
-    centroids = reference.train_centroids(reference.centred_unit_rows(emb[sample], mean), k, seed)
-    return Verdict(method, n, k=k, mean=mean, centroids=centroids)
+    mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
+    _, ids, emb = sample
+    by_id = np.argsort(ids, kind="stable")  # k-means++ reads its rows in id order, as in memory
+    k = min(config.clusters, n, len(ids))
+    centroids = reference.train_centroids(reference.centred_unit_rows(emb[by_id], mean), k, seed)
+    return Verdict(method, n, k=k, mean=mean, centroids=centroids, score_sum=score_sum)
 
 
 def _summary(load, part, seed: int, sample_size: int):
-    """A part's row count, exact embedding sums, and its rows of the seeded k-means sample."""
+    """A part's row count, exact embedding and score sums, and its rows of the seeded k-means
+    sample."""
     rows = load(part)
     ids = _ids(rows, "optidel")
     emb = reference.embedding_rows(rows[EMBEDDING], len(ids))
+    score_sum = exact_mean.column_sums(np.asarray(rows[SCORE], dtype=np.float32).reshape(-1, 1))[0]
     draws = np.array([seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()], dtype=np.uint64)
     mine = _key_order(draws, ids)[:sample_size]
-    return len(ids), exact_mean.column_sums(emb), (draws[mine], ids[mine], emb[mine])
+    return len(ids), exact_mean.column_sums(emb), score_sum, (draws[mine], ids[mine], emb[mine])
 
 
 def _head(load, part, method: str, by, count: int):
@@ -181,11 +200,16 @@ def _head(load, part, method: str, by, count: int):
     return len(ids), primary[first], ids[first]
 
 
-def _first_keys(heads: list, count: int) -> tuple[np.ndarray, np.ndarray]:
-    primary = np.concatenate([h[1] for h in heads])
-    ids = np.concatenate([h[2] for h in heads])
-    first = _key_order(primary, ids)[:count]
-    return primary[first], ids[first]
+def _first_keys(heads: Iterable, count: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The parts' heads folded as they arrive: the rows in all, and the pool's first `count` keys."""
+    n, primary, ids = 0, None, None
+    for rows, part_primary, part_ids in heads:
+        n += rows
+        if primary is not None:
+            part_primary, part_ids = np.r_[primary, part_primary], np.r_[ids, part_ids]
+        first = _key_order(part_primary, part_ids)[:count]
+        primary, ids = part_primary[first], part_ids[first]
+    return n, primary, ids
 
 
 def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int]):
@@ -216,16 +240,20 @@ def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int]):
     return columns, {int(g): int(c) for g, c in totals.items()}
 
 
-def _merge_shortlists(results: list, lengths: dict[int, int]) -> tuple[dict, dict[int, int]]:
-    """The parts' shortlists as one, each group cut to its length, in hardness order."""
-    merged = {name: np.concatenate([r[0][name] for r in results]) for name in results[0][0]}
-    order = _key_order(merged["primary"], merged["id"])
-    order = order[_first_per_group(merged["group"][order], lengths)]
+def _merge_shortlists(results: Iterable, lengths: dict[int, int]) -> tuple[dict, dict[int, int]]:
+    """The parts' shortlists folded as they arrive into one, each group cut to its length, in
+    hardness order; and each group's eligible rows in all."""
+    merged: dict | None = None
     totals: dict[int, int] = {}
-    for _, part_totals in results:
+    for columns, part_totals in results:
+        if merged is not None:
+            columns = {name: np.concatenate([merged[name], values]) for name, values in columns.items()}
+        order = _key_order(columns["primary"], columns["id"])
+        order = order[_first_per_group(columns["group"][order], lengths)]
+        merged = {name: values[order] for name, values in columns.items()}
         for g, count in part_totals.items():
             totals[g] = totals.get(g, 0) + count
-    return {name: values[order] for name, values in merged.items()}, totals
+    return merged, totals
 
 
 def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, int], dict[str, str]]:

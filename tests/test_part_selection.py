@@ -1,14 +1,16 @@
 """The barrier's selection as Ray tasks over real pass-1 parts (pipeline/part_selection.py) gives
-the plan of the in-memory barrier: every patch column, every sample, the accounting; with a
-duplicate source, score ties, copied embeddings and crowded sources."""
+what the in-memory barrier gives: pass 2's samples, the accounting, and patches.parquet byte for
+byte; with a duplicate source, score ties, copied embeddings and crowded sources."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1
+from optidel.pipeline import barrier, config as config_mod, pass1, pass2, patch_manifest
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 
@@ -50,18 +52,25 @@ def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, 
     store = _store(tmp_path, scored)
     config = config_mod.load(sets=[f"selector={selector}", "select.clusters=4", "select.per_source_cap=2",
                                    "select.trim_top_frac=0.05", "select.near_duplicate_cosine=0.9", "keep=0.3"])
-    candidates = pass1.read_candidates(store, with_patches=scored)
-    in_memory = barrier.plan(candidates, config)
-    # Over the parts, the driver needs no embeddings: the tasks read them from the parts.
-    candidates = pass1.read_candidates(store, with_patches=scored, embeddings=False)
-    assert C.EMBEDDING not in candidates.sources and C.EMBEDDING not in candidates.patches
-    over_parts = barrier.plan(candidates, config, store)
+    in_memory = barrier.plan(pass1.read_candidates(store, with_patches=scored), config)
+    # Over the parts the driver reads the sources only: the tasks read the patches from the parts.
+    sources_only = pass1.read_candidates(store, with_patches=False, embeddings=False)
+    assert np.all(sources_only.sources[C.PATCH_INDEX] < 0) if scored else not sources_only.patches
+    over_parts = barrier.plan(sources_only, config, store)
 
-    assert in_memory.samples and over_parts.samples == in_memory.samples
-    assert in_memory.accounting == over_parts.accounting
-    assert list(over_parts.patches) == list(in_memory.patches)
-    for name, values in in_memory.patches.items():
-        assert np.array_equal(over_parts.patches[name], values, equal_nan=values.dtype.kind == "f"), name
-    reasons = set(in_memory.patches["reason"].tolist())
-    if scored:  # the duplicate source's patches, and the per-source cap, had rows to act on
+    assert in_memory.samples and in_memory.accounting == over_parts.accounting
+    # Pass 2 gets the same samples, slot by slot, with the same boxes, scores and sources (json:
+    # an unscored image's score is NaN, which equals nothing).
+    assert json.dumps(pass2.sample_rows(over_parts)) == json.dumps(pass2.sample_rows(in_memory))
+    rows = {}
+    for name, plan in (("in_memory", in_memory), ("over_parts", over_parts)):
+        output = Output(str(tmp_path / name))
+        rows[name] = patch_manifest.write(output, plan, store)
+    assert rows["in_memory"] == rows["over_parts"] == len(in_memory.patches[C.PATCH_ID])
+    written = (tmp_path / "in_memory/manifests/patches.parquet").read_bytes()
+    assert (tmp_path / "over_parts/manifests/patches.parquet").read_bytes() == written
+    if scored:  # the plan holds the chosen rows only
+        assert len(over_parts.patches[C.PATCH_ID]) == in_memory.patches["sample_key"].astype(bool).sum()
+        reasons = set(in_memory.patches["reason"].tolist())
+        # The duplicate source's patches, and the per-source cap, had rows to act on.
         assert {"duplicate_source", "source_cap"} <= reasons, reasons

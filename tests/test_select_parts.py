@@ -13,7 +13,7 @@ import pytest
 
 from optidel.manifests import schema
 from optidel.pipeline.config import SelectConfig
-from optidel.stages import select_parts
+from optidel.stages import exact_mean, select_parts
 from optidel.stages.select import select_images, select_patches
 
 
@@ -79,6 +79,20 @@ def assert_same(out, reference, verdict):
     assert verdict.k == reference.n_clusters
 
 
+def assert_chosen(parts: Parts, n_parts: int, verdict, reference):
+    """The verdict's chosen rows, and the ranks counted for them, are the reference's selected
+    rows with their clusters and ranks: all the barrier's plan needs of them."""
+    ids = parts.columns["patch_id"].astype(str)
+    chosen = verdict.chosen
+    assert sorted(chosen["id"].tolist()) == sorted(ids[reference.selected].tolist())
+    rows = {i: r for r, i in enumerate(ids.tolist())}
+    at = np.array([rows[i] for i in chosen["id"].tolist()], dtype=np.int64)
+    assert np.array_equal(chosen["cluster"], reference.cluster[at])
+    ranks = select_parts.ranks_in_pool(parts, list(range(n_parts)), run_here, verdict.method, chosen["primary"], chosen["id"])
+    assert np.array_equal(ranks, reference.rank[at])
+    assert float(exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0]) == pytest.approx(parts.columns["score"].mean())
+
+
 CONFIG = SelectConfig(clusters=8, near_duplicate_cosine=0.98, per_source_cap=2, trim_top_frac=0.05)
 
 
@@ -96,8 +110,10 @@ def test_patch_selection_over_parts_is_the_in_memory_one(method, seed):
         assert {schema.DROP_DUPLICATE, schema.DROP_QUOTA, schema.DROP_OUTLIER} <= reasons
     assert reference.selected.sum() == budget
     for n_parts in (1, 7):
-        out, verdict = distributed(Parts(pool, n_parts, seed), n_parts, method, budget, CONFIG, seed, shortlist=3)
+        parts = Parts(pool, n_parts, seed)
+        out, verdict = distributed(parts, n_parts, method, budget, CONFIG, seed, shortlist=3)
         assert_same(out, reference, verdict)
+        assert_chosen(parts, n_parts, verdict, reference)
         assert verdict.fetches > 1  # 3 rows per cluster ran out: the rounds fetched again
 
 
