@@ -136,7 +136,7 @@ def select_optidel(*, patch_ids, source_ids, scores, embeddings, budget, config,
     n_trim = int(config.trim_top_frac * n)
     reason[r.hardest_first[:n_trim]] = schema.DROP_OUTLIER
     eligible = r.hardest_first[n_trim:]
-    _take_round_robin(eligible, r.cluster, r.sources, r.emb, budget, config, selected, reason)
+    take_round_robin(eligible, r.cluster, r.sources, r.emb, budget, config, selected, reason)
     # Never looked at, yet hard enough for a hardness-only pick: its cluster's share was full.
     unseen_hard = eligible[:budget][reason[eligible[:budget]] == schema.DROP_BUDGET]
     reason[unseen_hard] = schema.DROP_QUOTA
@@ -150,7 +150,7 @@ def select_hard(*, patch_ids, source_ids, scores, embeddings, budget, config, se
     n = len(r.rank)
     selected = np.zeros(n, dtype=bool)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
-    _take_hardest(r.hardest_first, r.sources, budget, config.per_source_cap, selected, reason)
+    take_hardest(r.hardest_first, r.sources, budget, config.per_source_cap, selected, reason)
     return Selection(selected, r.cluster, r.rank, reason, r.k)
 
 
@@ -312,7 +312,7 @@ def _one_faiss_thread():
         faiss.omp_set_num_threads(threads)
 
 
-def _take_hardest(hardest_first, sources, budget, cap, selected, reason) -> int:
+def take_hardest(hardest_first, sources, budget, cap, selected, reason) -> int:
     """Hardest first under the per-source cap; returns how many rows of `hardest_first` it
     looked at (a shortlist shorter than that could have changed the outcome)."""
     taken = Counter()
@@ -331,7 +331,7 @@ def _take_hardest(hardest_first, sources, budget, cap, selected, reason) -> int:
     return looked
 
 
-def _take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason) -> dict[int, int]:
+def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason) -> dict[int, int]:
     """Balanced cluster quotas, water-filled: each round every cluster with candidates left takes
     its hardest acceptable one, so all clusters get equal shares and a cluster that runs out
     leaves the rest of the budget to the others. Clusters take turns in the order of their

@@ -21,8 +21,12 @@ Rounds (patch selectors):
    round-robin runs on them as in memory. A cluster cut short that the round-robin ran to the
    end of could have gone on: it is fetched again, twice as long, until none did. Then every
    row the round-robin looked at, and every decision, is the in-memory one.
-4. rows (per group of parts, parts_selection): cluster, rank, selected and reason of each row,
-   from the verdict. The rank counts, for each row, the rows of every part that precede it.
+4. the verdict names the chosen rows (Verdict.chosen); ranks_in_pool counts, for each, the
+   rows of every part before it. parts_selection labels every row of a group of parts
+   (cluster, rank, selected, reason) from the verdict, counting the rows of every other part
+   before each row for its rank.
+
+`random`: the first `budget` keys of the seeded draw order, merged as in round 2.
 """
 
 from __future__ import annotations
@@ -264,11 +268,11 @@ def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, in
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
     hardest_first = np.arange(n)
     if method == "optidel":
-        looked = reference._take_round_robin(
+        looked = reference.take_round_robin(
             hardest_first, short["cluster"], short["source"], short["unit"], budget, config, selected, reason
         )
     else:
-        looked = {0: reference._take_hardest(hardest_first, short["source"], budget, config.per_source_cap, selected, reason)}
+        looked = {0: reference.take_hardest(hardest_first, short["source"], budget, config.per_source_cap, selected, reason)}
     decided = reason != schema.DROP_BUDGET
     return looked, dict(zip(short["id"][decided].tolist(), reason[decided].tolist()))
 
