@@ -290,15 +290,22 @@ def train_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
 
 
 def assign_clusters(x: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
-    """int32 nearest centroid (largest inner product) per row, as faiss.Kmeans.assign finds it;
-    all 0 without centroids."""
+    """int32 nearest centroid (largest inner product, the first on a tie) per row; all 0 without
+    centroids.
+
+    Each row's products are summed on their own (numpy's pairwise sum along the dimension), so a
+    row gets the same cluster whatever rows share its batch: a selection over the pass-1 parts
+    assigns part by part, and must agree with the whole pool's assignment. faiss's batched
+    search does not: its BLAS blocking moves the last bits with the batch, which flips rows
+    close to two centroids."""
     if centroids is None:
         return np.zeros(len(x), dtype=np.int32)
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    with _one_faiss_thread():
-        _, labels = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return labels.ravel().astype(np.int32)
+    x = np.asarray(x, dtype=np.float32)
+    centroids = np.asarray(centroids, dtype=np.float32)
+    labels = np.empty(len(x), dtype=np.int32)
+    for rows in _chunks(len(x), _CHUNK * 32 // len(centroids) or 1):  # about 16 MB of products
+        labels[rows] = (x[rows, None, :] * centroids[None, :, :]).sum(axis=2).argmax(axis=1)
+    return labels
 
 
 @contextlib.contextmanager
@@ -482,5 +489,6 @@ def centred_unit_rows(emb: np.ndarray, mean: np.ndarray) -> np.ndarray:
 _CHUNK = 1024  # rows: 0.5 MB of float32 embeddings (D = 128), 1 MB in float64
 
 
-def _chunks(n: int) -> list[slice]:
-    return [slice(start, start + _CHUNK) for start in range(0, n, _CHUNK)]
+def _chunks(n: int, size: int | None = None) -> list[slice]:
+    size = size or _CHUNK  # read at call time: tests vary it
+    return [slice(start, start + size) for start in range(0, n, size)]

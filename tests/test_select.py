@@ -270,3 +270,24 @@ def test_unit_rows_in_chunks_are_the_one_shot_formula(monkeypatch):
         monkeypatch.setattr(select, "_CHUNK", chunk)
         got = select._unit_rows(emb, ids)
         assert got.dtype == np.float32 and np.array_equal(got, expected), chunk
+
+
+def test_a_rows_cluster_does_not_depend_on_its_batch(monkeypatch):
+    """Rows halfway between two centroids (near-ties, which faiss's batched search flips with the
+    batch size) get the same cluster alone, in small batches and in the whole pool: a selection
+    over the pass-1 parts assigns part by part."""
+    from optidel.stages import select
+
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(32, 128)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    a = rng.integers(0, 32, 600)
+    b = (a + rng.integers(1, 32, 600)) % 32
+    x = (centroids[a] + centroids[b]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    whole = select.assign_clusters(x, centroids)
+    assert np.all((whole == a) | (whole == b))
+    alone = np.concatenate([select.assign_clusters(x[i : i + 1], centroids) for i in range(len(x))])
+    assert np.array_equal(alone, whole)
+    monkeypatch.setattr(select, "_CHUNK", 7)
+    assert np.array_equal(select.assign_clusters(x, centroids), whole)
