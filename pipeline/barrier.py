@@ -1,6 +1,8 @@
-"""The selection barrier: one process, ~1 KB per patch. Decides duplicates, selects the budget
-under the configured selector, groups the selection into mosaics and names every sample.
-A patch's mask is not held here: patches.parquet reads it back from pass 1's parts
+"""The selection barrier: decides duplicates, selects the budget under the configured selector,
+groups the selection into mosaics and names every sample. Given the pass-1 parts, the `optidel`,
+`hard` and `random` selectors choose by Ray tasks over them (pipeline/part_selection.py) and a
+patch plan holds the chosen rows only; otherwise the barrier holds ~1 KB per patch in one
+process. A patch's mask is never held here: patches.parquet reads it back from pass 1's parts
 (pipeline/patch_manifest.py)."""
 
 from __future__ import annotations
