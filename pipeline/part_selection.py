@@ -55,7 +55,7 @@ class OkSources:
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         # Always all of them: the rows are few (one per source), and `columns` names no other.
         part = self.store.read(partition, columns=(C.INPUT_INDEX, C.STATUS, C.SOURCE_ID) + ((C.PATCH_INDEX, C.SCORE) if self.scored else ()))
-        keep = part[C.STATUS] == "ok"
+        keep = part[C.STATUS] == schema.OK
         if self.scored:
             keep &= part[C.PATCH_INDEX] < 0
         if self.duplicates:
