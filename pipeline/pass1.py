@@ -118,8 +118,11 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
     return crops[sorted(chosen, key=lambda i: keys[i])]
 
 
-def scored(refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore) -> Candidates:
-    """The full pass 1 for selectors that need scores: ingest + propose + crop + score."""
+def scored(
+    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, patches: bool = True
+) -> Candidates:
+    """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
+    candidates' sources only (no embeddings) unless `patches`."""
     score = raydata.Step(
         Score,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
@@ -127,7 +130,7 @@ def scored(refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
     )
     _run_partitions(refs, store, config, [*proposed(config, proposer), score])
-    return read_candidates(store, with_patches=True)
+    return read_candidates(store, with_patches=patches, embeddings=patches)
 
 
 def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step]) -> None:
@@ -181,10 +184,12 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | N
     )
 
 
-def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
+def read_candidates(store: PartStore, with_patches: bool, embeddings: bool = True) -> Candidates:
     """Every partition's rows, in partition order, split as split_candidates does, leaving
-    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
-    parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
+    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS), and the embeddings too
+    unless `embeddings`: a selection over the parts reads them there (pipeline/part_selection.py)."""
+    skip = (C.MASK_RLE,) if embeddings else (C.MASK_RLE, C.EMBEDDING)
+    parts = [split_candidates(store.read(p, skip=skip), with_patches) for p in range(store.n_partitions)]
     return Candidates(
         sources=C.concat([part.sources for part in parts]),
         patches=C.concat([part.patches for part in parts]) if with_patches else {},
@@ -193,11 +198,14 @@ def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
 
 def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
     """Split pass-1 rows (sorted by input_index, patch_index) into sources and patches, each
-    patch with columns.BARRIER_PATCH_COLUMNS only."""
-    if not with_patches:
+    patch with those of columns.BARRIER_PATCH_COLUMNS the table has; without `with_patches`,
+    the source rows only."""
+    if C.PATCH_INDEX not in table:  # an ingest-only pass 1: every row is a source
         return Candidates(sources=table, patches={})
     is_source = table[C.PATCH_INDEX] < 0
+    if not with_patches:
+        return Candidates(sources=C.take(table, is_source), patches={})
     return Candidates(
         sources=C.take(table, is_source),
-        patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS},
+        patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS if k in table},
     )

@@ -1,6 +1,8 @@
-"""patches.parquet, written in pieces: the barrier's plan holds every patch column but the mask,
-which is read back from pass 1's parts one partition at a time, so the driver never holds the
-whole pool's masks (~650 B a patch as RLE)."""
+"""patches.parquet, written in pieces. When the selection ran over the parts, Ray tasks label each
+part's rows (pipeline/part_selection.py) and the driver writes one piece at a time. Otherwise
+the barrier's plan holds every patch column but the mask, which is read back from pass 1's
+parts one partition at a time, so the driver never holds the whole pool's masks (~650 B a
+patch as RLE)."""
 
 from __future__ import annotations
 
@@ -12,15 +14,34 @@ import pyarrow as pa
 from ..manifests import schema
 from ..manifests.layout import Output
 from ..stages import columns as C
+from . import part_selection
 from .barrier import Plan
 from .partitions import PartStore, part_name
 
 
-def write(output: Output, plan: Plan, store: PartStore) -> None:
-    if C.MASK_RLE in plan.patches:  # a whole-image plan: its rows are images, with no mask
-        output.write_manifest("patches", schema.to_table("patches", plan.patches))
+def write(output: Output, plan: Plan, store: PartStore) -> int:
+    """Write patches.parquet; returns its rows (the candidate patches)."""
+    if plan.labels is not None:
+        pieces = _counted(part_selection.manifest_pieces(store, plan.labels))
+    elif C.MASK_RLE in plan.patches:  # a whole-image plan: its rows are images, with no mask
+        pieces = _counted([schema.to_table("patches", plan.patches)])
     else:
-        output.write_manifest_pieces("patches", _pieces(plan.patches, store))
+        pieces = _counted(_pieces(plan.patches, store))
+    output.write_manifest_pieces("patches", pieces)
+    return pieces.rows
+
+
+class _counted:
+    """The pieces, passed through, counting their rows."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.rows = 0
+
+    def __iter__(self):
+        for piece in self.pieces:
+            self.rows += piece.num_rows
+            yield piece
 
 
 def _pieces(patches: dict[str, np.ndarray], store: PartStore) -> Iterator[pa.Table]:

@@ -181,3 +181,19 @@ def _retry_args_allowed():
 
 def device(config: RayConfig) -> str:
     return "cuda" if config.gpus_per_actor > 0 else "cpu"
+
+
+def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
+    """Yield fn(*call) for each call, in call order, each call a Ray task of ray.cpus_per_task
+    CPUs (default one): the selection barrier's map steps over the pass-1 parts
+    (stages/select_parts.py). Results wait in the object store until the caller takes them, one
+    at a time, so it can fold them without holding them all."""
+    remote = ray.remote(num_cpus=config.cpus_per_task or 1.0, max_retries=config.max_retries)(fn)
+    refs = [remote.remote(*call) for call in calls]
+    try:
+        for i in range(len(refs)):
+            result = ray.get(refs[i])
+            refs[i] = None  # the caller has it: the object store may free it
+            yield result
+    except ray.exceptions.RayError as exc:
+        raise StageFailure(_cause(exc)) from exc

@@ -19,6 +19,7 @@ from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
+from ..stages.select_parts import DISTRIBUTED
 from ..stages.write import shards_table
 from . import barrier, pass1, pass2, patch_manifest, progress, ray_logs, raydata, resume
 from .config import Config
@@ -76,14 +77,16 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store)
+            # A selection over the parts reads the patches there: the driver holds the sources.
+            over_parts = config.selector in DISTRIBUTED and not selector(config.selector).whole_images
+            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store, patches=not over_parts)
     with timer.stage("select"):
-        plan = barrier.plan(candidates, config)
+        plan = barrier.plan(candidates, config, store)
     with timer.stage("pass2"):
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
         output.write_manifest("sources", schema.to_table("sources", plan.sources))
-        patch_manifest.write(output, plan, store)
+        n_candidates = patch_manifest.write(output, plan, store)
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
 
@@ -101,7 +104,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
         "counts": {
             "sources": len(plan.sources[C.STATUS]),
             "by_status": dict(sorted(Counter(plan.sources[C.STATUS].tolist()).items())),
-            "candidate_patches": int(len(plan.patches["patch_id"])),
+            "candidate_patches": n_candidates,
             "selected_patches": int(np.sum(plan.patches["selected"])),
             "samples": len(samples["sample_key"]),
             "samples_target": plan.accounting["samples_target"],
