@@ -121,11 +121,11 @@ def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | Non
 
 def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     """Patch selectors: M patches per output sample."""
-    status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
     patches = {name: cands[name] for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING}
     n = len(patches[C.PATCH_ID])
-    eligible = np.array([status_of.get(s) == schema.OK for s in patches[C.SOURCE_ID]], dtype=bool)
     # A duplicate source's patches were proposed before duplicates were known; they never compete.
+    # By listing position, not id: the copy's patches carry its original's ids, and the original competes.
+    eligible = ~np.isin(cands[C.INPUT_INDEX], list(_not_ok(sources)))
     cluster = np.full(n, -1, np.int32)
     rank = np.full(n, -1, np.int32)
     selected = np.zeros(n, bool)
@@ -165,9 +165,7 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
 def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: Config) -> Plan:
     """_plan_patches by Ray tasks over the pass-1 parts: the plan holds the chosen rows only, the
     same rows, samples and accounting (patches.parquet: the same bytes)."""
-    status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
-    excluded = frozenset(s for s, st in status_of.items() if st != schema.OK)
-    chosen = part_selection.choose_patches(parts, excluded, config.mosaic * n_samples, config)
+    chosen = part_selection.choose_patches(parts, _not_ok(sources), config.mosaic * n_samples, config)
     patches = chosen.rows
     n = len(patches[C.PATCH_ID])
     selected = np.ones(n, bool)
@@ -184,6 +182,12 @@ def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: 
                                                            patches["sample_key"].tolist(), patches["slot"].tolist())))
     labels = part_selection.PatchLabels(chosen, plan_rows, config)
     return Plan(sources, patches, groups, grid=config.grid, accounting=accounting, labels=labels)
+
+
+def _not_ok(sources) -> frozenset[int]:
+    """The listing positions of the sources that are not ok: duplicates, and any whose pass 1
+    left patch rows (those that failed have none)."""
+    return frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] != schema.OK].tolist())
 
 
 def _joined(selections: list[Selection], n: int) -> Selection:

@@ -25,22 +25,24 @@ class CompetingPatches:
     """load(p): the patch rows of part p whose source competes (select_parts.PART_COLUMNS), in
     the part's order."""
 
-    def __init__(self, store: PartStore, excluded_sources: frozenset[str]):
+    def __init__(self, store: PartStore, excluded: frozenset[int]):
         self.store = store
-        self.excluded_sources = excluded_sources  # patches of these sources never compete
+        # Listing positions whose patches never compete (a duplicate's patches carry its
+        # original's ids, so the position, not the id, tells them apart).
+        self.excluded = excluded
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         columns = columns or select_parts.PART_COLUMNS
         # The source decides whether a patch competes, even when `columns` leaves it out.
-        part = self.store.read(partition, columns=(C.PATCH_INDEX, *columns, *({C.SOURCE_ID} - set(columns))))
+        part = self.store.read(partition, columns=(C.PATCH_INDEX, *columns, *({C.INPUT_INDEX} - set(columns))))
         keep = part.pop(C.PATCH_INDEX) >= 0
-        keep[keep] = self.competes(part[C.SOURCE_ID][keep])
+        keep[keep] = self.competes(part[C.INPUT_INDEX][keep])
         return {name: part[name][keep] for name in columns}
 
-    def competes(self, source_ids: np.ndarray) -> np.ndarray:
-        if not self.excluded_sources:
-            return np.ones(len(source_ids), dtype=bool)
-        return ~np.isin(source_ids, list(self.excluded_sources))
+    def competes(self, input_indices: np.ndarray) -> np.ndarray:
+        if not self.excluded:
+            return np.ones(len(input_indices), dtype=bool)
+        return ~np.isin(input_indices, list(self.excluded))
 
 
 class OkSources:
@@ -83,8 +85,8 @@ class ChosenPatches:
     rows: dict[str, np.ndarray]
 
 
-def choose_patches(store: PartStore, excluded_sources: frozenset[str], budget: int, config: Config) -> ChosenPatches:
-    load = CompetingPatches(store, excluded_sources)
+def choose_patches(store: PartStore, excluded: frozenset[int], budget: int, config: Config) -> ChosenPatches:
+    load = CompetingPatches(store, excluded)
     parts = list(range(store.n_partitions))
     run = _runner(config)
     verdict = select_parts.select_patches_in_parts(
@@ -93,16 +95,15 @@ def choose_patches(store: PartStore, excluded_sources: frozenset[str], budget: i
     chosen = verdict.chosen
     rank = select_parts.ranks_in_pool(load, parts, run, config.selector, chosen["primary"], chosen["id"]) if chosen else []
     labels = {i: (c, r) for i, c, r in zip(chosen.get("id", ()), chosen.get("cluster", ()), rank)}
-    rows = C.concat(list(run(_chosen_rows, [(store, p, labels) for p in parts])))
+    rows = C.concat(list(run(_chosen_rows, [(load, p, labels) for p in parts])))
     return ChosenPatches(load, verdict, rows)
 
 
-def _chosen_rows(store: PartStore, partition: int, labels: dict) -> dict[str, np.ndarray]:
+def _chosen_rows(load: CompetingPatches, partition: int, labels: dict) -> dict[str, np.ndarray]:
     """The plan columns of part `partition`'s chosen patches, with their cluster and rank."""
     columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)
-    part = store.read(partition, columns=(C.PATCH_INDEX, *columns))
-    keep = part[C.PATCH_INDEX] >= 0
-    keep[keep] = [i in labels for i in part[C.PATCH_ID][keep].tolist()]
+    part = load(partition, columns)
+    keep = np.array([i in labels for i in part[C.PATCH_ID].tolist()], dtype=bool)
     rows = {name: part[name][keep] for name in columns}
     chosen = [labels[i] for i in rows[C.PATCH_ID].tolist()]
     rows["cluster"] = np.array([c for c, _ in chosen], dtype=np.int32)
@@ -135,10 +136,11 @@ def _labelled_pieces(store: PartStore, labels: PatchLabels, parts: list[int], gr
     columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING) + (C.MASK_RLE,)
     pieces = []
     for partition, selection in zip(group, selections):
-        part = store.read(partition, columns=(C.PATCH_INDEX, *columns))
-        rows = {name: part[name][part[C.PATCH_INDEX] >= 0] for name in columns}
+        part = store.read(partition, columns=(C.PATCH_INDEX, C.INPUT_INDEX, *columns))
+        is_patch = part[C.PATCH_INDEX] >= 0
+        rows = {name: part[name][is_patch] for name in columns}
         n = len(rows[C.PATCH_ID])
-        competing = load.competes(rows[C.SOURCE_ID])
+        competing = load.competes(part[C.INPUT_INDEX][is_patch])
         cluster = np.full(n, -1, np.int32)
         rank = np.full(n, -1, np.int32)
         selected = np.zeros(n, bool)
@@ -150,7 +152,7 @@ def _labelled_pieces(store: PartStore, labels: PatchLabels, parts: list[int], gr
         sample_key = np.full(n, "", dtype=object)
         slot = np.full(n, -1, np.int64)
         for i, patch_id in enumerate(rows[C.PATCH_ID].tolist()):
-            if patch_id in labels.plan_rows:
+            if competing[i] and patch_id in labels.plan_rows:
                 selected[i], reason[i], sample_key[i], slot[i] = labels.plan_rows[patch_id]
         rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
         pieces.append(schema.to_table("patches", rows))

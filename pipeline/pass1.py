@@ -198,14 +198,16 @@ def read_candidates(store: PartStore, with_patches: bool, embeddings: bool = Tru
 
 def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
     """Split pass-1 rows (sorted by input_index, patch_index) into sources and patches, each
-    patch with those of columns.BARRIER_PATCH_COLUMNS the table has; without `with_patches`,
+    patch with its INPUT_INDEX and those of columns.BARRIER_PATCH_COLUMNS the table has; without `with_patches`,
     the source rows only."""
     if C.PATCH_INDEX not in table:  # an ingest-only pass 1: every row is a source
         return Candidates(sources=table, patches={})
     is_source = table[C.PATCH_INDEX] < 0
     if not with_patches:
         return Candidates(sources=C.take(table, is_source), patches={})
+    # INPUT_INDEX too: a duplicate source's patches carry its original's ids, and only the
+    # listing position tells them apart.
     return Candidates(
         sources=C.take(table, is_source),
-        patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS if k in table},
+        patches={k: table[k][~is_source] for k in (C.INPUT_INDEX, *C.BARRIER_PATCH_COLUMNS) if k in table},
     )

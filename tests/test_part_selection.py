@@ -18,31 +18,38 @@ N_SOURCES = 40
 DIM = 8
 
 
-def _part_rows(indices, rng, scored: bool) -> dict[str, np.ndarray]:
-    rows = []
-    for i in indices:
-        # Source 7 repeats source 3's bytes: the barrier marks it duplicate.
-        source_id = f"{3 if i == 7 else i:02d}" * 32
-        rows.append({C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: -1, C.STATUS: "ok",
-                     C.URI: f"/pool/{i}.jpg", C.WIDTH: 40, C.HEIGHT: 30})
-        for k in range(int(rng.integers(0, 7)) if scored else 0):
-            rows.append({C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: k, C.PATCH_ID: f"{source_id[:16]}-{i:03d}{k:03d}",
-                         "x0": i, "y0": k, "x1": i + 10, "y1": k + 10, "mask_area": 35, "predicted_iou": 0.9,
-                         "stability_score": 1.0, C.MASK_RLE: "x"})
+COPY, ORIGINAL = 7, 3  # source 7 repeats source 3's bytes: the barrier marks it duplicate
+
+
+def _source_rows(i: int, scored: bool) -> dict[str, np.ndarray]:
+    """Source i's pass-1 rows; a byte-identical copy gets its original's rows (ids, boxes,
+    scores, embeddings) at its own listing position, as pass 1 gives them."""
+    content = ORIGINAL if i == COPY else i
+    rng = np.random.default_rng(content)
+    source_id = f"{content:02d}" * 32
+    rows = [{C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: -1, C.STATUS: "ok",
+             C.URI: f"/pool/{i}.jpg", C.WIDTH: 40, C.HEIGHT: 30}]
+    for k in range(int(rng.integers(2, 7)) if scored else 0):
+        rows.append({C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: k, C.PATCH_ID: f"{source_id[:16]}-{k:03d}",
+                     "x0": content, "y0": k, "x1": content + 10, "y1": k + 10, "mask_area": 35, "predicted_iou": 0.9,
+                     "stability_score": 1.0, C.MASK_RLE: "x"})
     batch = C.to_batch(rows, C.CANDIDATE_COLUMNS)
     if scored:
-        batch[C.SCORE] = rng.choice(np.linspace(0.5, 1.5, 12), len(rows)).astype(np.float32)  # ties
+        batch[C.SCORE] = rng.choice(np.linspace(0.5, 1.5, 12), len(rows)).astype(np.float32)  # ties across sources
         emb = rng.normal(size=(len(rows), DIM))
-        emb[1::5] = emb[0]  # copies: near-duplicates at any threshold
+        emb[-1] = emb[0]  # copies: near-duplicates at any threshold
         batch[C.EMBEDDING] = emb.astype(np.float32)
     return batch
 
 
+def _part_rows(indices, scored: bool) -> dict[str, np.ndarray]:
+    return C.concat([_source_rows(i, scored) for i in indices])
+
+
 def _store(tmp_path, scored: bool) -> PartStore:
     store = PartStore(Output(str(tmp_path / "out")), n_sources=N_SOURCES, partition_size=6)
-    rng = np.random.default_rng(0)
     for p in range(store.n_partitions):
-        store.write(p, _part_rows(list(store.sources_of(p)), rng, scored))
+        store.write(p, _part_rows(list(store.sources_of(p)), scored))
     return store
 
 
@@ -74,3 +81,8 @@ def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, 
         reasons = set(in_memory.patches["reason"].tolist())
         # The duplicate source's patches, and the per-source cap, had rows to act on.
         assert {"duplicate_source", "source_cap"} <= reasons, reasons
+        # The copy's patches are out, its original's compete: the same ids, told apart by position.
+        twins = in_memory.patches[C.SOURCE_ID] == f"{ORIGINAL:02d}" * 32
+        original, copy = np.array_split(in_memory.patches["reason"][twins], 2)
+        assert set(copy.tolist()) == {"duplicate_source"}
+        assert "duplicate_source" not in set(original.tolist())
