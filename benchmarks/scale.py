@@ -12,17 +12,22 @@ the memory of the child and of every process under it (benchmarks/sampling.py).
     python benchmarks/scale.py --patches 250000 1000000  # quicker
     python benchmarks/scale.py --keep DIR                # keep the synthetic pools in DIR (else a temp dir)
 
+The selection runs as `optidel run` runs it: `optidel`'s, by Ray tasks over the parts (a local
+Ray); the smallest pool also runs through the in-memory barrier, and the two sets of manifests
+are compared byte for byte (`exact`).
+
 Reported per size: the child's (the driver's) peak RSS, the peak total RSS and PSS of it and
 everything under it, and the wall time of each stage (the child's own wall time also holds its
 imports). The last line compares the largest pool
 with the smallest:
 
-    driver_growth=<peak driver RSS ratio> time_growth=<ratio of wall time per million patches>
+    driver_growth=<peak driver RSS ratio> time_growth=<ratio of stage time per million patches> exact=<true|false>
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -38,7 +43,7 @@ import psutil
 from optidel import seeding
 from optidel.manifests import schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest
+from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest, raydata
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages.keypatch import mask_to_rle
@@ -93,31 +98,46 @@ def source_ids(n: int, seed: int) -> np.ndarray:
     return ids
 
 
-def select_and_write(pool: Path, n_sources: int, scratch: Path) -> dict:
-    """What the run does between pass 1 and pass 2, timed per stage (this is the child)."""
+def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool) -> dict:
+    """What the run does between pass 1 and pass 2, timed per stage (this is the child): over
+    the parts by Ray tasks (the run's path) or, for comparison, in the driver's memory."""
     config = config_mod.load(sets=SETTINGS)
     store = PartStore(Output(str(pool)), n_sources, config.ingest.partition_size)
     timings = {}
     start = time.perf_counter()
-    candidates = pass1.read_candidates(store, with_patches=True)
-    timings["read"] = time.perf_counter() - start
-    plan = barrier.plan(candidates, config)
+    if over_parts:
+        raydata.connect(config.ray)  # a local Ray, as `optidel run` starts one
+        timings["ray"] = time.perf_counter() - start
+    # Over the parts the driver reads the sources only, as the runner does.
+    candidates = pass1.read_candidates(store, with_patches=not over_parts, embeddings=not over_parts)
+    timings["read"] = time.perf_counter() - start - sum(timings.values())
+    plan = barrier.plan(candidates, config, store if over_parts else None)
     timings["select"] = time.perf_counter() - start - sum(timings.values())
     manifests = Output(str(scratch))
     manifests.write_manifest("sources", schema.to_table("sources", plan.sources))
-    patch_manifest.write(manifests, plan, store)
+    candidate_patches = patch_manifest.write(manifests, plan, store)
     timings["manifests"] = time.perf_counter() - start - sum(timings.values())
     return {
-        "candidate_patches": int(len(plan.patches[C.PATCH_ID])),
+        "candidate_patches": candidate_patches,
         "selected_patches": int(np.sum(plan.patches["selected"])),
         "samples": len(plan.samples),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "patches_sha256": _sha256_tree(scratch / "manifests"),
     }
 
 
-def measure(pool: Path, n_sources: int, scratch: Path) -> dict:
+def _sha256_tree(directory: Path) -> str:
+    """One digest of every file under `directory` (names and bytes), to compare two paths."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def measure(pool: Path, n_sources: int, scratch: Path, over_parts: bool = True) -> dict:
     """select_and_write in a child process, its memory and its children's sampled meanwhile."""
-    command = [sys.executable, __file__, "--child", str(pool), str(n_sources), str(scratch)]
+    path = "parts" if over_parts else "memory"
+    command = [sys.executable, __file__, "--child", str(pool), str(n_sources), str(scratch), path]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -149,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="write the synthetic pools here and keep them (a rerun reuses them)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # POOL N_SOURCES SCRATCH: one measurement
+    parser.add_argument("--no-exact", action="store_true", help="skip the in-memory run on the smallest pool")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # POOL N_SOURCES SCRATCH parts|memory
     args = parser.parse_args(argv)
     if args.child:
-        pool, n_sources, scratch = args.child
-        print(json.dumps(select_and_write(Path(pool), int(n_sources), Path(scratch))))
+        pool, n_sources, scratch, path = args.child
+        print(json.dumps(select_and_write(Path(pool), int(n_sources), Path(scratch), over_parts=path == "parts")))
         return 0
 
     config = config_mod.load(sets=SETTINGS)
@@ -174,23 +195,33 @@ def main(argv: list[str] | None = None) -> int:
             result.update(measure(pool, n_sources, Path(tmp) / f"manifests-{n_patches}"))
             results.append(result)
             print(json.dumps(result), flush=True)
+        # The smallest pool through the in-memory barrier too: the same manifests, byte for byte?
+        smallest = results[0]
+        if not args.no_exact:
+            pool = root / f"pool-{smallest['patches_asked']}"
+            in_memory = measure(pool, smallest["sources"], Path(tmp) / "manifests-in-memory", over_parts=False)
+            print(json.dumps({"in_memory": in_memory}), flush=True)
 
     small, large = results[0], results[-1]
-    # Stage times, not the child's wall time: that also holds a fixed ~10 s of imports.
-    per_million = [sum(r["timings_s"].values()) / (r["candidate_patches"] / 1e6) for r in (small, large)]
+    # Stage times, not the child's wall time (that holds ~10 s of imports), nor Ray's start.
+    per_million = [sum(t for stage, t in r["timings_s"].items() if stage != "ray") / (r["candidate_patches"] / 1e6)
+                   for r in (small, large)]
     summary = {
         "command": "python benchmarks/scale.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
         "settings": SETTINGS,
         "results": results,
+        "in_memory_smallest": None if args.no_exact else in_memory,
         "driver_growth": round(large["peak_driver_rss_mib"] / small["peak_driver_rss_mib"], 3),
         "time_growth": round(per_million[1] / per_million[0], 3),
+        "exact": None if args.no_exact else in_memory["patches_sha256"] == small["patches_sha256"],
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {args.out}")
-    print(f"driver_growth={summary['driver_growth']} time_growth={summary['time_growth']}")
+    exact = "skipped" if summary["exact"] is None else str(summary["exact"]).lower()
+    print(f"driver_growth={summary['driver_growth']} time_growth={summary['time_growth']} exact={exact}")
     return 0
 
 
