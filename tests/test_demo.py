@@ -27,13 +27,13 @@ def test_second_demo_keeps_the_first_and_prints_the_next_commands(tmp_path, ray_
     first = capsys.readouterr().out
     before = _files(out)
     assert any(name.startswith("distilled/shards/") for name in before)
-    assert "proxy: step 10/10, loss" in caplog.text  # the training's progress, on optidel's log
+    assert "proxy: training a small MAE on 128 crops" in caplog.text  # its progress: tests/test_proxy_training.py
 
     caplog.clear()
     assert cli.main(["demo", str(out), *SMALL]) == 0
     second = capsys.readouterr().out
     assert _files(out) == before  # same bytes, not even rewritten
-    assert "complete: nothing to do" in caplog.text and "proxy: step" not in caplog.text
+    assert "complete: nothing to do" in caplog.text and "proxy: training" not in caplog.text
     assert sorted(second.splitlines()) == sorted(first.splitlines())  # run.json keeps timings sorted
 
     distilled = str(out / "distilled")
