@@ -41,6 +41,16 @@ def test_the_proxy_trains_in_a_ray_task_with_the_bytes_of_in_driver_training(tmp
     assert trained.sha256 != _in_driver(1, tmp_path / "driver-1.pt")
 
 
+@pytest.mark.gpu
+def test_with_gpus_per_actor_the_task_trains_on_a_gpu(tmp_path, ray_local):
+    on_gpu = CONFIG.model_copy(update={"ray": CONFIG.ray.model_copy(update={"gpus_per_actor": 1.0})})
+    path = tmp_path / "proxy.pt"
+    trained = proxy_training.train(CROPS, on_gpu, str(path))
+    assert trained.pid != os.getpid()
+    assert mae.load_proxy(str(path)).spec == score.proxy_spec(CONFIG.score)  # saved from the CPU copy
+    assert trained.sha256 != _in_driver(2, tmp_path / "cpu.pt")  # CUDA kernels round differently
+
+
 def test_a_failed_training_is_a_stage_failure_naming_the_cause(tmp_path, ray_local):
     empty = np.zeros((0, 64, 64, 3), np.uint8)
     with pytest.raises(raydata.StageFailure, match="expected uint8 crops"):
