@@ -49,8 +49,9 @@ def train_and_save(
     crops: np.ndarray, score_config: ScoreConfig, seed: int, path: str, *, cpus: float, device: str, log_level: int
 ) -> Trained:
     """The task's body: train with max(1, floor(cpus)) torch threads on `device`, save to
-    `path`. torch's results change in the last bit with the thread count, so the count comes
-    from the task's resources, never from the machine it lands on."""
+    `path`. torch's results change in the last bit with the thread count, so the count is the
+    task's CPU count, never torch's own guess; on one machine that is all its CPUs, the count
+    the driver trained with before, so the checkpoint keeps its bytes."""
     from ..stages import mae, score
 
     threads = max(1, math.floor(cpus))
