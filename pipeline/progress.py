@@ -1,11 +1,12 @@
 """Progress of long work, on optidel's log: INFO lines that --quiet silences. The proxy's
-training logs its steps; the Ray stages log what they have done in the pool's units (sources,
-patches, samples), where Ray Data's own bars, turned off (pipeline/raydata.py), count rows."""
+training (in a Ray task) logs its steps; the Ray stages log what they have done in the pool's
+units (sources, patches, samples), where Ray Data's own bars, turned off (pipeline/raydata.py),
+count rows."""
 
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import time
 from contextlib import contextmanager
 
@@ -71,15 +72,29 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def driver_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+@contextmanager
+def logged_to_stderr(level: int):
+    """optidel's log at `level` (the driver's: --quiet, --log-level) on this process's stderr
+    for the block, in the CLI's format. In a Ray worker that is how a line reaches the user:
+    Ray forwards a worker's stderr to the driver's console, prefixed with the task's name."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    before = log.level, log.propagate
+    log.setLevel(level)
+    log.propagate = False  # a handler the process already has would print each line twice
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
 
 
 @contextmanager
 def torch_threads(threads: int):
-    """torch's intra-op threads set to `threads` for the block, then restored: the driver's
-    training beside Ray workers, sized explicitly rather than by torch's own guess."""
+    """torch's intra-op threads set to `threads` for the block, then restored: a task's
+    training sized by the CPUs Ray gave it, rather than by torch's own guess."""
     import torch
 
     before = torch.get_num_threads()

@@ -197,3 +197,33 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
             yield result
     except ray.exceptions.RayError as exc:
         raise StageFailure(_cause(exc)) from exc
+
+
+def call_on_model_resources(fn, config: RayConfig, **kwargs):
+    """Run `fn(cpus=C, device=D, **kwargs)` as one Ray task, wait for it and return its result;
+    Ray's errors become StageFailure. Used for work the driver would otherwise do itself (the
+    proxy's training), so that it runs where the models run, sized by Ray, not beside Ray's
+    workers on the driver's cores.
+
+    With ray.gpus_per_actor > 0 the task gets a score actor's resources (that many GPUs and
+    ray.cpus_per_actor CPUs), D = "cuda". Otherwise D = "cpu" and it gets all the CPUs of the
+    cluster's largest node (the run waits on it, nothing else runs meanwhile), or
+    ray.cpus_per_actor while the cluster has no CPUs yet; `fn` sizes its threads by C. Its
+    OpenMP threads wait passively (OMP_WAIT_POLICY, read once when the task's fresh worker
+    starts): a spinning thread whose sibling lost its core to another process burns the time
+    that sibling needs, which made training on busy cores ten times slower, not two."""
+    gpus = config.gpus_per_actor
+    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
+    cpus = config.cpus_per_actor if gpus > 0 or largest == 0 else largest
+    task = ray.remote(fn).options(
+        num_cpus=cpus,
+        num_gpus=gpus,
+        max_retries=config.max_retries,
+        runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    )
+    try:
+        return ray.get(task.remote(cpus=cpus, device=device(config), **kwargs))
+    except ray.exceptions.RayError as exc:
+        # The task's own exception arrives wrapped, its first line naming only the task.
+        raised = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
+        raise StageFailure(_cause(raised)) from exc

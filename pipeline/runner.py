@@ -21,7 +21,7 @@ from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
 from ..stages.select_parts import DISTRIBUTED
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, patch_manifest, progress, ray_logs, raydata, resume
+from . import barrier, pass1, pass2, patch_manifest, proxy_training, ray_logs, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
@@ -170,21 +170,20 @@ def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output
 def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> dict:
     from fsspec.implementations.local import LocalFileSystem
 
-    from ..stages import mae, score
+    from ..stages import score
 
     # Score actors load the checkpoint by path: it must be where every worker can read it.
     if not isinstance(output.fs, LocalFileSystem):
         raise RunError(f"{output.url}: --proxy self needs OUT on a local or shared file system")
     crops = pass1.training_crops(refs, config, proposer)
-    threads = progress.driver_cpus()
-    log.info("proxy: training a small MAE on %d crops, %d steps, %d torch threads", len(crops),
-             config.score.mae.train_steps, threads)
-    with progress.torch_threads(threads):
-        steps = progress.StepLog("proxy", config.score.mae.train_steps)
-        model = score.train_self_proxy(crops, config.score, config.seed, progress=steps)
+    log.info("proxy: training a small MAE on %d crops, %d steps, in a Ray task", len(crops), config.score.mae.train_steps)
     path = output.path(WORK_DIR, PROXY_FILE)
-    sha256 = mae.save_proxy(model, path)
-    output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", {"sha256": sha256, "trained_on_crops": int(len(crops))})
+    try:
+        trained = proxy_training.train(crops, config, path)
+    except raydata.StageFailure as exc:
+        raise RunError(f"training the proxy failed: {exc}") from exc
+    log.debug("proxy: trained by process %d", trained.pid)
+    output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", {"sha256": trained.sha256, "trained_on_crops": int(len(crops))})
     return {**score.proxy_info(path), "trained_on_crops": int(len(crops))}
 
 

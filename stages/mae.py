@@ -203,15 +203,17 @@ def train_proxy(
     lr: float,
     seed: int,
     progress: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> MAE:
-    """Train an MAE on uint8 crops (N, S, S, 3) on the CPU; returns it in eval mode.
+    """Train an MAE on uint8 crops (N, S, S, 3) on `device`; returns it on the CPU, in eval mode.
 
     AdamW as the official recipe (betas 0.9/0.95, weight decay 0.05 except biases and norms),
     linear warm-up over the first tenth of the steps, then cosine decay to zero: the official
     schedule, compressed to a few hundred steps. Batches (drawn with replacement) and masks
     come from a generator seeded by `seed`, the initial weights from a derived torch seed, so
     the same call gives the same weights. `progress(step, loss)`, if given, is called after
-    each step (1-based); it only reads the loss, so the weights do not depend on it.
+    each step (1-based); it only reads the loss, so the weights do not depend on it. Batches and
+    masks are drawn on the CPU whatever the device, so a GPU sees the same draws.
     """
     s = spec.image_size
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or len(crops) == 0:
@@ -219,21 +221,21 @@ def train_proxy(
     # fork_rng: seed the initialisation without moving the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.torch_seed(seed, "proxy-init"))
-        model = MAE(spec)
+        model = MAE(spec).to(device)
     optimizer, schedule = adamw_warmup_cosine(model, lr, steps)
     draws = seeding.torch_generator(seed, "proxy-batches")
     model.train()
     for step in range(1, steps + 1):
         index = torch.randint(len(crops), (batch_size,), generator=draws)
         noise = torch.rand(batch_size, spec.num_patches, generator=draws)
-        loss = model.masked_mse(to_input(crops[index.numpy()]), noise, mask_ratio).mean()
+        loss = model.masked_mse(to_input(crops[index.numpy()]).to(device), noise.to(device), mask_ratio).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if progress is not None:
             progress(step, loss.item())
-    return model.eval()
+    return model.cpu().eval()
 
 
 def save_proxy(model: MAE, path: str) -> str:

@@ -56,9 +56,9 @@ def proxy_spec(config) -> MAESpec:
     )
 
 
-def train_self_proxy(crops: np.ndarray, config, seed: int, progress=None) -> MAE:
+def train_self_proxy(crops: np.ndarray, config, seed: int, progress=None, device: str = "cpu") -> MAE:
     """`score.proxy = self`: a small MAE of the configured shape trained on the pool's crops;
-    `progress` as for train_proxy."""
+    `progress` and `device` as for train_proxy."""
     return train_proxy(
         crops,
         proxy_spec(config),
@@ -68,6 +68,7 @@ def train_self_proxy(crops: np.ndarray, config, seed: int, progress=None) -> MAE
         lr=config.mae.lr,
         seed=seed,
         progress=progress,
+        device=device,
     )
 
 

@@ -28,7 +28,7 @@ def test_second_demo_keeps_the_first_and_prints_the_next_commands(tmp_path, ray_
     first = capsys.readouterr().out
     before = _files(out)
     assert any(name.startswith("distilled/shards/") for name in before)
-    assert "proxy: step 10/10, loss" in caplog.text  # the training's progress, on optidel's log
+    assert "proxy: training a small MAE on 128 crops" in caplog.text  # its steps: tests/test_proxy_training.py
     # and the Ray stages' progress in sources, patches and samples: 7 photos x 2 frames
     assert re.search(r"pass 1: 14/14 sources, \d+ patches, ", caplog.text)
     assert re.search(r"pass 2: (\d+)/\1 samples, ", caplog.text)
@@ -37,7 +37,7 @@ def test_second_demo_keeps_the_first_and_prints_the_next_commands(tmp_path, ray_
     assert cli.main(["demo", str(out), *SMALL]) == 0
     second = capsys.readouterr().out
     assert _files(out) == before  # same bytes, not even rewritten
-    assert "complete: nothing to do" in caplog.text and "proxy: step" not in caplog.text
+    assert "complete: nothing to do" in caplog.text and "proxy: training" not in caplog.text
     assert sorted(second.splitlines()) == sorted(first.splitlines())  # run.json keeps timings sorted
 
     distilled = str(out / "distilled")

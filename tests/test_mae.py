@@ -221,11 +221,11 @@ def test_bad_training_crops_named():
 
 def test_progress_reports_every_step_and_leaves_the_checkpoint_unchanged(tmp_path, crops):
     """The training's progress line only reads the loss: the checkpoint's bytes are the same
-    with it as without it, under the driver's explicit thread count."""
-    from optidel.pipeline.progress import driver_cpus, torch_threads
+    with it as without it, under an explicit thread count."""
+    from optidel.pipeline.progress import torch_threads
 
     seen = []
-    with torch_threads(driver_cpus()):
+    with torch_threads(2):
         quiet = train_proxy(crops, SPEC, 0.75, steps=5, batch_size=8, lr=1e-3, seed=3)
         reported = train_proxy(
             crops, SPEC, 0.75, steps=5, batch_size=8, lr=1e-3, seed=3, progress=lambda i, x: seen.append((i, x))
