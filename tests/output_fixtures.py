@@ -55,8 +55,11 @@ def build_output(
     tile: int = 32,
     max_count: int = 3,
     max_bytes: int = 1 << 30,
+    duplicates: int = 0,
 ) -> FixtureOutput:
-    """Write OUT with n_samples mosaics of grid*grid kvasir polyps, max_count per shard."""
+    """Write OUT with n_samples mosaics of grid*grid kvasir polyps, max_count per shard; the
+    first `duplicates` images are listed again, as byte-identical copies beside OUT (sources
+    rows with status duplicate and the same source_id, as a run records them)."""
     m = grid * grid
     files = sorted((kvasir / "images").glob("*.jpg"))[: n_samples * m]
     output = layout.Output(str(out_dir))
@@ -89,6 +92,18 @@ def build_output(
             if is_polyp:
                 selected.append((patch_id, source_id, box_, image))
 
+    copies = Path(out_dir).parent / "duplicates"
+    for path in files[:duplicates]:
+        copies.mkdir(exist_ok=True)
+        copy = copies / path.name
+        copy.write_bytes(path.read_bytes())
+        original = sources["uri"].index(str(path))
+        row = {name: column[original] for name, column in sources.items()}
+        row.update(input_index=len(sources["uri"]), uri=str(copy), status=schema.DUPLICATE,
+                   duplicate_of=row["source_id"])
+        for name, column in sources.items():
+            column.append(row[name])
+
     samples: dict[str, list] = {f.name: [] for f in schema.SAMPLES}
     rows: list[dict] = []
     with write.ShardWriter(output, max_count, max_bytes) as writer:
@@ -120,5 +135,6 @@ def build_output(
     output.write_manifest("patches", schema.to_table("patches", patches))
     output.write_manifest("samples", schema.to_table("samples", samples))
     output.write_manifest("shards", write.shards_table(records))
-    source_files = {sid: Path(uri) for sid, uri in zip(sources["source_id"], sources["uri"])}
+    source_files = {sid: Path(uri) for sid, uri, status in zip(sources["source_id"], sources["uri"], sources["status"])
+                    if status == schema.OK}
     return FixtureOutput(str(out_dir), records, rows, source_files)

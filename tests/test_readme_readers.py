@@ -45,8 +45,9 @@ def snippets() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory, kvasir):
-    # Two shards (3 + 2 samples): a snippet that assumes one shard, or a count, fails here.
-    return build_output(tmp_path_factory.mktemp("readers") / "out", kvasir, n_samples=5, max_count=3)
+    # Two shards (3 + 2 samples): a snippet that assumes one shard, or a count, fails here; and
+    # a duplicate source (same source_id on two sources rows), as the demo has, for the joins.
+    return build_output(tmp_path_factory.mktemp("readers") / "out", kvasir, n_samples=5, max_count=3, duplicates=2)
 
 
 def run_snippet(name: str, out: str, tmp_path: Path) -> object:
@@ -89,7 +90,7 @@ def _manifest(out: str, name: str) -> list[dict]:
 
 
 def test_duckdb_snippet(fixture, tmp_path):
-    uri = {s["source_id"]: s["uri"] for s in _manifest(fixture.out, "sources")}
+    uri = {s["source_id"]: s["uri"] for s in _manifest(fixture.out, "sources") if s["status"] == "ok"}
     selected = [uri[p["source_id"]] for p in _manifest(fixture.out, "patches") if p["selected"]]
     expected = sorted(((u, selected.count(u)) for u in set(selected)), key=lambda r: (-r[1], r[0]))
     assert [tuple(r) for r in run_snippet("DuckDB", fixture.out, tmp_path)] == expected
