@@ -1,6 +1,8 @@
-"""The selection barrier: one process, ~1 KB per patch. Decides duplicates, selects the budget
-under the configured selector, groups the selection into mosaics and names every sample.
-A patch's mask is not held here: patches.parquet reads it back from pass 1's parts
+"""The selection barrier: decides duplicates, selects the budget under the configured selector,
+groups the selection into mosaics and names every sample. Given the pass-1 parts, the `optidel`,
+`hard` and `random` selectors choose by Ray tasks over them (pipeline/part_selection.py) and a
+patch plan holds the chosen rows only; otherwise the barrier holds ~1 KB per patch in one
+process. A patch's mask is never held here: patches.parquet reads it back from pass 1's parts
 (pipeline/patch_manifest.py)."""
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import numpy as np
 
 from ..manifests import schema
 from ..stages import columns as C
+from ..stages import exact_mean
 from ..stages.compose import group_patches, sample_key
-from ..stages.select import diversity_stats, select_images, select_patches, selector
+from ..stages.select import Selection, diversity_stats, select_images, select_patches, selector
+from ..stages.select_parts import DISTRIBUTED
+from . import part_selection
 from .config import Config
+from .partitions import PartStore
 from .pass1 import Candidates
 
 log = logging.getLogger("optidel")
@@ -27,6 +33,9 @@ class Plan:
     samples: list[list[int]]  # per output sample, its patch rows in slot order
     grid: int
     accounting: dict = field(default_factory=dict)
+    # Set when the selection ran over the parts: `patches` then holds the chosen rows only, and
+    # patches.parquet is labelled part by part from this (pipeline/part_selection.py).
+    labels: part_selection.PatchLabels | None = None
 
 
 def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -44,12 +53,19 @@ def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**sources, C.STATUS: status, "duplicate_of": duplicate_of}
 
 
-def plan(candidates: Candidates, config: Config) -> Plan:
+def plan(candidates: Candidates, config: Config, parts: PartStore | None = None) -> Plan:
+    """The plan. With `parts` (the pass-1 parts the candidates were read from), a selector that
+    has a distributed form chooses by Ray tasks over the parts (pipeline/part_selection.py), the
+    same rows as in memory whenever select.kmeans_sample covers the pool."""
     sources = mark_duplicates(candidates.sources)
     n_ok = int(np.sum(sources[C.STATUS] == schema.OK))
     n_samples = config.budget(n_ok) if n_ok else 0
+    if config.selector not in DISTRIBUTED:
+        parts = None
     if selector(config.selector).whole_images:
-        result = _plan_images(sources, n_samples, config)
+        result = _plan_images(sources, n_samples, config, parts)
+    elif parts is not None:
+        result = _plan_patches_over_parts(sources, parts, n_samples, config)
     else:
         result = _plan_patches(sources, candidates.patches, n_samples, config)
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(result.samples))
@@ -61,20 +77,25 @@ def plan(candidates: Candidates, config: Config) -> Plan:
     return result
 
 
-def _plan_images(sources, n_samples: int, config: Config) -> Plan:
+def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | None) -> Plan:
     """Whole-image baselines: one source image per output sample."""
     ok = np.flatnonzero(sources[C.STATUS] == schema.OK)
     ids = sources[C.SOURCE_ID][ok]
     has_scores = C.EMBEDDING in sources
-    selection = select_images(
-        source_ids=ids,
-        scores=sources[C.SCORE][ok] if has_scores else None,
-        embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
-        budget=n_samples,
-        config=config.select,
-        method=config.selector,
-        seed=config.seed,
-    )
+    if parts is not None:
+        duplicates = frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] == schema.DUPLICATE].tolist())
+        load = part_selection.OkSources(parts, duplicates, scored=has_scores)
+        selection = _joined(part_selection.select_images(load, parts, n_samples, config, has_scores), len(ok))
+    else:
+        selection = select_images(
+            source_ids=ids,
+            scores=sources[C.SCORE][ok] if has_scores else None,
+            embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
+            budget=n_samples,
+            config=config.select,
+            method=config.selector,
+            seed=config.seed,
+        )
     # One patch row per image: the whole image as its box, its source row's score, and
     # sentinels in every other column the proposer and the proxy fill.
     patches = C.sentinel_columns(schema.filled_by("patches", schema.PROPOSE, schema.SCORE), len(ok))
@@ -141,6 +162,39 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     return Plan(sources, patches, samples, grid=config.grid, accounting=accounting)
 
 
+def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: Config) -> Plan:
+    """_plan_patches by Ray tasks over the pass-1 parts: the plan holds the chosen rows only, the
+    same rows, samples and accounting (patches.parquet: the same bytes)."""
+    status_of = dict(zip(sources[C.SOURCE_ID], sources[C.STATUS]))
+    excluded = frozenset(s for s, st in status_of.items() if st != schema.OK)
+    chosen = part_selection.choose_patches(parts, excluded, config.mosaic * n_samples, config)
+    patches = chosen.rows
+    n = len(patches[C.PATCH_ID])
+    selected = np.ones(n, bool)
+    reason = np.full(n, "", dtype=object)
+    groups, leftover = group_patches(patches[C.SOURCE_ID], patches["cluster"], patches["rank"], config.mosaic, config.seed)
+    selected[leftover], reason[leftover] = False, schema.DROP_INCOMPLETE_GROUP
+    patches.update(selected=selected, reason=reason)
+    _assign_samples(patches, groups)
+    verdict = chosen.verdict
+    accounting = _accounting(patches, verdict.k)
+    pool = exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0] if verdict.n else None
+    accounting["pool_mean_entropy_nats"] = float(pool) if pool is not None else None
+    plan_rows = dict(zip(patches[C.PATCH_ID].tolist(), zip(selected.tolist(), reason.tolist(),
+                                                           patches["sample_key"].tolist(), patches["slot"].tolist())))
+    labels = part_selection.PatchLabels(chosen, plan_rows, config)
+    return Plan(sources, patches, groups, grid=config.grid, accounting=accounting, labels=labels)
+
+
+def _joined(selections: list[Selection], n: int) -> Selection:
+    """The parts' Selections as one, in part order: the order of the barrier's rows."""
+    joined = Selection(*(np.concatenate([getattr(s, f) for s in selections]) for f in ("selected", "cluster", "rank", "reason")),
+                       n_clusters=selections[0].n_clusters if selections else 0)
+    if len(joined.rank) != n:
+        raise RuntimeError(f"the pass-1 parts hold {len(joined.rank)} competing rows, the barrier {n}")
+    return joined
+
+
 def _selection_columns(selection) -> dict[str, np.ndarray]:
     return {
         "cluster": selection.cluster,
@@ -176,6 +230,8 @@ def _accounting(patches: dict, n_clusters: int) -> dict:
 
 
 def _mean(values: np.ndarray):
-    values = np.asarray(values, dtype=np.float64)
+    """The exact mean of the finite scores (float32 values): the same bits in any order, so a
+    selection over the parts, which sums each part apart, reports the same figure."""
+    values = np.asarray(values, dtype=np.float32)
     values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else None
+    return float(exact_mean.mean_of_sums(exact_mean.column_sums(values.reshape(-1, 1)), len(values))[0]) if len(values) else None

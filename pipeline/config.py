@@ -133,6 +133,12 @@ class SelectConfig(Section):
     )
     per_source_cap: int = Field(4, ge=1, description="most selected patches from one source")
     trim_top_frac: float = Field(0.01, ge=0.0, lt=1.0, description="hardest tail dropped as noise")
+    kmeans_sample: int = Field(
+        200_000,
+        ge=1,
+        description="k-means trains on a seeded sample of this many embeddings; a pool no larger "
+        "trains on all of them, as an in-memory selection does (docs/cluster.md: what a sample changes)",
+    )
 
 
 class OutputConfig(Section):

@@ -26,7 +26,7 @@ from ..stages import columns as C
 from ..stages.ingest import Ingest
 from ..stages.propose import Proposer
 from ..stages.score import Score
-from . import raydata
+from . import progress, raydata
 from .config import Config
 from .inputs import SourceRef
 from .partitions import PASS1_DIR, PartitionSink, PartStore
@@ -99,8 +99,11 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
     sample = listing(refs, sorted(order[:n_sources]))
 
     keys, crops = [], []
+    shown = progress.StageProgress("proxy crops", len(sample), "sources")
     try:
         for batch in _stream(sample, proposed(config, proposer), config):
+            sources, patches = _sources_and_patches(batch)
+            shown.add(sources, **patches)
             ok = (batch[C.PATCH_INDEX] >= 0) | (batch[C.STATUS] == "ok")
             ids = np.where(batch[C.PATCH_INDEX] >= 0, batch[C.PATCH_ID], batch[C.SOURCE_ID])
             keys.extend(ids[ok].tolist())
@@ -115,8 +118,11 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
     return crops[sorted(chosen, key=lambda i: keys[i])]
 
 
-def scored(refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore) -> Candidates:
-    """The full pass 1 for selectors that need scores: ingest + propose + crop + score."""
+def scored(
+    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, patches: bool = True
+) -> Candidates:
+    """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
+    candidates' sources only (no embeddings) unless `patches`."""
     score = raydata.Step(
         Score,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
@@ -124,7 +130,7 @@ def scored(refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
     )
     _run_partitions(refs, store, config, [*proposed(config, proposer), score])
-    return read_candidates(store, with_patches=True)
+    return read_candidates(store, with_patches=patches, embeddings=patches)
 
 
 def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step]) -> None:
@@ -137,14 +143,27 @@ def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, ste
         return
     sink = PartitionSink(store, pending)
     rows = listing(refs, [i for p in pending for i in store.sources_of(p)])
+    shown = progress.StageProgress("pass 1", len(rows), "sources")
     try:
         for batch in _stream(rows, steps, config):
             batch.pop(C.CROP, None)
             sink.add(batch)
+            sources, patches = _sources_and_patches(batch)
+            shown.add(sources, **patches)
     except raydata.StageFailure as exc:
         raise RunError(_failure_message(refs, store, sink, str(exc))) from exc
     if sink.unfinished():
         raise RunError(_failure_message(refs, store, sink, None))
+
+
+def _sources_and_patches(batch: dict[str, np.ndarray]) -> tuple[int, dict[str, int]]:
+    """The sources a pass-1 batch completes, and its patches as progress counts. A source has
+    one source row (PATCH_INDEX -1), wherever Ray splits its patch rows; without patches
+    (whole-image selectors) every row is a source."""
+    if C.PATCH_INDEX not in batch:
+        return len(batch[C.INPUT_INDEX]), {}
+    sources = int(np.count_nonzero(batch[C.PATCH_INDEX] < 0))
+    return sources, {"patches": len(batch[C.PATCH_INDEX]) - sources}
 
 
 def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | None) -> str:
@@ -165,10 +184,12 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | N
     )
 
 
-def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
+def read_candidates(store: PartStore, with_patches: bool, embeddings: bool = True) -> Candidates:
     """Every partition's rows, in partition order, split as split_candidates does, leaving
-    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
-    parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
+    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS), and the embeddings too
+    unless `embeddings`: a selection over the parts reads them there (pipeline/part_selection.py)."""
+    skip = (C.MASK_RLE,) if embeddings else (C.MASK_RLE, C.EMBEDDING)
+    parts = [split_candidates(store.read(p, skip=skip), with_patches) for p in range(store.n_partitions)]
     return Candidates(
         sources=C.concat([part.sources for part in parts]),
         patches=C.concat([part.patches for part in parts]) if with_patches else {},
@@ -177,11 +198,14 @@ def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
 
 def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
     """Split pass-1 rows (sorted by input_index, patch_index) into sources and patches, each
-    patch with columns.BARRIER_PATCH_COLUMNS only."""
-    if not with_patches:
+    patch with those of columns.BARRIER_PATCH_COLUMNS the table has; without `with_patches`,
+    the source rows only."""
+    if C.PATCH_INDEX not in table:  # an ingest-only pass 1: every row is a source
         return Candidates(sources=table, patches={})
     is_source = table[C.PATCH_INDEX] < 0
+    if not with_patches:
+        return Candidates(sources=C.take(table, is_source), patches={})
     return Candidates(
         sources=C.take(table, is_source),
-        patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS},
+        patches={k: table[k][~is_source] for k in C.BARRIER_PATCH_COLUMNS if k in table},
     )

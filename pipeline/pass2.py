@@ -12,7 +12,7 @@ from ..manifests.layout import Output
 from ..stages import columns as C
 from ..stages.compose import Compose
 from ..stages.write import ShardWriter
-from . import raydata
+from . import progress, raydata
 from .barrier import Plan
 from .config import Config
 from .resume import RunError
@@ -67,8 +67,10 @@ def _stream(rows, plan: Plan, config: Config, writer: ShardWriter, samples: dict
     )
     by_key = {r["sample_key"]: r for r in rows}
     batches = raydata.stream(rows, [compose], config.ray, rows_per_block=Compose.execution.batch_size, in_order=True)
+    shown = progress.StageProgress("pass 2", len(rows), "samples")
     try:
         for batch in batches:
+            shown.add(len(batch["sample_key"]))
             for i in range(len(batch["sample_key"])):
                 _write_one(writer, batch, i, by_key[batch["sample_key"][i]], plan.grid, config.output.format, samples)
     except raydata.StageFailure as exc:

@@ -1,5 +1,6 @@
-"""Progress of long work in the driver (the proxy's training), on optidel's log: INFO lines
-that --quiet silences, beside Ray's own progress bars."""
+"""Progress of long work, on optidel's log: INFO lines that --quiet silences. The proxy's
+training logs its steps; the Ray stages log what they have done in the pool's units (sources,
+patches, samples), where Ray Data's own bars, turned off (pipeline/raydata.py), count rows."""
 
 from __future__ import annotations
 
@@ -26,10 +27,43 @@ class StepLog:
         """Called after step `step` (1-based) with its loss."""
         if step % self.every and step != self.steps:
             return
-        elapsed = time.perf_counter() - self.start
-        left = elapsed / step * (self.steps - step)
-        log.info("%s: step %d/%d, loss %.4f, %s elapsed, ETA %s", self.what, step, self.steps, loss,
-                 _duration(elapsed), _duration(left))
+        log.info("%s: step %d/%d, loss %.4f, %s", self.what, step, self.steps, loss, _timing(self.start, step, self.steps))
+
+
+class StageProgress:
+    """Logs "what: i/n unit[, counts], elapsed, ETA" as a stage's results come back, about every
+    tenth of n and at the last one; `counts` are running totals of other units (patches)."""
+
+    def __init__(self, what: str, total: int, unit: str):
+        self.what = what
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.counts: dict[str, int] = {}
+        self.every = max(1, total // REPORTS)
+        self.next_report = min(self.every, total)
+        self.start = time.perf_counter()
+
+    def add(self, done: int, **counts: int) -> None:
+        """`done` more of the unit finished, with `counts` more of the others."""
+        self.done += done
+        for name, n in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + n
+        if self.done < self.next_report:
+            return
+        # The next tenth past what is done (a batch may cross several), then the last; after it, none.
+        finished = self.done >= self.total
+        self.next_report = self.total + 1 if finished else min((self.done // self.every + 1) * self.every, self.total)
+        others = "".join(f", {n} {name}" for name, n in self.counts.items())
+        log.info("%s: %d/%d %s%s, %s", self.what, self.done, self.total, self.unit, others,
+                 _timing(self.start, self.done, self.total))
+
+
+def _timing(start: float, done: int, total: int) -> str:
+    """The "Xs elapsed, ETA Ys" of a line, after `done` of `total` at the pace so far."""
+    elapsed = time.perf_counter() - start
+    left = elapsed / done * (total - done) if done else 0.0
+    return f"{_duration(elapsed)} elapsed, ETA {_duration(left)}"
 
 
 def _duration(seconds: float) -> str:

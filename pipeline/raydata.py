@@ -24,17 +24,21 @@ from typing import Iterator
 
 import numpy as np
 import ray
+import ray.data  # sets up its loggers when imported: before connect routes them
 
+from . import ray_logs
 from .config import RayConfig
 from .resume import RunError
 
 log = logging.getLogger("optidel")
 
 
-def connect(config: RayConfig) -> None:
+def connect(config: RayConfig, logs: str | None = None) -> None:
     """Join the cluster at config.address / RAY_ADDRESS, else start a local Ray (the embedded
     default). Reuses a Ray already initialised in this process (tests, notebooks), unless
-    config.address names another cluster: then the job would silently run in the wrong place."""
+    config.address names another cluster: then the job would silently run in the wrong place.
+    Connecting itself, it sends Ray's log lines to the directory `logs` (pipeline/ray_logs.py)
+    and the console only those that optidel's log level asks for."""
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
         if config.address and config.address not in ("auto", current):
@@ -44,7 +48,15 @@ def connect(config: RayConfig) -> None:
             )
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    level = log.getEffectiveLevel()
+    ray_logs.route(level, logs)  # before ray.init, so that its own lines go there too
+    ray.init(address=address, include_dashboard=False, logging_level=min(level, logging.INFO), log_to_driver=True)
+    if level > logging.DEBUG:
+        # Ray Data's bars count rows (a source's patch rows too); pass 1 and 2 log their
+        # progress in sources, patches and samples instead (pipeline/progress.py). Ray Data
+        # then warns once that its bars are off: about a choice made here, so not shown.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     log.info("ray: %s", "cluster at " + address if address else "local")
 
 
@@ -150,7 +162,7 @@ def _map_actors(ds: ray.data.Dataset, stage_cls, kwargs: dict, *, batch_size: in
             fn_constructor_kwargs=kwargs,
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=config.actors,
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.cpus_per_actor,
             max_restarts=config.max_retries,
             max_task_retries=config.max_retries,
@@ -169,3 +181,19 @@ def _retry_args_allowed():
 
 def device(config: RayConfig) -> str:
     return "cuda" if config.gpus_per_actor > 0 else "cpu"
+
+
+def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
+    """Yield fn(*call) for each call, in call order, each call a Ray task of ray.cpus_per_task
+    CPUs (default one): the selection barrier's map steps over the pass-1 parts
+    (stages/select_parts.py). Results wait in the object store until the caller takes them, one
+    at a time, so it can fold them without holding them all."""
+    remote = ray.remote(num_cpus=config.cpus_per_task or 1.0, max_retries=config.max_retries)(fn)
+    refs = [remote.remote(*call) for call in calls]
+    try:
+        for i in range(len(refs)):
+            result = ray.get(refs[i])
+            refs[i] = None  # the caller has it: the object store may free it
+            yield result
+    except ray.exceptions.RayError as exc:
+        raise StageFailure(_cause(exc)) from exc

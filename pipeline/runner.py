@@ -19,8 +19,9 @@ from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
+from ..stages.select_parts import DISTRIBUTED
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, patch_manifest, progress, raydata, resume
+from . import barrier, pass1, pass2, patch_manifest, progress, ray_logs, raydata, resume
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
@@ -60,7 +61,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
     if finished is not None:
         log.info("%s already holds this job, complete: nothing to do", out)
         return finished
-    raydata.connect(config.ray)
+    raydata.connect(config.ray, logs=_logs_dir(output))
 
     store = PartStore(output, len(refs), config.ingest.partition_size)
     reused = {"pass1_partitions": store.n_partitions}
@@ -76,14 +77,16 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store)
+            # A selection over the parts reads the patches there: the driver holds the sources.
+            over_parts = config.selector in DISTRIBUTED and not selector(config.selector).whole_images
+            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store, patches=not over_parts)
     with timer.stage("select"):
-        plan = barrier.plan(candidates, config)
+        plan = barrier.plan(candidates, config, store)
     with timer.stage("pass2"):
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
         output.write_manifest("sources", schema.to_table("sources", plan.sources))
-        patch_manifest.write(output, plan, store)
+        n_candidates = patch_manifest.write(output, plan, store)
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
 
@@ -101,7 +104,7 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
         "counts": {
             "sources": len(plan.sources[C.STATUS]),
             "by_status": dict(sorted(Counter(plan.sources[C.STATUS].tolist()).items())),
-            "candidate_patches": int(len(plan.patches["patch_id"])),
+            "candidate_patches": n_candidates,
             "selected_patches": int(np.sum(plan.patches["selected"])),
             "samples": len(samples["sample_key"]),
             "samples_target": plan.accounting["samples_target"],
@@ -114,6 +117,14 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
     }
     output.write_json(RUN_JSON, info)
     return info
+
+
+def _logs_dir(output: Output) -> str | None:
+    """OUT/logs/ for Ray's log files where OUT is on a local file system (they are written by
+    plain file handles); elsewhere they stay in Ray's session directory."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return output.path(ray_logs.LOGS_DIR) if isinstance(output.fs, LocalFileSystem) else None
 
 
 def _check_models(config: Config) -> dict:

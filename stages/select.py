@@ -16,6 +16,7 @@ put in id order before anything order-sensitive (k-means included) sees them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 from optidel import seeding
 
 from ..manifests import schema
+from . import exact_mean
 
 @dataclass
 class Selection:
@@ -134,7 +136,7 @@ def select_optidel(*, patch_ids, source_ids, scores, embeddings, budget, config,
     n_trim = int(config.trim_top_frac * n)
     reason[r.hardest_first[:n_trim]] = schema.DROP_OUTLIER
     eligible = r.hardest_first[n_trim:]
-    _take_round_robin(eligible, r.cluster, r.sources, r.emb, budget, config, selected, reason)
+    take_round_robin(eligible, r.cluster, r.sources, r.emb, budget, config, selected, reason)
     # Never looked at, yet hard enough for a hardness-only pick: its cluster's share was full.
     unseen_hard = eligible[:budget][reason[eligible[:budget]] == schema.DROP_BUDGET]
     reason[unseen_hard] = schema.DROP_QUOTA
@@ -148,7 +150,7 @@ def select_hard(*, patch_ids, source_ids, scores, embeddings, budget, config, se
     n = len(r.rank)
     selected = np.zeros(n, dtype=bool)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
-    _take_hardest(r.hardest_first, r.sources, budget, config.per_source_cap, selected, reason)
+    take_hardest(r.hardest_first, r.sources, budget, config.per_source_cap, selected, reason)
     return Selection(selected, r.cluster, r.rank, reason, r.k)
 
 
@@ -261,6 +263,17 @@ def cluster_embeddings(ids, embeddings: np.ndarray, k: int, seed: int) -> np.nda
         return np.zeros(n, dtype=np.int32)
     by_id = np.argsort(ids, kind="stable")
     x = np.ascontiguousarray(embeddings[by_id], dtype=np.float32)
+    cluster = np.empty(n, dtype=np.int32)
+    cluster[by_id] = assign_clusters(x, train_centroids(x, k, seed))
+    return cluster
+
+
+def train_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
+    """float32 (k, D) centroids of unit rows `x` (in id order: k-means++ depends on row order),
+    or None when k <= 1 (one cluster needs no centroids)."""
+    if len(x) == 0 or k <= 1:
+        return None
+    x = np.ascontiguousarray(x, dtype=np.float32)
     kmeans = faiss.Kmeans(
         x.shape[1],
         k,
@@ -271,34 +284,61 @@ def cluster_embeddings(ids, embeddings: np.ndarray, k: int, seed: int) -> np.nda
         min_points_per_centroid=1,  # small pools are fine; silences faiss's "too few points" warning
         verbose=False,
     )
-    # One thread: faiss's multi-threaded reductions may sum in a different order per run.
+    with _one_faiss_thread():
+        kmeans.train(x)
+    return kmeans.centroids
+
+
+def assign_clusters(x: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
+    """int32 nearest centroid (largest inner product, the first on a tie) per row; all 0 without
+    centroids.
+
+    Each row's products are summed on their own (numpy's pairwise sum along the dimension), so a
+    row gets the same cluster whatever rows share its batch: a selection over the pass-1 parts
+    assigns part by part, and must agree with the whole pool's assignment. faiss's batched
+    search does not: its BLAS blocking moves the last bits with the batch, which flips rows
+    close to two centroids."""
+    if centroids is None:
+        return np.zeros(len(x), dtype=np.int32)
+    x = np.asarray(x, dtype=np.float32)
+    centroids = np.asarray(centroids, dtype=np.float32)
+    labels = np.empty(len(x), dtype=np.int32)
+    for rows in _chunks(len(x), _CHUNK * 32 // len(centroids) or 1):  # about 16 MB of products
+        labels[rows] = (x[rows, None, :] * centroids[None, :, :]).sum(axis=2).argmax(axis=1)
+    return labels
+
+
+@contextlib.contextmanager
+def _one_faiss_thread():
+    """One thread: faiss's multi-threaded reductions may sum in a different order per run."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        kmeans.train(x)
-        _, labels = kmeans.assign(x)
+        yield
     finally:
         faiss.omp_set_num_threads(threads)
-    cluster = np.empty(n, dtype=np.int32)
-    cluster[by_id] = labels.astype(np.int32)
-    return cluster
 
 
-def _take_hardest(hardest_first, sources, budget, cap, selected, reason) -> None:
+def take_hardest(hardest_first, sources, budget, cap, selected, reason) -> int:
+    """Hardest first under the per-source cap; returns how many rows of `hardest_first` it
+    looked at (a shortlist shorter than that could have changed the outcome)."""
     taken = Counter()
     n_selected = 0
+    looked = 0
     for i in hardest_first.tolist():
         if n_selected >= budget:
             break
+        looked += 1
         if taken[sources[i]] >= cap:
             reason[i] = schema.DROP_SOURCE_CAP
             continue
         taken[sources[i]] += 1
         selected[i], reason[i] = True, ""
         n_selected += 1
+    return looked
 
 
-def _take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason) -> None:
+def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason) -> dict[int, int]:
     """Balanced cluster quotas, water-filled: each round every cluster with candidates left takes
     its hardest acceptable one, so all clusters get equal shares and a cluster that runs out
     leaves the rest of the budget to the others. Clusters take turns in the order of their
@@ -306,7 +346,10 @@ def _take_round_robin(eligible, cluster, sources, emb, budget, config, selected,
 
     A round's proposals are checked against the kept patches in one matrix product (the
     selection can be tens of thousands of patches); a cluster whose proposal is refused proposes
-    its next one in a further pass of the same round."""
+    its next one in a further pass of the same round.
+
+    Returns how far it went down each cluster's queue (a cluster whose queue was cut short and
+    that got to its end could have gone on)."""
     queues: dict[int, list[int]] = {}
     for i in eligible.tolist():
         queues.setdefault(int(cluster[i]), []).append(i)
@@ -340,6 +383,7 @@ def _take_round_robin(eligible, cluster, sources, emb, budget, config, selected,
                     still_owing.append(c)
             owing = still_owing
         active = [c for c in active if position[c] < len(queues[c])]
+    return position
 
 
 class _NearDuplicates:
@@ -401,8 +445,17 @@ def _unit_rows(embeddings, ids: np.ndarray) -> np.ndarray:
     Why centre: mean-pooled ViT features share a large common component, so raw cosines are
     all close to 1 (on kvasir with the self-trained proxy, 1511 of 1540 patches were
     "near-duplicates" at 0.95). Cosines of the centred features measure what tells patches
-    apart. The mean is summed in id order, in float64, so it does not depend on row order."""
+    apart. The mean is exact (stages/exact_mean.py), so it does not depend on row order, nor on
+    how a distributed selection splits the pool."""
     n = len(ids)
+    emb = embedding_rows(embeddings, n)
+    # A single row is left uncentred: it would be its own mean.
+    mean = exact_mean.mean_of_sums(exact_mean.column_sums(emb), n) if n > 1 else np.zeros(emb.shape[1])
+    return centred_unit_rows(emb, mean)
+
+
+def embedding_rows(embeddings, n: int) -> np.ndarray:
+    """float32 (n, D) embeddings, checked: every row finite and non-zero."""
     if embeddings is None:
         raise ValueError("embeddings are required by this selector")
     emb = np.asarray(embeddings)
@@ -411,17 +464,20 @@ def _unit_rows(embeddings, ids: np.ndarray) -> np.ndarray:
     emb = emb.astype(np.float32, copy=False)
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"embeddings: expected shape ({n}, D), got {emb.shape}")
-    # The pool's embeddings are the barrier's largest column: every step below goes through
-    # them in chunks, so the only full-size array made here is the result.
-    chunks = [slice(start, start + _CHUNK) for start in range(0, n, _CHUNK)]
-    norms = np.concatenate([np.linalg.norm(emb[rows], axis=1) for rows in chunks]) if n else np.zeros(0)
+    # The pool's embeddings are the barrier's largest column: every step goes through them in
+    # chunks, so the only full-size array made is the result.
+    norms = np.concatenate([np.linalg.norm(emb[rows], axis=1) for rows in _chunks(n)]) if n else np.zeros(0)
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         raise ValueError(f"embeddings: row {bad[0]} is zero or not finite ({bad.size} rows)")
-    # A single row is left uncentred: it would be its own mean.
-    mean = _sum_rows(emb, np.argsort(ids, kind="stable")) / n if n > 1 else np.zeros(emb.shape[1])
+    return emb
+
+
+def centred_unit_rows(emb: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows minus `mean` (float64), scaled to unit length, as float32; row by row the same bits
+    whatever other rows come with them."""
     unit = np.empty_like(emb)
-    for rows in chunks:
+    for rows in _chunks(len(emb)):
         unit[rows] = emb[rows] - mean  # in float64, rounded to float32 on assignment
         norms = np.linalg.norm(unit[rows], axis=1, keepdims=True)
         # A row equal to the mean has no direction of its own: it stays zero, near nothing.
@@ -433,13 +489,6 @@ def _unit_rows(embeddings, ids: np.ndarray) -> np.ndarray:
 _CHUNK = 1024  # rows: 0.5 MB of float32 embeddings (D = 128), 1 MB in float64
 
 
-def _sum_rows(values: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """float64 sum of values[order], in chunks, bit-identical to values[order].sum(axis=0):
-    numpy sums down axis 0 row after row, so carrying the running total into the next chunk's
-    first row continues the same sequence of additions."""
-    total = np.zeros(values.shape[1], dtype=np.float64)
-    for start in range(0, len(order), _CHUNK):
-        rows = values[order[start : start + _CHUNK]].astype(np.float64)
-        rows[0] += total
-        total = rows.sum(axis=0)
-    return total
+def _chunks(n: int, size: int | None = None) -> list[slice]:
+    size = size or _CHUNK  # read at call time: tests vary it
+    return [slice(start, start + size) for start in range(0, n, size)]

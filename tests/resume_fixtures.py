@@ -66,11 +66,12 @@ def trained(reference_out: Path, out: Path) -> None:
 
 
 def tree(out: Path) -> dict[str, bytes]:
-    """Every file under OUT but run.json (which holds timings), by relative path."""
+    """Every file under OUT but run.json (which holds timings) and logs/ (Ray's log lines, there
+    when the run started Ray itself: a child process, not this one's Ray), by relative path."""
     return {
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != "run.json"
+        if p.is_file() and p.name != "run.json" and p.relative_to(out).parts[0] != "logs"
     }
 
 

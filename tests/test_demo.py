@@ -3,6 +3,7 @@ keeping every file the first wrote; it ends with the next three commands."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 import pytest
@@ -28,6 +29,9 @@ def test_second_demo_keeps_the_first_and_prints_the_next_commands(tmp_path, ray_
     before = _files(out)
     assert any(name.startswith("distilled/shards/") for name in before)
     assert "proxy: step 10/10, loss" in caplog.text  # the training's progress, on optidel's log
+    # and the Ray stages' progress in sources, patches and samples: 7 photos x 2 frames
+    assert re.search(r"pass 1: 14/14 sources, \d+ patches, ", caplog.text)
+    assert re.search(r"pass 2: (\d+)/\1 samples, ", caplog.text)
 
     caplog.clear()
     assert cli.main(["demo", str(out), *SMALL]) == 0

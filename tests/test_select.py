@@ -252,18 +252,42 @@ def test_diversity_stats():
 
 def test_unit_rows_in_chunks_are_the_one_shot_formula(monkeypatch):
     """The barrier centres and normalises the pool's embeddings in chunks (to hold one full-size
-    copy, not five); any chunking gives the bits of the one-shot formula."""
+    copy, not five) on the pool's exact mean; any chunking gives the bits of the one-shot
+    formula."""
+    from fractions import Fraction
+
     from optidel.stages import select
 
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(50, 16)).astype(np.float32)
     emb[7] = emb.mean(axis=0)  # near the mean: a tiny row after centring
     ids = np.array([f"p{i:03d}" for i in rng.permutation(50)], dtype=object)
-    order = np.argsort(ids.astype(str), kind="stable")
-    centred = (emb - emb[order].astype(np.float64).sum(axis=0) / 50).astype(np.float32)
+    mean = np.array([float(sum(Fraction(float(v)) for v in column) / 50) for column in emb.T])
+    centred = (emb - mean).astype(np.float32)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     expected = np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
     for chunk in (1, 3, 7, 50, 1024):
         monkeypatch.setattr(select, "_CHUNK", chunk)
         got = select._unit_rows(emb, ids)
         assert got.dtype == np.float32 and np.array_equal(got, expected), chunk
+
+
+def test_a_rows_cluster_does_not_depend_on_its_batch(monkeypatch):
+    """Rows halfway between two centroids (near-ties, which faiss's batched search flips with the
+    batch size) get the same cluster alone, in small batches and in the whole pool: a selection
+    over the pass-1 parts assigns part by part."""
+    from optidel.stages import select
+
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(32, 128)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    a = rng.integers(0, 32, 600)
+    b = (a + rng.integers(1, 32, 600)) % 32
+    x = (centroids[a] + centroids[b]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    whole = select.assign_clusters(x, centroids)
+    assert np.all((whole == a) | (whole == b))
+    alone = np.concatenate([select.assign_clusters(x[i : i + 1], centroids) for i in range(len(x))])
+    assert np.array_equal(alone, whole)
+    monkeypatch.setattr(select, "_CHUNK", 7)
+    assert np.array_equal(select.assign_clusters(x, centroids), whole)

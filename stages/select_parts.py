@@ -1,0 +1,358 @@
+"""Selection over the pass-1 parts, never holding the pool: the distributed form of the `optidel`,
+`hard` and `random` selectors of stages/select.py, which stay the reference.
+
+The caller hands over the parts as opaque handles, `load(part, columns=None)` giving a part's
+competing rows (PART_COLUMNS, or those of `columns`: ids, sources, scores, embeddings;
+whole-image selectors: one row per ok source, its source id and score when scored),
+and `run(fn, calls)`, which yields fn(*call) for each call in order, in this process or as Ray
+tasks (pipeline/raydata.py). Every fn here is a module-level function, so it pickles. Each
+part's result is folded into a running merge as it arrives (the sample, the head of the
+hardness order, the shortlists each cut to their length), so the caller holds
+O(budget + clusters x dim + sample x dim) whatever the number of parts.
+
+Rounds (patch selectors):
+1. summary: rows, exact embedding sums (the pool mean, stages/exact_mean.py) and a seeded sample
+   (the smallest hashes of (seed, id)) that k-means trains on. When the sample covers the pool
+   it is the pool, in id order, as in memory: the same centroids, the same clusters.
+2. head: each part's first n_trim + budget keys of the hardness order (score desc, id asc),
+   merged, give the last trimmed key (the noise tail) and the last key a hardness-only pick of
+   the budget would reach (the `cluster_quota` reason).
+3. shortlists: per part and cluster, the hardest eligible rows, merged per cluster; the
+   round-robin runs on them as in memory. A cluster cut short that the round-robin ran to the
+   end of could have gone on: it is fetched again, twice as long, until none did. Then every
+   row the round-robin looked at, and every decision, is the in-memory one.
+4. the verdict names the chosen rows (Verdict.chosen); ranks_in_pool counts, for each, the
+   rows of every part before it. parts_selection labels every row of a group of parts
+   (cluster, rank, selected, reason) from the verdict, counting the rows of every other part
+   before each row for its rank.
+
+`random`: the first `budget` keys of the seeded draw order, merged as in round 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from optidel import seeding
+
+from ..manifests import schema
+from . import exact_mean
+from . import select as reference
+from .columns import EMBEDDING, PATCH_ID, SCORE, SOURCE_ID
+
+PART_COLUMNS = (PATCH_ID, SOURCE_ID, SCORE, EMBEDDING)
+DISTRIBUTED = ("optidel", "hard", "random")  # selectors with a form here (dedup: not yet)
+IMAGE_ID = SOURCE_ID  # whole-image selectors: a row is an ok source, its id the source id
+
+Run = Callable[[Callable, list[tuple]], Iterable]
+Key = tuple  # (primary, id): rows sort ascending by primary, then id
+
+
+@dataclass
+class Verdict:
+    """What the caller holds after the rounds and each part's rows are decided from."""
+
+    method: str
+    n: int  # competing rows in the pool
+    k: int = 0  # clusters (0: not clustered)
+    mean: np.ndarray | None = None  # the pool's exact embedding mean (patch selectors)
+    centroids: np.ndarray | None = None
+    last_trimmed: Key | None = None  # rows up to this key are the noise tail (optidel)
+    last_in_reach: Key | None = None  # rows up to this key a hardness-only pick would take
+    decided: dict[str, str] = field(default_factory=dict)  # id -> reason ("" = selected)
+    chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, source, cluster, primary
+    score_sum: int = 0  # exact sum of the scores (exact_mean units): the pool's mean hardness
+    fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again)
+
+
+def select_patches_in_parts(
+    load, parts: Sequence, run: Run, *, budget: int, config, method: str, seed: int, shortlist: int | None = None
+) -> Verdict:
+    """Round 1 to 3 for the patch selector `method` (optidel or hard); `shortlist` (default:
+    sized by the budget) is each cluster's first fetch length."""
+    if method not in ("optidel", "hard"):
+        raise ValueError(f"selector {method!r} has no distributed form over parts")
+    verdict = _clustered(load, parts, run, config, method, seed)
+    if verdict.n == 0:
+        return verdict
+    n_trim = int(config.trim_top_frac * verdict.n) if method == "optidel" else 0
+    if method == "optidel":
+        _, primary, ids = _first_keys(run(_head, [(load, part, method, "hardness", n_trim + budget) for part in parts]), n_trim + budget)
+        if n_trim:
+            verdict.last_trimmed = (primary[n_trim - 1], ids[n_trim - 1])
+        if budget and len(ids) > n_trim:
+            verdict.last_in_reach = (primary[-1], ids[-1])
+    groups = max(verdict.k, 1) if method == "optidel" else 1
+    lengths = dict.fromkeys(range(groups), shortlist or _first_length(budget, groups))
+    while True:
+        verdict.fetches += 1
+        calls = [(load, part, verdict, lengths) for part in parts]
+        merged, totals = _merge_shortlists(run(_shortlists, calls), lengths)
+        looked, decided = _decide(merged, budget, config, method)
+        short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
+        if not short:
+            verdict.decided = decided
+            chosen = np.array([decided.get(i) == "" for i in merged["id"].tolist()], dtype=bool)
+            verdict.chosen = {name: merged[name][chosen] for name in ("id", "source", "cluster", "primary")}
+            return verdict
+        lengths.update({g: 2 * length for g, length in short.items()})
+
+
+def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, method: str, seed: int) -> Verdict:
+    """`random` over parts: the first `budget` rows of the seeded draw order (a streaming top-k
+    of hashes)."""
+    if method != "random":
+        raise ValueError(f"selector {method!r} has no distributed form over parts")
+    n, _, ids = _first_keys(run(_head, [(load, part, method, ("draw", seed), budget) for part in parts]), budget)
+    verdict = Verdict(method, n)
+    verdict.decided = dict.fromkeys(ids.tolist(), "")
+    return verdict
+
+
+def parts_selection(load, parts: Sequence, indices: list[int], verdict: Verdict, seed: int, scored: bool = True) -> list[reference.Selection]:
+    """Round 4 for a group of parts: the rows of each parts[i], i in indices, as the in-memory
+    selector labels them (one Selection per part, aligned with its rows). `scored`: the rows
+    carry scores and rank by hardness; else (random without scores) by the seeded draw.
+
+    Ranking counts the rows of every other part that precede each row of the group, so each
+    group reads the pool's keys once: fewer, larger groups read less."""
+    by = "hardness" if scored else ("draw", seed)
+    rows = [load(parts[i]) for i in indices]
+    ids = [_ids(r, verdict.method) for r in rows]
+    primary = [_primary(r, i, by) for r, i in zip(rows, ids)]
+    rank = _rank(np.concatenate(primary), np.concatenate(ids), load, parts, set(indices), verdict.method, by)
+    ranks = np.split(rank, np.cumsum([len(i) for i in ids])[:-1])
+    return [_labelled(*part, verdict) for part in zip(rows, ids, primary, ranks)]
+
+
+def ranks_in_pool(load, parts: Sequence, run: Run, method: str, primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """int32 hardness rank in the pool of the rows with these keys (the selected ones): the rows
+    of every part that precede each, counted by the parts and summed."""
+    rank = np.zeros(len(ids), dtype=np.int64)
+    for counts in run(_count_preceding, [(load, part, method, primary, ids) for part in parts]):
+        rank += counts
+    return rank.astype(np.int32)
+
+
+def _count_preceding(load, part, method: str, primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    rows = load(part, (_id_column(method), SCORE))
+    part_ids = _ids(rows, method)
+    return _count_before(primary, ids, _primary(rows, part_ids, "hardness"), part_ids)
+
+
+def _labelled(rows: dict, ids: np.ndarray, primary: np.ndarray, rank: np.ndarray, verdict: Verdict) -> reference.Selection:
+    n = len(ids)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    if verdict.method == "random":
+        cluster = np.full(n, -1, dtype=np.int32)
+    else:
+        cluster = reference.assign_clusters(_unit(rows, ids, verdict), verdict.centroids)
+        if verdict.last_in_reach is not None:
+            reason[_at_or_before(primary, ids, verdict.last_in_reach)] = schema.DROP_QUOTA
+    for row, i in enumerate(ids.tolist()):
+        if i in verdict.decided:
+            reason[row] = verdict.decided[i]
+    if verdict.last_trimmed is not None:
+        reason[_at_or_before(primary, ids, verdict.last_trimmed)] = schema.DROP_OUTLIER
+    return reference.Selection(reason == "", cluster, rank, reason, verdict.k)
+
+
+def _clustered(load, parts, run: Run, config, method: str, seed: int) -> Verdict:
+    """Round 1: the pool's size and mean, and centroids trained on the seeded sample."""
+    n, sums, score_sum, sample = 0, None, 0, None
+    for rows, part_sums, part_score_sum, part_sample in run(_summary, [(load, part, seed, config.kmeans_sample) for part in parts]):
+        n += rows
+        sums = part_sums if sums is None else exact_mean.add_sums(sums, part_sums)
+        score_sum += part_score_sum
+        if sample is not None:
+            part_sample = tuple(np.concatenate(pair) for pair in zip(sample, part_sample))
+        draws, ids, _ = part_sample
+        sample = tuple(column[_key_order(draws, ids)[: config.kmeans_sample]] for column in part_sample)
+    if n == 0:
+        return Verdict(method, 0)
+    # A single row is left uncentred, as in memory: it would be its own mean.
+    mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
+    _, ids, emb = sample
+    by_id = np.argsort(ids, kind="stable")  # k-means++ reads its rows in id order, as in memory
+    k = min(config.clusters, n, len(ids))
+    centroids = reference.train_centroids(reference.centred_unit_rows(emb[by_id], mean), k, seed)
+    return Verdict(method, n, k=k, mean=mean, centroids=centroids, score_sum=score_sum)
+
+
+def _summary(load, part, seed: int, sample_size: int):
+    """A part's row count, exact embedding and score sums, and its rows of the seeded k-means
+    sample."""
+    rows = load(part)
+    ids = _ids(rows, "optidel")
+    emb = reference.embedding_rows(rows[EMBEDDING], len(ids))
+    score_sum = exact_mean.column_sums(np.asarray(rows[SCORE], dtype=np.float32).reshape(-1, 1))[0]
+    draws = np.array([seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()], dtype=np.uint64)
+    mine = _key_order(draws, ids)[:sample_size]
+    return len(ids), exact_mean.column_sums(emb), score_sum, (draws[mine], ids[mine], emb[mine])
+
+
+def _head(load, part, method: str, by, count: int):
+    """A part's row count and its first `count` keys in the `by` order."""
+    rows = load(part)
+    ids = _ids(rows, method)
+    primary = _primary(rows, ids, by)
+    first = _key_order(primary, ids)[:count]
+    return len(ids), primary[first], ids[first]
+
+
+def _first_keys(heads: Iterable, count: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The parts' heads folded as they arrive: the rows in all, and the pool's first `count` keys."""
+    n, primary, ids = 0, None, None
+    for rows, part_primary, part_ids in heads:
+        n += rows
+        if primary is not None:
+            part_primary, part_ids = np.r_[primary, part_primary], np.r_[ids, part_ids]
+        first = _key_order(part_primary, part_ids)[:count]
+        primary, ids = part_primary[first], part_ids[first]
+    return n, primary, ids
+
+
+def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int]):
+    """Round 3 in one part: per group (a cluster for optidel, one group for hard), its first
+    lengths[group] rows in hardness order past the noise tail, and how many it has in all."""
+    rows = load(part)
+    ids = _ids(rows, verdict.method)
+    primary = _primary(rows, ids, "hardness")
+    unit = _unit(rows, ids, verdict)
+    cluster = reference.assign_clusters(unit, verdict.centroids)
+    group = cluster if verdict.method == "optidel" else np.zeros(len(ids), dtype=np.int32)
+    eligible = np.ones(len(ids), dtype=bool)
+    if verdict.last_trimmed is not None:
+        eligible = ~_at_or_before(primary, ids, verdict.last_trimmed)
+    order = _key_order(primary, ids)
+    order = order[eligible[order]]
+    kept = _first_per_group(group[order], lengths)
+    rows_kept = order[kept]
+    totals = dict(zip(*np.unique(group[order], return_counts=True)))
+    columns = {
+        "id": ids[rows_kept],
+        "source": np.asarray(rows[SOURCE_ID], dtype=object)[rows_kept],
+        "primary": primary[rows_kept],
+        "cluster": cluster[rows_kept],
+        "group": group[rows_kept],
+        "unit": unit[rows_kept],
+    }
+    return columns, {int(g): int(c) for g, c in totals.items()}
+
+
+def _merge_shortlists(results: Iterable, lengths: dict[int, int]) -> tuple[dict, dict[int, int]]:
+    """The parts' shortlists folded as they arrive into one, each group cut to its length, in
+    hardness order; and each group's eligible rows in all."""
+    merged: dict | None = None
+    totals: dict[int, int] = {}
+    for columns, part_totals in results:
+        if merged is not None:
+            columns = {name: np.concatenate([merged[name], values]) for name, values in columns.items()}
+        order = _key_order(columns["primary"], columns["id"])
+        order = order[_first_per_group(columns["group"][order], lengths)]
+        merged = {name: values[order] for name, values in columns.items()}
+        for g, count in part_totals.items():
+            totals[g] = totals.get(g, 0) + count
+    return merged, totals
+
+
+def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, int], dict[str, str]]:
+    """The in-memory selector's choice on the merged shortlist (in hardness order): how far it
+    read each group, and the reason of every row it decided."""
+    n = len(short["id"])
+    selected = np.zeros(n, dtype=bool)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    hardest_first = np.arange(n)
+    if method == "optidel":
+        looked = reference.take_round_robin(
+            hardest_first, short["cluster"], short["source"], short["unit"], budget, config, selected, reason
+        )
+    else:
+        looked = {0: reference.take_hardest(hardest_first, short["source"], budget, config.per_source_cap, selected, reason)}
+    decided = reason != schema.DROP_BUDGET
+    return looked, dict(zip(short["id"][decided].tolist(), reason[decided].tolist()))
+
+
+def _first_per_group(groups: np.ndarray, lengths: dict[int, int]) -> np.ndarray:
+    """Positions (in the given order) of each group's first lengths[group] rows."""
+    seen: dict[int, int] = {}
+    keep = np.zeros(len(groups), dtype=bool)
+    for position, g in enumerate(groups.tolist()):
+        count = seen.get(g, 0)
+        if count < lengths[g]:
+            keep[position] = True
+        seen[g] = count + 1
+    return np.flatnonzero(keep)
+
+
+def _first_length(budget: int, groups: int) -> int:
+    """A first shortlist per group: twice an even share of the budget, plus room for the rows
+    the per-source cap and the near-duplicate rule skip; fetched again when too short."""
+    return 2 * math.ceil(budget / groups) + 16
+
+
+def _rank(primary: np.ndarray, ids: np.ndarray, load, parts: Sequence, group: set[int], method: str, by) -> np.ndarray:
+    """int32 position of each row in the pool's `by` order: its place among the group's rows,
+    plus the rows of each other part that precede it (only their keys are read)."""
+    own = _key_order(primary, ids)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[own] = np.arange(len(ids))
+    columns = (_id_column(method),) + ((SCORE,) if by == "hardness" else ())
+    for other, part in enumerate(parts):
+        if other in group:
+            continue
+        rows = load(part, columns)
+        other_ids = _ids(rows, method)
+        rank += _count_before(primary, ids, _primary(rows, other_ids, by), other_ids)
+    return rank.astype(np.int32)
+
+
+def _count_before(primary, ids, other_primary, other_ids) -> np.ndarray:
+    """Per row, how many of the other rows precede it (ids are unique across the pool)."""
+    is_other = np.r_[np.zeros(len(ids), dtype=np.int64), np.ones(len(other_ids), dtype=np.int64)]
+    order = _key_order(np.r_[primary, other_primary], np.r_[ids, other_ids])
+    before = np.cumsum(is_other[order]) - is_other[order]
+    counts = np.empty(len(order), dtype=np.int64)
+    counts[order] = before
+    return counts[: len(ids)]
+
+
+def _unit(rows, ids, verdict: Verdict) -> np.ndarray:
+    emb = reference.embedding_rows(rows[EMBEDDING], len(ids))
+    return reference.centred_unit_rows(emb, verdict.mean)
+
+
+def _id_column(method: str) -> str:
+    return IMAGE_ID if method == "random" else PATCH_ID
+
+
+def _ids(rows: dict, method: str) -> np.ndarray:
+    return np.asarray(rows[_id_column(method)], dtype=object).astype(str)
+
+
+def _primary(rows: dict, ids: np.ndarray, by) -> np.ndarray:
+    """The first sort key of each row: minus its score (hardest first; checked finite, as in
+    memory), or for ("draw", seed) its seeded hash (the `random` selector's draw order)."""
+    if by == "hardness":
+        scores = np.asarray(rows[SCORE], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            raise ValueError(f"scores: non-finite score for {ids[bad[0]]!r} ({bad.size} rows)")
+        return -scores
+    _, seed = by
+    return np.array([seeding.derive(seed, "draw", i) for i in ids.tolist()], dtype=np.uint64)
+
+
+def _key_order(primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row indices sorted by (primary, id), as select.hardness_rank orders them."""
+    by_id = np.argsort(ids, kind="stable")
+    return by_id[np.argsort(primary[by_id], kind="stable")]
+
+
+def _at_or_before(primary: np.ndarray, ids: np.ndarray, key: Key) -> np.ndarray:
+    first, last_id = key
+    return (primary < first) | ((primary == first) & (ids <= last_id))

@@ -1,0 +1,171 @@
+"""Selection over parts (stages/select_parts.py) against the in-memory selectors it stands for
+(stages/select.py): the same rows, clusters, ranks and reasons on random pools split into
+parts, with score ties, identical and near-identical embeddings, crowded sources, and
+shortlists short enough to be fetched again. A k-means sample smaller than the pool still
+gives a valid selection."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from optidel.manifests import schema
+from optidel.pipeline.config import SelectConfig
+from optidel.stages import exact_mean, select_parts
+from optidel.stages.select import select_images, select_patches
+
+
+class Parts:
+    """A pool cut into parts: load(p) gives part p's rows, as a pass-1 part would."""
+
+    def __init__(self, columns: dict[str, np.ndarray], n_parts: int, seed: int):
+        rows = np.random.default_rng(seed).permutation(len(next(iter(columns.values()))))
+        cuts = np.sort(np.random.default_rng(seed + 1).integers(0, len(rows) + 1, n_parts - 1))
+        self.rows = np.split(rows, cuts)  # some parts may be empty
+        self.columns = columns
+
+    def __call__(self, part: int, columns=None) -> dict[str, np.ndarray]:
+        return {name: values[self.rows[part]] for name, values in self.columns.items() if name in (columns or self.columns)}
+
+
+def run_here(fn, calls):
+    return [fn(*call) for call in calls]
+
+
+def random_pool(seed: int, n: int = 600, dim: int = 12, n_centres: int = 10):
+    """Patches around a few directions, those of the first much harder (so hardness alone
+    would crowd one cluster); scores from a short list of values (many ties); some embeddings
+    copied exactly, some nudged (near-duplicates); sources of 1 to 6 patches."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_centres, dim))
+    centre = rng.integers(0, n_centres, n)
+    emb = centres[centre] + 0.4 * rng.normal(size=(n, dim))
+    copies = rng.choice(n, n // 10, replace=False)
+    emb[copies] = emb[rng.choice(n, len(copies))]
+    nudged = rng.choice(n, n // 10, replace=False)
+    emb[nudged] = emb[rng.choice(n, len(nudged))] + 1e-3 * rng.normal(size=(len(nudged), dim))
+    scores = (rng.choice(np.linspace(0.5, 1.5, 40), n) + (centre == 0)).astype(np.float32)
+    sources = np.repeat([f"src-{i:04d}" for i in range(n)], rng.integers(1, 7, n))[:n].astype(object)
+    ids = np.array([f"p-{i:05d}" for i in rng.permutation(n)], dtype=object)
+    return {"patch_id": ids, "source_id": sources, "score": scores, "embedding": emb.astype(np.float32)}
+
+
+def distributed(parts: Parts, n_parts: int, method: str, budget: int, config, seed: int, shortlist=None):
+    """Selection over the parts, reassembled into pool row order."""
+    part_ids = list(range(n_parts))
+    if method == "random":
+        verdict = select_parts.select_images_in_parts(parts, part_ids, run_here, budget=budget, method=method, seed=seed)
+    else:
+        verdict = select_parts.select_patches_in_parts(
+            parts, part_ids, run_here, budget=budget, config=config, method=method, seed=seed, shortlist=shortlist
+        )
+    scored = "score" in parts.columns
+    n = len(parts.columns["source_id"])
+    out = {"selected": np.zeros(n, bool), "cluster": np.zeros(n, np.int32), "rank": np.zeros(n, np.int32),
+           "reason": np.full(n, "?", dtype=object)}
+    groups = [part_ids[:2], part_ids[2:]] if n_parts > 2 else [part_ids]
+    for group in groups:
+        for p, sel in zip(group, select_parts.parts_selection(parts, part_ids, group, verdict, seed, scored=scored)):
+            for name in out:
+                out[name][parts.rows[p]] = getattr(sel, name)
+    return out, verdict
+
+
+def assert_same(out, reference, verdict):
+    for name in ("selected", "cluster", "rank", "reason"):
+        assert np.array_equal(out[name], getattr(reference, name)), name
+    assert verdict.k == reference.n_clusters
+
+
+def assert_chosen(parts: Parts, n_parts: int, verdict, reference):
+    """The verdict's chosen rows, and the ranks counted for them, are the reference's selected
+    rows with their clusters and ranks: all the barrier's plan needs of them."""
+    ids = parts.columns["patch_id"].astype(str)
+    chosen = verdict.chosen
+    assert sorted(chosen["id"].tolist()) == sorted(ids[reference.selected].tolist())
+    rows = {i: r for r, i in enumerate(ids.tolist())}
+    at = np.array([rows[i] for i in chosen["id"].tolist()], dtype=np.int64)
+    assert np.array_equal(chosen["cluster"], reference.cluster[at])
+    ranks = select_parts.ranks_in_pool(parts, list(range(n_parts)), run_here, verdict.method, chosen["primary"], chosen["id"])
+    assert np.array_equal(ranks, reference.rank[at])
+    assert float(exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0]) == pytest.approx(parts.columns["score"].mean())
+
+
+CONFIG = SelectConfig(clusters=8, near_duplicate_cosine=0.98, per_source_cap=2, trim_top_frac=0.05)
+
+
+@pytest.mark.parametrize("method", ["optidel", "hard"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_patch_selection_over_parts_is_the_in_memory_one(method, seed):
+    pool = random_pool(seed)
+    budget = 120
+    reference = select_patches(**{k + "s" if k != "embedding" else "embeddings": v for k, v in pool.items()},
+                               budget=budget, config=CONFIG, method=method, seed=seed)
+    # The rules had work to do: every reason the selector gives occurs.
+    reasons = set(reference.reason.tolist())
+    assert {"", schema.DROP_SOURCE_CAP, schema.DROP_BUDGET} <= reasons
+    if method == "optidel":
+        assert {schema.DROP_DUPLICATE, schema.DROP_QUOTA, schema.DROP_OUTLIER} <= reasons
+    assert reference.selected.sum() == budget
+    for n_parts in (1, 7):
+        parts = Parts(pool, n_parts, seed)
+        out, verdict = distributed(parts, n_parts, method, budget, CONFIG, seed, shortlist=3)
+        assert_same(out, reference, verdict)
+        assert_chosen(parts, n_parts, verdict, reference)
+        assert verdict.fetches > 1  # 3 rows per cluster ran out: the rounds fetched again
+
+
+def test_default_shortlists_need_no_second_fetch_on_an_even_pool():
+    pool = random_pool(5)
+    out, verdict = distributed(Parts(pool, 4, 5), 4, "optidel", 60, CONFIG, 5)
+    reference = select_patches(patch_ids=pool["patch_id"], source_ids=pool["source_id"], scores=pool["score"],
+                               embeddings=pool["embedding"], budget=60, config=CONFIG, method="optidel", seed=5)
+    assert_same(out, reference, verdict)
+    assert verdict.fetches == 1
+
+
+def test_a_budget_beyond_the_pool_selects_every_eligible_row():
+    pool = random_pool(6, n=80)
+    config = SelectConfig(clusters=4, near_duplicate_cosine=1.0, per_source_cap=100, trim_top_frac=0.05)
+    out, verdict = distributed(Parts(pool, 3, 6), 3, "optidel", 500, config, 6, shortlist=2)
+    reference = select_patches(patch_ids=pool["patch_id"], source_ids=pool["source_id"], scores=pool["score"],
+                               embeddings=pool["embedding"], budget=500, config=config, method="optidel", seed=6)
+    assert_same(out, reference, verdict)
+    assert out["selected"].sum() == 80 - int(0.05 * 80)
+
+
+@pytest.mark.parametrize("scored", [False, True])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_random_images_over_parts_are_the_in_memory_draw(seed, scored):
+    pool = random_pool(seed, n=300)
+    columns = {"source_id": pool["patch_id"], **({"score": pool["score"]} if scored else {})}
+    reference = select_images(source_ids=columns["source_id"], scores=columns.get("score"), embeddings=None,
+                              budget=40, config=CONFIG, method="random", seed=seed)
+    out, verdict = distributed(Parts(columns, 5, seed), 5, "random", 40, CONFIG, seed)
+    for name in ("selected", "rank", "reason"):
+        assert np.array_equal(out[name], getattr(reference, name)), name
+    assert np.all(out["cluster"] == -1) and verdict.k == reference.n_clusters == 0
+
+
+def test_a_sample_smaller_than_the_pool_gives_a_valid_selection():
+    """k-means on 100 of 600 rows: other centroids, so another selection, but the budget is met
+    under every rule: no source above its cap, no two selected rows near-duplicates, the noise
+    tail trimmed, and the picks spread over the clusters."""
+    pool = random_pool(7)
+    config = SelectConfig(clusters=8, near_duplicate_cosine=0.9, per_source_cap=2, trim_top_frac=0.05, kmeans_sample=100)
+    out, verdict = distributed(Parts(pool, 6, 7), 6, "optidel", 120, config, 7, shortlist=4)
+    selected = out["selected"]
+    assert selected.sum() == 120 and verdict.k == 8
+    assert max(Counter(pool["source_id"][selected].tolist()).values()) <= 2
+    assert np.all(out["reason"][out["rank"] < int(0.05 * 600)] == schema.DROP_OUTLIER)
+    unit = pool["embedding"] - pool["embedding"].astype(np.float64).mean(axis=0)
+    unit = (unit / np.linalg.norm(unit, axis=1, keepdims=True))[selected]
+    cosines = unit @ unit.T
+    assert cosines[~np.eye(len(unit), dtype=bool)].max() <= 0.9 + 1e-6
+    assert len(set(out["cluster"][selected].tolist())) == 8
+    assert sorted(np.unique(out["rank"])) == list(range(600))
+    exact, _ = distributed(Parts(pool, 6, 7), 6, "optidel", 120,
+                           config.model_copy(update={"kmeans_sample": 600}), 7, shortlist=4)
+    assert not np.array_equal(exact["cluster"], out["cluster"])  # the sample did change the centroids
