@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from optidel.manifests.layout import manifest_relpath
+
 
 def arm_figures(out: Path) -> dict:
-    samples = pq.read_table(out / "manifests" / "samples.parquet", columns=["source_ids", "boxes", "scores"]).to_pylist()
-    sources = pq.read_table(out / "manifests" / "sources.parquet", columns=["source_id", "uri", "width", "height"])
+    samples = pq.read_table(out / manifest_relpath("samples"), columns=["source_ids", "boxes", "scores"]).to_pylist()
+    sources = pq.read_table(out / manifest_relpath("sources"), columns=["source_id", "uri", "width", "height"])
     by_id = {s["source_id"]: s for s in sources.to_pylist()}
     clips, sides, scores = set(), [], []
     for sample in samples:

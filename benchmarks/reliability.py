@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from optidel.manifests.layout import manifest_relpath
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -67,7 +69,7 @@ KILL_POINTS = {
     "part1": lambda out: _parts(out) >= 1,
     "part3": lambda out: _parts(out) >= 3,
     "pass2": lambda out: any((out / "shards").glob("shard-*.tar")),
-    "manifests": lambda out: (out / "manifests" / "shards.parquet").exists(),
+    "manifests": lambda out: (out / manifest_relpath("shards")).exists(),
 }
 
 
@@ -81,7 +83,7 @@ def tree(out: Path) -> dict[str, bytes]:
 
 def check(out: Path, reference: dict[str, bytes]) -> dict:
     got = tree(out)
-    keys = pq.read_table(out / "manifests" / "samples.parquet").column("sample_key").to_pylist()
+    keys = pq.read_table(out / manifest_relpath("samples")).column("sample_key").to_pylist()
     verify = subprocess.run([sys.executable, "-m", "optidel.pipeline.cli", "verify", str(out)], capture_output=True, text=True)
     run_json = json.loads((out / "run.json").read_text())
     return {

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from optidel.manifests.layout import Output
+from optidel.manifests.layout import Output, manifest_relpath
 from optidel.pipeline import barrier, config as config_mod, pass1, pass2
 from optidel.pipeline.inputs import list_sources
 from optidel.pipeline.runner import run
@@ -208,7 +208,7 @@ def _pass2_reads(out: Path) -> int:
     """Source reads pass 2 made: each compose task reads each of its distinct sources once."""
     import pyarrow.parquet as pq
 
-    samples = pq.read_table(out / "manifests" / "samples.parquet").column("source_ids").to_pylist()
+    samples = pq.read_table(out / manifest_relpath("samples")).column("source_ids").to_pylist()
     per_task = Compose.execution.batch_size
     return sum(
         len({s for ids in samples[i : i + per_task] for s in ids}) for i in range(0, len(samples), per_task)

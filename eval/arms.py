@@ -55,8 +55,7 @@ def open_arm(name: str, out: str) -> Arm:
     pool_ok = counts["by_status"].get(schema.OK, 0)
     if counts["samples"] == 0 or pool_ok == 0:
         raise EvalError(f"arm {name}: {out} holds no samples to pre-train on")
-    index = output.read_json(layout.INDEX_JSON)
-    shards = [output.path(layout.SHARDS_DIR, entry["url"]) for entry in index["shardlist"]]
+    shards = layout.shard_urls(out)
     digests = output.read_manifest("shards").column("sha256").to_pylist()
     fingerprint = hashlib.sha256("\n".join(digests).encode()).hexdigest()
     return Arm(name, out, shards, counts["samples"], pool_ok, fingerprint)

@@ -1,10 +1,19 @@
 """Where everything lives under an output directory, and how a file lands there whole.
 
-OUT/shards/shard-000000.tar ...   WebDataset shards
-OUT/shards/index.json             wids shard index
-OUT/manifests/{sources,patches,samples,shards}.parquet
+OUT/index.json                    wids shard index (urls relative to OUT)
+OUT/shards/shard-000000.tar ...   WebDataset shards, and nothing else
+OUT/manifests/NAME/NAME.parquet   one folder per table: sources, patches, samples, shards
+OUT/manifests/README.md           what each table holds
 OUT/run.json                      resolved config, versions, counts, timings, V-information
 OUT/work/                         intermediate state (proxy checkpoint, candidates)
+
+Readers glob folders, so each folder holds one kind of thing: `OUT/shards/` only tars (the
+index sits above it), so `ray.data.read_webdataset(OUT/shards/)` or HF datasets'
+`data_files=OUT/shards/*` read shards and nothing else; each table has its own folder, so
+`OUT/manifests/patches/` or DuckDB's `'OUT/manifests/patches/*.parquet'` is one table. Reading
+`OUT/manifests/` whole would union the four tables into nonsense (pyarrow and pandas search
+folders recursively): manifests/README.md is not Parquet, so that read fails instead, naming a
+file that says what to read.
 
 OUT may be a local path or an fsspec URL; every file is written under a temporary name and
 renamed only when complete, so a final name only ever holds a whole file.
@@ -26,11 +35,31 @@ from . import schema
 SHARDS_DIR = "shards"
 MANIFESTS_DIR = "manifests"
 WORK_DIR = "work"
-INDEX_JSON = "shards/index.json"
+INDEX_JSON = "index.json"
 INDEX_KIND = "wids-shard-index-v1"  # index.json's "__kind__"
 RUN_JSON = "run.json"
+MANIFESTS_README = f"{MANIFESTS_DIR}/README.md"
 SCHEMA_VERSION_KEY = b"optidel.schema_version"
 ROW_GROUP_ROWS = 65536
+
+_README_TEXT = """\
+optidel manifests: one folder per table, each a Parquet dataset of its own.
+
+  sources/   one row per listed source (status, size, where it is)
+  patches/   one row per candidate patch (box, mask, score, cluster, rank, selected or why not)
+  samples/   one row per output sample (shard, members, sha256, its patches in slot order)
+  shards/    one row per shard (nsamples, bytes, sha256)
+
+Read a table by its folder: pandas.read_parquet("manifests/patches/"), DuckDB
+'manifests/patches/*.parquet'. This folder as a whole is not one table, and this file is here
+so that reading it as one fails instead of mixing the four. Columns: optidel's
+manifests/schema.py and its README.
+"""
+
+
+def manifest_relpath(name: str) -> str:
+    """Where manifest `name` (a key of schema.SCHEMAS) lives under OUT."""
+    return f"{MANIFESTS_DIR}/{name}/{name}.parquet"
 
 
 class Output:
@@ -85,7 +114,9 @@ class Output:
         meta = dict(expected.metadata or {})
         meta[SCHEMA_VERSION_KEY] = schema.SCHEMA_VERSION.encode()
         settings = {"compression": "zstd", "write_statistics": True}
-        with self.open_atomic(f"{MANIFESTS_DIR}/{name}.parquet") as f, pq.ParquetWriter(
+        if not self.exists(MANIFESTS_README):
+            self.write_bytes(MANIFESTS_README, _README_TEXT.encode())
+        with self.open_atomic(manifest_relpath(name)) as f, pq.ParquetWriter(
             f, expected.with_metadata(meta), **settings
         ) as writer:
             pending: list[pa.Table] = []
@@ -106,10 +137,16 @@ class Output:
                 rest = pa.concat_tables(pending) if pending else expected.empty_table()
                 writer.write_table(rest.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
 
-    def read_manifest(self, name: str) -> pa.Table:
-        path = self.path(MANIFESTS_DIR, f"{name}.parquet")
-        with self.fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+    def read_manifest(self, name: str, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+        """Manifest `name`, or its `columns` and the rows that pass `filters` (pyarrow's filter
+        syntax); FileNotFoundError when missing, ValueError when of another schema version."""
+        path = self.path(manifest_relpath(name))
+        if not self.fs.exists(path):
+            raise FileNotFoundError(f"{path}: missing (is {self.url} an optidel output directory?)")
+        try:
+            table = pq.read_table(path, filesystem=self.fs, columns=columns, filters=filters)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"{path}: cannot read: {exc}") from exc
         version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"?").decode()
         if version != schema.SCHEMA_VERSION:
             raise ValueError(
@@ -130,8 +167,19 @@ def require_output(url: str) -> Output:
         raise NotAnOutputError(f"{url}: no such directory")
     if not fs.isdir(output.root):
         raise NotAnOutputError(f"{url}: not a directory")
-    if output.exists(MANIFESTS_DIR, "samples.parquet"):
+    if output.exists(manifest_relpath("samples")):
         return output
+    if output.exists(MANIFESTS_DIR, "samples.parquet"):
+        raise NotAnOutputError(
+            f"{url}: written by an older optidel (flat manifests/*.parquet); rerun it with `optidel run --overwrite`"
+        )
     if output.exists(WORK_DIR, "job.json"):
         raise NotAnOutputError(f"{url}: an unfinished optidel run (no manifests yet); rerun `optidel run` to finish it")
-    raise NotAnOutputError(f"{url}: not an optidel output (no {MANIFESTS_DIR}/samples.parquet)")
+    raise NotAnOutputError(f"{url}: not an optidel output (no {manifest_relpath('samples')})")
+
+
+def shard_urls(out: str) -> list[str]:
+    """OUT's shards in index order, as `out` joined with each index url: what webdataset,
+    ray.data and HF datasets take (`optidel.shards(OUT)`)."""
+    index = Output(out).read_json(INDEX_JSON)
+    return [posixpath.join(out.rstrip("/"), entry["url"]) for entry in index["shardlist"]]

@@ -14,14 +14,12 @@ import tarfile
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from pycocotools import mask as mask_utils
 
 from optidel import imageio
 
 from . import layout, schema
+from .masks import decode_mask
 
 PANEL_HEIGHT = 256  # every panel (mosaic and sources) is scaled to this height
 GAP = 8  # pixels around and between panels
@@ -41,30 +39,21 @@ def lineage(out: str, key: str) -> dict:
     """{"sample": samples.parquet row, "patches": patches.parquet rows in slot order,
     "sources": sources.parquet rows in order of first use}. KeyError for an unknown key."""
     output = layout.Output(out)
-    samples = _read(output, "samples", [("sample_key", "=", key)])
+    samples = output.read_manifest("samples", filters=[("sample_key", "=", key)])
     if samples.num_rows == 0:
-        raise KeyError(f"sample {key!r} not in {output.path(layout.MANIFESTS_DIR, 'samples.parquet')}")
+        raise KeyError(f"sample {key!r} not in {output.path(layout.manifest_relpath('samples'))}")
     sample = samples.to_pylist()[0]
     patch_ids = list(sample["patch_ids"])
-    patches = {r["patch_id"]: r for r in _read(output, "patches", [("patch_id", "in", patch_ids)]).to_pylist()}
+    patches = output.read_manifest("patches", filters=[("patch_id", "in", patch_ids)]).to_pylist()
+    patches = {r["patch_id"]: r for r in patches}
     source_ids = list(dict.fromkeys(sample["source_ids"]))
-    sources = {r["source_id"]: r for r in _read(output, "sources", [("source_id", "in", source_ids)]).to_pylist()}
+    sources = output.read_manifest("sources", filters=[("source_id", "in", source_ids)]).to_pylist()
+    sources = {r["source_id"]: r for r in sources}
     return {
         "sample": sample,
         "patches": [patches[p] for p in patch_ids if p in patches],
         "sources": [sources[s] for s in source_ids if s in sources],
     }
-
-
-def _read(output: layout.Output, name: str, filters: list) -> pa.Table:
-    path = output.path(layout.MANIFESTS_DIR, f"{name}.parquet")
-    if not output.fs.exists(path):
-        raise FileNotFoundError(f"{path}: missing (is {output.url} an optidel output directory?)")
-    table = pq.read_table(path, filesystem=output.fs, filters=filters)
-    version = (table.schema.metadata or {}).get(layout.SCHEMA_VERSION_KEY, b"?").decode()
-    if version != schema.SCHEMA_VERSION:
-        raise ValueError(f"{path}: manifest schema version {version}, this optidel reads {schema.SCHEMA_VERSION}")
-    return table
 
 
 def format_lineage(info: dict) -> str:
@@ -155,10 +144,12 @@ def _draw_patches(canvas, draw, font, panel, src: dict, shape: tuple[int, int], 
         if source_id != src["source_id"]:
             continue
         colour = SLOT_COLOURS[slot % len(SLOT_COLOURS)]
-        rle = patches.get(patch_id, {}).get("mask_rle")
-        if rle:
-            mask = mask_utils.decode({"size": [height, width], "counts": rle.encode()})
-            edges = Image.fromarray(mask * 255).resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST)
+        patch = patches.get(patch_id)
+        if patch and patch["mask_rle"]:
+            mask = decode_mask(patch)
+            if mask.shape != (height, width):
+                raise ValueError(f"patch {patch_id}: mask is {mask.shape[1]}x{mask.shape[0]}, its source {width}x{height}")
+            edges = Image.fromarray(mask.astype(np.uint8) * 255).resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST)
             canvas.paste(colour, (x0, y0, x1, y1), edges.filter(ImageFilter.FIND_EDGES))
         bx0, by0, bx1, by1 = box
         rect = (x0 + bx0 * scale[0], y0 + by0 * scale[1], x0 + bx1 * scale[0] - 1, y0 + by1 * scale[1] - 1)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from optidel import seeding
 
@@ -73,17 +72,10 @@ def load(out: str) -> RunFacts:
 
 
 def read_manifest(output: layout.Output, name: str, columns: list[str] | None = None) -> pa.Table:
-    path = output.path(layout.MANIFESTS_DIR, f"{name}.parquet")
-    if not output.fs.exists(path):
-        raise ReportError(f"{path}: missing (is {output.url} an optidel output directory?)")
     try:
-        table = pq.read_table(path, filesystem=output.fs, columns=columns)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ReportError(f"{path}: cannot read: {exc}") from exc
-    version = (table.schema.metadata or {}).get(layout.SCHEMA_VERSION_KEY, b"?").decode()
-    if version != schema.SCHEMA_VERSION:
-        raise ReportError(f"{path}: manifest schema version {version}, this optidel reads {schema.SCHEMA_VERSION}")
-    return table
+        return output.read_manifest(name, columns=columns)
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise ReportError(str(exc)) from exc
 
 
 def _run_json(output: layout.Output) -> tuple[dict, str | None]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+# 2: mask_rle became a self-contained {size, counts} struct, each manifest its own folder.
+SCHEMA_VERSION = "2"
 
 # Source status values (sources.parquet `status`).
 OK = "ok"
@@ -43,6 +44,16 @@ SCORE = "score"  # stages/score.py
 BARRIER = "barrier"  # the selection barrier (pipeline/barrier.py)
 COMPOSE = "compose"  # stages/compose.py
 WRITER = "writer"  # the shard writer (stages/write.py)
+
+
+# A mask as COCO's compressed RLE, whole: `size` is [height, width] of the source image (the
+# mask covers all of it), `counts` the compressed counts string. pycocotools decodes it as it
+# stands (optidel.manifests.decode_mask), without a join to sources for the size. `size` is a
+# list, as in COCO's JSON. The fields are nullable because the struct is (a whole-image
+# candidate has no mask), and pyarrow 26 trips on non-nullable children under a null struct:
+# pa.nulls refuses to build the column, and a filtered read (lineage's) of a fixed-size-list
+# child fails.
+MASK_RLE = pa.struct([pa.field("size", pa.list_(pa.int32())), pa.field("counts", pa.string())])
 
 
 def _schema(columns: list[tuple[str, pa.Field]]) -> tuple[pa.Schema, dict[str, str]]:
@@ -82,7 +93,7 @@ PATCHES, _PATCHES_BY = _schema(
         (PROPOSE, pa.field("mask_fraction", pa.float32())),
         (PROPOSE, pa.field("predicted_iou", pa.float32())),
         (PROPOSE, pa.field("stability_score", pa.float32())),
-        (PROPOSE, pa.field("mask_rle", pa.string())),  # COCO compressed RLE counts, size = (height, width)
+        (PROPOSE, pa.field("mask_rle", MASK_RLE)),  # null for a whole-image candidate
         (SCORE, pa.field("score", pa.float32())),  # conditional-entropy estimate, nats per dimension
         (BARRIER, pa.field("cluster", pa.int32())),
         (BARRIER, pa.field("rank", pa.int32())),  # 0 = hardest among the pool's candidate patches
@@ -136,9 +147,20 @@ def filled_by(name: str, *fillers: str) -> tuple[str, ...]:
     return tuple(column for column, by in _FILLED_BY[name].items() if by in fillers)
 
 
+def mask_rle_array(counts, heights, widths) -> pa.StructArray:
+    """The mask_rle column from the pipeline's form of it: COCO counts strings ("" for no mask,
+    which becomes null) and the height and width of each mask's source image."""
+    import pyarrow.compute as pc
+
+    counts = pa.array(list(counts), pa.string())
+    sizes = pa.array([[h, w] for h, w in zip(heights, widths)], pa.list_(pa.int32()))
+    return pa.StructArray.from_arrays([sizes, counts], fields=list(MASK_RLE), mask=pc.equal(counts, ""))
+
+
 def to_table(name: str, columns: dict) -> pa.Table:
     """Build manifest `name` from column lists/arrays, sentinels (-1, NaN, "") turned to nulls
-    in the nullable int/float/string columns, columns cast and ordered as the schema says."""
+    in the nullable int/float/string columns, columns cast and ordered as the schema says. A
+    column given as an Arrow array (mask_rle, from mask_rle_array) is taken as it is."""
     schema = SCHEMAS[name]
     missing = [f.name for f in schema if f.name not in columns]
     if missing:
@@ -146,6 +168,9 @@ def to_table(name: str, columns: dict) -> pa.Table:
     arrays = []
     for field in schema:
         values = columns[field.name]
+        if isinstance(values, pa.Array):
+            arrays.append(values.cast(field.type))
+            continue
         # numpy columns convert without a Python object per value (the barrier holds the whole
         # pool's patches); lists (e.g. samples' list columns) convert as they are.
         array = pa.array(values if getattr(values, "ndim", 0) == 1 else list(values))

@@ -4,7 +4,8 @@ Checks: every sample of samples.parquet is in its shard exactly once, at its ind
 exactly the listed members, adjacent and in order; the image member's size and sha256 and the
 json member's sample_key/patch_ids match the manifest; each shard's sample count, size and
 sha256 match shards.parquet; index.json agrees with shards.parquet; no shard is missing, and
-no shard, sample, member or temporary file is there that the manifests do not list.
+no shard, sample, member or temporary file is there that the manifests do not list, nor any
+file but shards in OUT/shards/.
 
 Shards are streamed with tarfile (hashing the file on the way through); nothing is extracted
 to disk. Every problem names the shard (and the member when there is one).
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from . import layout
+from . import layout, schema
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -118,7 +119,7 @@ def _report(problems: list[str], nsamples: int, nshards: int) -> VerifyReport:
 
 
 def _read_rows(output: layout.Output, name: str, problems: list[str]) -> list[dict] | None:
-    where = f"{layout.MANIFESTS_DIR}/{name}.parquet"
+    where = layout.manifest_relpath(name)
     try:
         return output.read_manifest(name).to_pylist()
     except FileNotFoundError:
@@ -180,10 +181,12 @@ def _check_index(output: layout.Output, shards: list[dict], problems: list[str])
         problems.append(f"{where}: shardlist is not a list of {{url, nsamples}} entries")
         return set()
     listed = [(str(e["url"]), e.get("nsamples"), e.get("filesize")) for e in entries]
-    expected = [(r["shard"], r["nsamples"], r["bytes"]) for r in shards]
     for url, _, _ in listed:
-        if posixpath.basename(url) != url:
-            problems.append(f"{where}: shard url {url} is not relative to the index")
+        if posixpath.dirname(url) != layout.SHARDS_DIR:
+            problems.append(f"{where}: shard url {url} is not {layout.SHARDS_DIR}/NAME, relative to the index")
+    # Compared by shard name from here: shards.parquet names a shard by its file name.
+    listed = [(posixpath.basename(url), nsamples, filesize) for url, nsamples, filesize in listed]
+    expected = [(r["shard"], r["nsamples"], r["bytes"]) for r in shards]
     by_url = {url: (nsamples, filesize) for url, nsamples, filesize in listed}
     for shard, nsamples, nbytes in expected:
         if shard not in by_url:
@@ -206,11 +209,16 @@ def _check_index(output: layout.Output, shards: list[dict], problems: list[str])
 
 
 def _list_shard_dir(output: layout.Output, problems: list[str]) -> set[str]:
-    """Shard files present, plus a problem per leftover temporary file anywhere in OUT."""
-    leftovers = [output.path(d, "*.tmp") for d in (layout.SHARDS_DIR, layout.MANIFESTS_DIR, "")]
+    """Shard files present, plus a problem per leftover temporary file anywhere in OUT and per
+    other file among the shards (ray.data and HF datasets read that folder whole)."""
+    tables = [posixpath.dirname(layout.manifest_relpath(name)) for name in schema.SCHEMAS]
+    leftovers = [output.path(d, "*.tmp") for d in (layout.SHARDS_DIR, layout.MANIFESTS_DIR, *tables, "")]
     for tmp in sorted(p for pattern in leftovers for p in output.fs.glob(pattern)):
         problems.append(f"{posixpath.relpath(tmp, output.root)}: leftover temporary file (an interrupted write)")
-    return {posixpath.basename(p) for p in output.fs.glob(output.path(layout.SHARDS_DIR, "*.tar"))}
+    names = {posixpath.basename(p) for p in output.fs.glob(output.path(layout.SHARDS_DIR, "*"))}
+    for name in sorted(n for n in names if not n.endswith((".tar", ".tmp"))):
+        problems.append(f"{layout.SHARDS_DIR}/{name}: not a shard; readers of the whole folder would read it as one")
+    return {n for n in names if n.endswith(".tar")}
 
 
 def _scan_shard(output: layout.Output, name: str, problems: list[str]) -> _ScannedShard | None:

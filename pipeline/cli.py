@@ -195,7 +195,7 @@ def _print_summary(out: str, info: dict) -> None:
         rows.append((key, f"{value:.4f}" if isinstance(value, float) else value))
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    print(f"shards:    {out.rstrip('/')}/shards/ (index.json)\nmanifests: {out.rstrip('/')}/manifests/\nrun:       {out.rstrip('/')}/run.json")
+    print(f"shards:    {out.rstrip('/')}/shards/ (index: {out.rstrip('/')}/index.json)\nmanifests: {out.rstrip('/')}/manifests/\nrun:       {out.rstrip('/')}/run.json")
 
 
 def _verify(args) -> int:
@@ -257,11 +257,9 @@ def _demo(args) -> int:
 
 def _next_steps(out: str) -> str:
     """What to do with a finished output: verify, inspect a real sample, report."""
-    import pyarrow.parquet as pq
+    from ..manifests.layout import Output
 
-    from ..manifests.layout import MANIFESTS_DIR, Output
-
-    samples = pq.read_table(Output(out).path(MANIFESTS_DIR, "samples.parquet"), columns=["sample_key"])
+    samples = Output(out).read_manifest("samples", columns=["sample_key"])
     where = shlex.quote(out)
     lines = ["next:", f"  optidel verify {where}"]
     if samples.num_rows:

@@ -18,7 +18,7 @@ from ..stages import select_parts
 from ..stages.select import Selection
 from . import raydata
 from .config import Config
-from .partitions import PartStore
+from .partitions import MASK_COLUMNS, PartStore, patch_masks
 
 
 class CompetingPatches:
@@ -133,12 +133,14 @@ def _labelled_pieces(store: PartStore, labels: PatchLabels, parts: list[int], gr
     """The patches.parquet rows of the parts in `group`, as the in-memory barrier labels them."""
     load = labels.chosen.load
     selections = select_parts.parts_selection(load, parts, group, labels.chosen.verdict, labels.config.seed)
-    columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING) + (C.MASK_RLE,)
+    columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)
     pieces = []
     for partition, selection in zip(group, selections):
-        part = store.read(partition, columns=(C.PATCH_INDEX, C.INPUT_INDEX, *columns))
+        # MASK_COLUMNS hold INPUT_INDEX: whether a row competes is decided by its listing position.
+        part = store.read(partition, columns=tuple(dict.fromkeys((C.PATCH_INDEX, *columns, *MASK_COLUMNS))))
         is_patch = part[C.PATCH_INDEX] >= 0
         rows = {name: part[name][is_patch] for name in columns}
+        rows[C.MASK_RLE] = patch_masks(part)
         n = len(rows[C.PATCH_ID])
         competing = load.competes(part[C.INPUT_INDEX][is_patch])
         cluster = np.full(n, -1, np.int32)

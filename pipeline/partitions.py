@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..manifests import schema
 from ..manifests.layout import WORK_DIR, Output
 from ..stages import columns as C
 
@@ -147,3 +148,17 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
         encoded = array.dictionary_encode()
         return np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()]
     return array.to_numpy()
+
+
+# What patches.parquet's mask_rle needs of a part: each patch's COCO counts and its source's size.
+MASK_COLUMNS = (C.INPUT_INDEX, C.HEIGHT, C.WIDTH, C.MASK_RLE)
+
+
+def patch_masks(part: dict[str, np.ndarray]) -> pa.StructArray:
+    """The mask_rle column of a part's patch rows (PATCH_INDEX >= 0, in order), read with
+    MASK_COLUMNS: a mask covers its source image, the source row of the same input_index."""
+    is_patch = part[C.PATCH_INDEX] >= 0
+    sources = ~is_patch
+    size_of = dict(zip(part[C.INPUT_INDEX][sources], zip(part[C.HEIGHT][sources], part[C.WIDTH][sources])))
+    sizes = [size_of[i] for i in part[C.INPUT_INDEX][is_patch]]
+    return schema.mask_rle_array(part[C.MASK_RLE][is_patch], [h for h, _ in sizes], [w for _, w in sizes])

@@ -25,12 +25,14 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from ..manifests.layout import MANIFESTS_DIR, RUN_JSON, SHARDS_DIR, WORK_DIR, Output
+from ..manifests.layout import INDEX_JSON, MANIFESTS_DIR, RUN_JSON, SHARDS_DIR, WORK_DIR, Output
 from .config import Config
 from .inputs import SourceRef
 
 JOB_JSON = f"{WORK_DIR}/job.json"
-JOB_FORMAT = 1
+# 2: the output layout of issue 15 (manifests one folder per table, index.json above the shards),
+# so that an OUT of the older layout is not taken for a finished run of this one.
+JOB_FORMAT = 2
 TMP_SUFFIX = ".tmp"
 # Config keys that do not change the output: where Ray runs, how many workers, how often a
 # failed one is retried, and whether OUT may be replaced.
@@ -144,10 +146,10 @@ def claim(output: Output, recorded: dict | None, job: dict) -> dict | None:
 
 
 def _clear_unfinished(output: Output) -> None:
-    """Remove what only a finished run vouches for (shards, manifests) and every temporary file;
-    pass-1 parts and the proxy stay."""
+    """Remove what only a finished run vouches for (shards, their index, manifests) and every
+    temporary file; pass-1 parts and the proxy stay."""
     fs = output.fs
-    for name in (SHARDS_DIR, MANIFESTS_DIR):
+    for name in (SHARDS_DIR, INDEX_JSON, MANIFESTS_DIR):
         if output.exists(name):
             fs.rm(output.path(name), recursive=True)
     for path in fs.find(output.root):

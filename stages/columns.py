@@ -45,6 +45,9 @@ IMAGE = "image"  # decoded RGB uint8 (H, W, 3); shape (0, 0, 3) when the source 
 PATCH_INDEX = "patch_index"  # -1 for the source row, 0.. for the source's patches
 PATCH_ID = "patch_id"
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+# In batches and pass-1 parts a mask is its COCO counts string alone (it covers the source
+# image, whose size is on the source row); patches.parquet's mask_rle struct adds the size
+# (pipeline/patch_manifest.py).
 MASK_RLE = "mask_rle"
 # The patches.parquet columns the proposer fills (but the source's own), after PATCH_INDEX.
 PATCH_COLUMNS = (PATCH_INDEX, *(c for c in schema.filled_by("patches", schema.PROPOSE) if c != SOURCE_ID))

@@ -102,7 +102,7 @@ class _Aborted(Exception):
 
 class ShardWriter:
     """Writes samples into OUT/shards/shard-NNNNNN.tar; `close()` finishes the last shard and
-    writes OUT/shards/index.json. Use as a context manager so an error removes the partial
+    writes OUT/index.json. Use as a context manager so an error removes the partial
     shard's temporary file instead of leaving it behind."""
 
     def __init__(self, output: layout.Output, max_count: int, max_bytes: int):
@@ -189,11 +189,14 @@ class ShardWriter:
 
 def index_json(records: Sequence[ShardRecord]) -> dict:
     """The wids shard index (what `wids.ShardListDataset` reads); urls are relative to the
-    index file, which sits beside the shards, so the output directory can move."""
+    index file, which sits at OUT's top (not among the shards, which readers glob), so the
+    output directory can move."""
     return {
         "__kind__": layout.INDEX_KIND,
         "wids_version": 1,
-        "shardlist": [{"url": r.shard, "nsamples": r.nsamples, "filesize": r.bytes} for r in records],
+        "shardlist": [
+            {"url": f"{layout.SHARDS_DIR}/{r.shard}", "nsamples": r.nsamples, "filesize": r.bytes} for r in records
+        ],
     }
 
 

@@ -1,7 +1,7 @@
 """A small but real output directory for tests of verify, lineage and anything that reads OUT.
 
 Built from real kvasir-seg images: each source gives one selected patch (the bounding box of
-its polyp mask, with the mask as COCO RLE) and one dropped whole-image candidate; every
+its polyp mask, with the mask as COCO RLE of its size) and one dropped whole-image candidate; every
 grid*grid selected patches are cut with stages.crops.crop_resize into a JPEG mosaic. Shards
 come from stages.write.ShardWriter and manifests from Output.write_manifest, so the directory
 is exactly what the pipeline's last step produces, minus run.json. Scores are NaN (null):
@@ -55,14 +55,18 @@ def build_output(
     tile: int = 32,
     max_count: int = 3,
     max_bytes: int = 1 << 30,
+    duplicates: int = 0,
 ) -> FixtureOutput:
-    """Write OUT with n_samples mosaics of grid*grid kvasir polyps, max_count per shard."""
+    """Write OUT with n_samples mosaics of grid*grid kvasir polyps, max_count per shard; the
+    first `duplicates` images are listed again, as byte-identical copies beside OUT (sources
+    rows with status duplicate and the same source_id, as a run records them)."""
     m = grid * grid
     files = sorted((kvasir / "images").glob("*.jpg"))[: n_samples * m]
     output = layout.Output(str(out_dir))
     sources: dict[str, list] = {f.name: [] for f in schema.SOURCES}
     patches: dict[str, list] = {f.name: [] for f in schema.PATCHES}
     selected: list[tuple[str, str, tuple[int, int, int, int], np.ndarray]] = []  # patch_id, source_id, box, image
+    mask_sizes: list[tuple[int, int]] = []  # (height, width) of each patch's source, the mask's size
 
     for i, path in enumerate(files):
         data = path.read_bytes()
@@ -76,7 +80,7 @@ def build_output(
             column.append(row.get(name))  # a column this fixture does not know stays null
         box, mask = _polyp_box(kvasir / "masks" / path.name, width, height)
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
-        for box_, rle_, is_polyp in ((box, rle, True), ((0, 0, width, height), None, False)):
+        for box_, rle_, is_polyp in ((box, rle, True), ((0, 0, width, height), "", False)):
             patch_id = hashlib.sha256(f"{source_id}|{box_}".encode()).hexdigest()[:16]
             patch = dict(patch_id=patch_id, source_id=source_id, x0=box_[0], y0=box_[1], x1=box_[2], y1=box_[3],
                          mask_area=int(mask.sum()) if is_polyp else -1, predicted_iou=float("nan"),
@@ -84,8 +88,21 @@ def build_output(
                          selected=is_polyp, reason=None if is_polyp else schema.DROP_BUDGET, sample_key=None, slot=-1)
             for name, column in patches.items():
                 column.append(patch.get(name))  # a column this fixture does not know stays null
+            mask_sizes.append((height, width))
             if is_polyp:
                 selected.append((patch_id, source_id, box_, image))
+
+    copies = Path(out_dir).parent / "duplicates"
+    for path in files[:duplicates]:
+        copies.mkdir(exist_ok=True)
+        copy = copies / path.name
+        copy.write_bytes(path.read_bytes())
+        original = sources["uri"].index(str(path))
+        row = {name: column[original] for name, column in sources.items()}
+        row.update(input_index=len(sources["uri"]), uri=str(copy), status=schema.DUPLICATE,
+                   duplicate_of=row["source_id"])
+        for name, column in sources.items():
+            column.append(row[name])
 
     samples: dict[str, list] = {f.name: [] for f in schema.SAMPLES}
     rows: list[dict] = []
@@ -114,8 +131,10 @@ def build_output(
     records = writer.records
 
     output.write_manifest("sources", schema.to_table("sources", sources))
+    patches["mask_rle"] = schema.mask_rle_array(patches["mask_rle"], *zip(*mask_sizes))
     output.write_manifest("patches", schema.to_table("patches", patches))
     output.write_manifest("samples", schema.to_table("samples", samples))
     output.write_manifest("shards", write.shards_table(records))
-    source_files = {sid: Path(uri) for sid, uri in zip(sources["source_id"], sources["uri"])}
+    source_files = {sid: Path(uri) for sid, uri, status in zip(sources["source_id"], sources["uri"], sources["status"])
+                    if status == schema.OK}
     return FixtureOutput(str(out_dir), records, rows, source_files)

@@ -79,7 +79,7 @@ def assert_same_as_reference(out: Path, reference_out: Path) -> None:
     got, want = tree(out), tree(reference_out)
     assert sorted(got) == sorted(want)
     assert [name for name in want if got[name] != want[name]] == []
-    keys = pq.read_table(out / "manifests" / "samples.parquet").column("sample_key").to_pylist()
+    keys = pq.read_table(out / "manifests" / "samples").column("sample_key").to_pylist()
     assert keys and len(keys) == len(set(keys))
     report = verify(str(out))
     assert report.ok, report.problems

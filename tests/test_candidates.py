@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from optidel.manifests import layout, schema
+from optidel.manifests import decode_mask, layout, schema
 from optidel.manifests.layout import Output
 from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest
 from optidel.pipeline.partitions import PartStore, part_name
@@ -21,14 +21,20 @@ PATCHES_PER_SOURCE = {0: 3, 1: 0, 2: 4, 3: 2, 4: 5}  # input_index -> patches; p
 DIM = 8
 
 
+def _size(input_index: int) -> tuple[int, int]:
+    """(height, width) of a source: each its own, so a mask given another source's size shows."""
+    return 30 + input_index, 40 + 2 * input_index
+
+
 def _part_rows(indices: list[int], rng) -> dict[str, np.ndarray]:
     """Pass-1 rows of these sources as a part holds them: a source row, then its patches."""
     rows = []
     for i in indices:
         source_id = f"{i:02d}" * 32
-        rows.append({C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: -1, C.STATUS: "ok", C.URI: f"/pool/{i}.jpg", C.WIDTH: 40, C.HEIGHT: 30})
+        height, width = _size(i)
+        rows.append({C.SOURCE_ID: source_id, C.INPUT_INDEX: i, C.PATCH_INDEX: -1, C.STATUS: "ok", C.URI: f"/pool/{i}.jpg", C.WIDTH: width, C.HEIGHT: height})
         for k in range(PATCHES_PER_SOURCE[i]):
-            mask = np.zeros((30, 40), bool)
+            mask = np.zeros((height, width), bool)
             mask[k : k + 5, i : i + 7] = True
             rows.append(
                 {
@@ -89,14 +95,33 @@ def test_patches_manifest_gets_each_mask_back_from_its_part(store, tmp_path):
 
     written = _written(store)
     is_patch = written[C.PATCH_INDEX] >= 0
-    masks = dict(zip(written[C.PATCH_ID][is_patch], written[C.MASK_RLE][is_patch]))
+    sizes = [list(_size(i)) for i in written[C.INPUT_INDEX][is_patch]]
+    masks = {p: {"size": s, "counts": c} for p, s, c in zip(written[C.PATCH_ID][is_patch], sizes, written[C.MASK_RLE][is_patch])}
     table = output.read_manifest("patches")
     assert table.column("patch_id").to_pylist() == list(plan.patches[C.PATCH_ID])
     assert table.column(C.MASK_RLE).to_pylist() == [masks[p] for p in plan.patches[C.PATCH_ID]]
+    for row in table.to_pylist():  # each mask decodes on its own, at its source's size
+        i, k = int(row["patch_id"][:2]), int(row["patch_id"][-3:])
+        expected = np.zeros(_size(i), bool)
+        expected[k : k + 5, i : i + 7] = True
+        assert np.array_equal(decode_mask(row), expected)
     # The same bytes as writing the whole table at once.
     whole = Output(str(tmp_path / "whole"))
-    whole.write_manifest("patches", schema.to_table("patches", {**plan.patches, C.MASK_RLE: written[C.MASK_RLE][is_patch]}))
-    assert (tmp_path / "m/manifests/patches.parquet").read_bytes() == (tmp_path / "whole/manifests/patches.parquet").read_bytes()
+    mask_rle = schema.mask_rle_array(written[C.MASK_RLE][is_patch], *zip(*sizes))
+    whole.write_manifest("patches", schema.to_table("patches", {**plan.patches, C.MASK_RLE: mask_rle}))
+    relpath = layout.manifest_relpath("patches")
+    assert (tmp_path / "m" / relpath).read_bytes() == (tmp_path / "whole" / relpath).read_bytes()
+
+
+def test_whole_image_plan_writes_no_masks(store, tmp_path):
+    config = config_mod.load(sets=["selector=random", "keep=1.0"])
+    plan = barrier.plan(pass1.read_candidates(store, with_patches=False), config)
+    output = Output(str(tmp_path / "m"))
+    patch_manifest.write(output, plan, store)
+    rows = output.read_manifest("patches").to_pylist()
+    assert len(rows) == len(PATCHES_PER_SOURCE) and all(row["mask_rle"] is None for row in rows)
+    with pytest.raises(ValueError, match="no mask"):
+        decode_mask(rows[0])
 
 
 def test_patches_manifest_refuses_parts_that_disagree_with_the_plan(store, tmp_path):
@@ -108,7 +133,7 @@ def test_patches_manifest_refuses_parts_that_disagree_with_the_plan(store, tmp_p
     output = Output(str(tmp_path / "m"))
     with pytest.raises(RuntimeError, match=part_name(last)):
         patch_manifest.write(output, plan, store)
-    assert not (tmp_path / "m" / "manifests").exists() or not list((tmp_path / "m" / "manifests").iterdir())
+    assert not list((tmp_path / "m").rglob("*.parquet*"))
 
 
 @pytest.mark.parametrize("sizes", [[], [0], [3, 9, 1, 0, 14, 2], [7, 7], [30]])
@@ -129,7 +154,7 @@ def test_manifest_written_in_pieces_has_the_bytes_of_one_write(tmp_path, monkeyp
     meta = {**(schema.SHARDS.metadata or {}), layout.SCHEMA_VERSION_KEY: schema.SCHEMA_VERSION.encode()}
     reference = pa.BufferOutputStream()
     pq.write_table(table.replace_schema_metadata(meta), reference, compression="zstd", row_group_size=7, write_statistics=True)
-    path = tmp_path / "manifests" / "shards.parquet"
+    path = tmp_path / layout.manifest_relpath("shards")
     assert path.read_bytes() == reference.getvalue().to_pybytes()
     assert pq.ParquetFile(path).num_row_groups == max(1, -(-n // 7))
     assert output.read_manifest("shards").equals(table)
@@ -140,4 +165,4 @@ def test_manifest_piece_with_the_wrong_schema_leaves_no_file(tmp_path):
     output = Output(str(tmp_path))
     with pytest.raises(ValueError, match="manifest shards: schema differs"):
         output.write_manifest_pieces("shards", [good, good.drop_columns(["sha256"])])
-    assert list((tmp_path / "manifests").iterdir()) == []
+    assert list((tmp_path / "manifests").rglob("*.parquet*")) == []

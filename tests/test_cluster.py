@@ -151,14 +151,10 @@ def _process(pid: int) -> psutil.Process | None:
 
 
 def _tree_bytes(out: Path) -> dict[str, bytes]:
-    """The shards and manifests, by relative path (run.json holds timings and the address;
-    work/ is intermediate state)."""
-    return {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for part in ("shards", "manifests")
-        for p in sorted((out / part).rglob("*"))
-        if p.is_file()
-    }
+    """The shards, their index and the manifests, by relative path (run.json holds timings and
+    the address; work/ is intermediate state)."""
+    files = [out / "index.json", *(out / "shards").rglob("*"), *(out / "manifests").rglob("*")]
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(files) if p.is_file()}
 
 
 @pytest.fixture()
@@ -203,5 +199,5 @@ def test_two_node_cluster_matches_local_run(job, tmp_path, ray_local):
     assert cluster.leftovers() == []
 
     local_files, cluster_files = _tree_bytes(local), _tree_bytes(remote)
-    assert any(name.endswith(".tar") for name in local_files) and "manifests/patches.parquet" in local_files
+    assert any(name.endswith(".tar") for name in local_files) and "manifests/patches/patches.parquet" in local_files
     assert cluster_files == local_files

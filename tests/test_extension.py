@@ -13,13 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from optidel.manifests import schema
+from optidel.manifests import decode_mask, schema
 from optidel.manifests.verify import verify
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
 from optidel.stages import mae, propose, score, select
 
-from masks import rle_to_mask
 
 N_SOURCES = 12
 KEEP = 0.25
@@ -125,7 +124,7 @@ def test_toy_selector_runs_end_to_end(toy_selector, pool, tmp_path, ray_local, c
     assert "invalid choice: 'hardest'" in capsys.readouterr().err
 
     assert _run(pool, tmp_path / "out", "--selector", "easiest") == 0
-    patches = pq.read_table(tmp_path / "out" / "manifests" / "patches.parquet").to_pylist()
+    patches = pq.read_table(tmp_path / "out" / "manifests" / "patches").to_pylist()
     chosen = [p["score"] for p in patches if p["selected"]]
     others = [p["score"] for p in patches if not p["selected"]]
     assert len(chosen) == 4 * math.ceil(KEEP * N_SOURCES) and others
@@ -147,12 +146,13 @@ def test_toy_proposer_runs_end_to_end(toy_proposer, pool, tmp_path, ray_local, c
     out = tmp_path / "out"
     assert _run(pool, out, "--proposer", "grid", "--selector", "hard") == 0
     assert json.loads((out / "run.json").read_text())["models"]["proposer"]["name"] == "grid"
-    sources = {s["source_id"]: s for s in pq.read_table(out / "manifests" / "sources.parquet").to_pylist()}
-    patches = pq.read_table(out / "manifests" / "patches.parquet").to_pylist()
+    sources = {s["source_id"]: s for s in pq.read_table(out / "manifests" / "sources").to_pylist()}
+    patches = pq.read_table(out / "manifests" / "patches").to_pylist()
     assert patches and all(p["predicted_iou"] == GRID_IOU for p in patches)
     for p in patches:  # every mask is one of the grid's cells
         source = sources[p["source_id"]]
-        mask = rle_to_mask(p["mask_rle"], source["height"], source["width"])
+        mask = decode_mask(p)
+        assert mask.shape == (source["height"], source["width"])
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         cell = ((rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1))
         assert cell[0] in _cells(source["height"]) and cell[1] in _cells(source["width"])

@@ -75,7 +75,7 @@ def test_one_status_and_reason_per_source(pool, runs, selector):
     inputs, expected, _, _ = pool
     out, info = runs[selector]
     assert info["status"] == "complete"
-    rows = pq.read_table(out / "manifests" / "sources.parquet").to_pylist()
+    rows = pq.read_table(out / "manifests" / "sources").to_pylist()
     assert len(rows) == len(list_sources(inputs)) == len(expected)
     got = {(r["uri"], r["member"] or ""): r for r in rows}
     assert len(got) == len(rows)  # one row per listed source
@@ -87,7 +87,7 @@ def test_one_status_and_reason_per_source(pool, runs, selector):
 
 def test_hostile_kinds_are_recorded_faithfully(runs):
     out, _ = runs["optidel"]
-    rows = pq.read_table(out / "manifests" / "sources.parquet").to_pylist()
+    rows = pq.read_table(out / "manifests" / "sources").to_pylist()
     by_name = {r["uri"].rsplit("/", 1)[-1]: r for r in rows if not r["member"]}
     by_member = {r["member"]: r for r in rows if r["member"]}
 
@@ -109,14 +109,14 @@ def test_hostile_kinds_are_recorded_faithfully(runs):
 @pytest.mark.parametrize("selector", ["optidel", "random"])
 def test_outputs_come_only_from_ok_sources(runs, selector):
     out, info = runs[selector]
-    sources = pq.read_table(out / "manifests" / "sources.parquet").to_pylist()
+    sources = pq.read_table(out / "manifests" / "sources").to_pylist()
     ok_ids = {s["source_id"] for s in sources if s["status"] == schema.OK}
     n_ok = len(ok_ids)
     assert info["counts"]["samples"] == math.ceil((0.25 if selector == "optidel" else 0.5) * n_ok)
-    samples = pq.read_table(out / "manifests" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifests" / "samples").to_pylist()
     used = {sid for s in samples for sid in s["source_ids"]}
     assert used and used <= ok_ids
-    patches = pq.read_table(out / "manifests" / "patches.parquet").to_pylist()
+    patches = pq.read_table(out / "manifests" / "patches").to_pylist()
     assert {p["source_id"] for p in patches} <= ok_ids
     if selector == "optidel":
         assert len(patches) > n_ok  # regions were proposed, not only whole images
@@ -133,7 +133,7 @@ def test_nothing_written_outside_out(pool, runs):
         names = {p.name for p in out.rglob("*")}
         assert not names & {"evil.jpg", "abs.jpg"}
         top = {p.name for p in out.iterdir()}
-        assert top <= {"shards", "manifests", "run.json", "work"}
+        assert top <= {"shards", "index.json", "manifests", "run.json", "work"}
     assert not (root.parent / "evil.jpg").exists() and not (root / "evil.jpg").exists()
     assert not Path("/abs.jpg").exists()
 

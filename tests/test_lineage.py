@@ -7,8 +7,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
+from optidel.manifests import decode_mask
 from optidel.manifests import lineage as L
 from output_fixtures import build_output
 
@@ -18,7 +19,7 @@ def fixture_out(tmp_path_factory, kvasir):
     return build_output(tmp_path_factory.mktemp("lineage") / "out", kvasir, n_samples=3, max_count=2)
 
 
-def test_lineage_returns_the_samples_patches_and_sources(fixture_out):
+def test_lineage_returns_the_samples_patches_and_sources(fixture_out, kvasir):
     row = fixture_out.samples[2]
     info = L.lineage(fixture_out.out, row["sample_key"])
     assert info["sample"]["shard"] == row["shard"] == "shard-000001.tar"
@@ -30,7 +31,10 @@ def test_lineage_returns_the_samples_patches_and_sources(fixture_out):
     assert [p["slot"] for p in info["patches"]] == [0, 1, 2, 3]
     assert all(p["sample_key"] == row["sample_key"] and p["selected"] for p in info["patches"])
     assert [[p["x0"], p["y0"], p["x1"], p["y1"]] for p in info["patches"]] == row["boxes"]
-    assert all(p["mask_rle"] for p in info["patches"])
+    # Each mask decodes on its own to its source's polyp mask (the fixture's masks are kvasir's).
+    for patch in info["patches"]:
+        polyp = np.asarray(Image.open(kvasir / "masks" / fixture_out.source_files[patch["source_id"]].name).convert("L")) > 127
+        assert np.array_equal(decode_mask(patch), polyp)
 
 
 def test_unknown_key_is_a_clear_key_error(fixture_out):
@@ -51,7 +55,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
 
 
-def test_draw_lineage_layout_and_content(fixture_out, tmp_path):
+def test_draw_lineage_layout_and_content(fixture_out, tmp_path, kvasir):
     row = fixture_out.samples[1]
     png = tmp_path / "lineage.png"
     panels = L.draw_lineage(fixture_out.out, row["sample_key"], str(png))
@@ -79,3 +83,12 @@ def test_draw_lineage_layout_and_content(fixture_out, tmp_path):
         cx, cy = int(x0 + (box[0] + box[2]) / 2 * sx), int(y0 + box[3] * sy)
         window = canvas[cy - 3 : cy + 3, cx - 3 : cx + 3].reshape(-1, 3)
         assert (window == L.SLOT_COLOURS[slot]).all(axis=1).any(), slot
+
+    # ... and its mask's outline in that colour: most of the outline's pixels, drawn where the
+    # mask (scaled as the panel is) has its edges; boxes and labels cover the rest.
+    for slot, (x0, y0, x1, y1) in enumerate(panels[1:]):
+        polyp = Image.open(kvasir / "masks" / fixture_out.source_files[row["source_ids"][slot]].name).convert("L")
+        scaled = polyp.point(lambda v: 255 if v > 127 else 0).resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST)
+        outline = np.asarray(scaled.filter(ImageFilter.FIND_EDGES)) == 255
+        drawn = (canvas[y0:y1, x0:x1] == L.SLOT_COLOURS[slot]).all(axis=2)
+        assert outline.sum() > 50 and drawn[outline].mean() > 0.8, slot

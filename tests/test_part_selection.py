@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from optidel.manifests import layout
 from optidel.manifests.layout import Output
 from optidel.pipeline import barrier, config as config_mod, pass1, pass2, patch_manifest
 from optidel.pipeline.partitions import PartStore
@@ -74,8 +75,8 @@ def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, 
         output = Output(str(tmp_path / name))
         rows[name] = patch_manifest.write(output, plan, store)
     assert rows["in_memory"] == rows["over_parts"] == len(in_memory.patches[C.PATCH_ID])
-    written = (tmp_path / "in_memory/manifests/patches.parquet").read_bytes()
-    assert (tmp_path / "over_parts/manifests/patches.parquet").read_bytes() == written
+    written = (tmp_path / "in_memory" / layout.manifest_relpath("patches")).read_bytes()
+    assert (tmp_path / "over_parts" / layout.manifest_relpath("patches")).read_bytes() == written
     if scored:  # the plan holds the chosen rows only
         assert len(over_parts.patches[C.PATCH_ID]) == in_memory.patches["sample_key"].astype(bool).sum()
         reasons = set(in_memory.patches["reason"].tolist())

@@ -83,7 +83,7 @@ def _section(index: Path, name: str) -> str:
 
 
 def _samples(out: Path) -> list[dict]:
-    rows = pq.read_table(out / "manifests" / "samples.parquet").to_pylist()
+    rows = pq.read_table(out / "manifests" / "samples").to_pylist()
     return sorted(rows, key=lambda s: (s["shard"], s["index_in_shard"]))
 
 
@@ -100,7 +100,7 @@ def _not_blank(image: Image.Image) -> bool:
 def test_lineage_views_match_the_manifests(optidel_run):
     out, info, index = optidel_run
     samples = _samples(out)
-    patches = {p["patch_id"]: p for p in pq.read_table(out / "manifests" / "patches.parquet").to_pylist()}
+    patches = {p["patch_id"]: p for p in pq.read_table(out / "manifests" / "patches").to_pylist()}
     views = _page_data(index)
     assert list(views) == [s["sample_key"] for s in samples] and len(samples) == info["counts"]["samples"] == 4
     for sample in samples:
@@ -139,7 +139,7 @@ def test_glance_charts_and_reasons_follow_run_json_and_manifests(optidel_run):
         blue = (pixels[..., 2] > pixels[..., 0] + 60).sum()
         assert grey > 500 and blue > 500, name
 
-    patches = pq.read_table(out / "manifests" / "patches.parquet").to_pylist()
+    patches = pq.read_table(out / "manifests" / "patches").to_pylist()
     reasons = _section(index, "reasons")
     expected = {"selected": sum(p["selected"] for p in patches)}
     for p in patches:
@@ -166,7 +166,7 @@ def test_random_selector_report_has_no_scores_and_lists_bad_sources(random_run):
     bad = _section(index, "bad")
     rows = re.findall(r"<tr><td>(\w+)</td><td><code>(.*?)</code></td><td>(.*?)</td></tr>", bad)
     assert {uri: status for status, uri, _ in rows} == expected_bad
-    table = pq.read_table(out / "manifests" / "sources.parquet")
+    table = pq.read_table(out / "manifests" / "sources")
     sources = table.to_pylist()
     for status, uri, why in rows:
         src = next(s for s in sources if s["uri"] == uri)
@@ -231,7 +231,7 @@ def test_choose_samples_is_seeded_by_key():
 def test_not_an_output_directory_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "not an optidel output (no manifests/samples.parquet)" in err and str(tmp_path) in err
+    assert "not an optidel output (no manifests/samples/samples.parquet)" in err and str(tmp_path) in err
 
 
 def test_moved_source_fails_only_its_own_lineage_view(kvasir, tmp_path):

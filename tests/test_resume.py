@@ -67,7 +67,7 @@ def test_interrupted_pass2_is_redone(reference, tmp_path, ray_local):
     assert len(shards) >= 2
     shards[-1].rename(shards[-1].with_name(shards[-1].name + ".tmp"))
     shards[-1].with_name(shards[-1].name + ".tmp").write_bytes(b"partial")
-    (out / "shards" / "index.json").unlink()
+    (out / "index.json").unlink()
     shutil.rmtree(out / "manifests")
     (out / "run.json").write_text('{"status": "running"}')
 

@@ -69,8 +69,8 @@ def test_budget_and_mosaics_trace_to_sources(optidel_run):
     assert config.selector == "optidel"
     assert info["counts"]["samples"] == math.ceil(0.05 * 120)
 
-    samples = {s["sample_key"]: s for s in pq.read_table(out / "manifests" / "samples.parquet").to_pylist()}
-    sources = {s["source_id"]: s for s in pq.read_table(out / "manifests" / "sources.parquet").to_pylist()}
+    samples = {s["sample_key"]: s for s in pq.read_table(out / "manifests" / "samples").to_pylist()}
+    sources = {s["source_id"]: s for s in pq.read_table(out / "manifests" / "sources").to_pylist()}
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
     tiles = tile_boxes(128, 2)
     seen = 0
@@ -93,7 +93,7 @@ def test_budget_and_mosaics_trace_to_sources(optidel_run):
 
 def test_selection_is_harder_and_diverse(optidel_run):
     _, tmp, config, info = optidel_run
-    patches = pq.read_table(tmp / "a" / "manifests" / "patches.parquet").to_pylist()
+    patches = pq.read_table(tmp / "a" / "manifests" / "patches").to_pylist()
     scores = np.array([p["score"] for p in patches])
     selected = np.array([p["selected"] for p in patches])
     assert selected.sum() == 4 * info["counts"]["samples"]
@@ -129,7 +129,7 @@ def test_sam_proposer_end_to_end(kvasir, tmp_path, ray_local):
     assert info["models"]["proposer"]["name"] == "sam"
     assert info["models"]["proposer"]["checkpoint_sha256"]
     assert info["counts"]["samples"] == math.ceil(0.25 * 12)
-    patches = pq.read_table(tmp_path / "out" / "manifests" / "patches.parquet").to_pylist()
+    patches = pq.read_table(tmp_path / "out" / "manifests" / "patches").to_pylist()
     assert patches and all(p["mask_rle"] and p["predicted_iou"] is not None for p in patches)
     assert verify(str(tmp_path / "out")).ok
 
@@ -149,7 +149,7 @@ def test_baseline_selectors_reuse_the_saved_proxy(optidel_run, selector):
     out = tmp / selector
     result = run([str(pool)], str(out), config)
     assert result["models"]["proxy"]["sha256"] == info["models"]["proxy"]["sha256"]
-    samples = pq.read_table(out / "manifests" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifests" / "samples").to_pylist()
     assert len(samples) == math.ceil(0.05 * 120)
     # hard composes 2x2 mosaics of patches; dedup keeps whole images, one per sample.
     assert {s["grid"] for s in samples} == ({2} if selector == "hard" else {1})

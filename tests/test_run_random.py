@@ -35,14 +35,14 @@ def test_kvasir_random_keep_5_percent(tmp_path, kvasir, ray_local):
     info = run([str(kvasir / "images")], str(out), _random(keep=0.05))
 
     assert info["counts"]["samples"] == 50
-    sources = pq.read_table(out / "manifests" / "sources.parquet")
+    sources = pq.read_table(out / "manifests" / "sources")
     assert sources.num_rows == 1000
     assert set(sources.column("status").to_pylist()) == {"ok"}
 
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
     read_back = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
     assert len(read_back) == 50
-    samples = pq.read_table(out / "manifests" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifests" / "samples").to_pylist()
     by_key = {s["sample_key"]: s for s in samples}
     for sample in read_back:
         assert sample["jpg"].size == (224, 224)
@@ -50,7 +50,7 @@ def test_kvasir_random_keep_5_percent(tmp_path, kvasir, ray_local):
         assert lineage["sample_key"] == sample["__key__"]
         assert lineage["source_ids"] == by_key[sample["__key__"]]["source_ids"]
 
-    indexed = wids.ShardListDataset(str(out / "shards" / "index.json"))
+    indexed = wids.ShardListDataset(str(out / "index.json"))
     assert len(indexed) == 50
     assert {indexed[i][".json"]["sample_key"] for i in range(len(indexed))} == set(by_key)
 
@@ -76,7 +76,7 @@ def test_same_seed_byte_identical_other_seed_differs(tmp_path, subset, ray_local
     assert any(p.endswith(".tar") for p in runs["a"])
 
     def chosen(name):
-        table = pq.read_table(tmp_path / name / "manifests" / "samples.parquet")
+        table = pq.read_table(tmp_path / name / "manifests" / "samples")
         return {s for ids in table.column("source_ids").to_pylist() for s in ids}
 
     assert chosen("a") != chosen("c")
@@ -93,7 +93,7 @@ def test_bad_inputs_are_recorded_not_fatal(tmp_path, kvasir, ray_local):
     out = tmp_path / "out"
     info = run([str(pool)], str(out), _random(keep=0.5))
 
-    sources = pq.read_table(out / "manifests" / "sources.parquet").to_pylist()
+    sources = pq.read_table(out / "manifests" / "sources").to_pylist()
     by_name = {s["uri"].rsplit("/", 1)[-1]: s for s in sources}
     for name, status in expected.items():
         row = by_name[name]
@@ -106,7 +106,7 @@ def test_bad_inputs_are_recorded_not_fatal(tmp_path, kvasir, ray_local):
     n_ok = sum(s["status"] == "ok" for s in sources)
     assert info["counts"]["samples"] == math.ceil(0.5 * n_ok)
     ok_ids = {s["source_id"] for s in sources if s["status"] == "ok"}
-    used = pq.read_table(out / "manifests" / "samples.parquet").column("source_ids").to_pylist()
+    used = pq.read_table(out / "manifests" / "samples").column("source_ids").to_pylist()
     assert {s for ids in used for s in ids} <= ok_ids
     assert verify(str(out)).ok
 

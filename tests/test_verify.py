@@ -145,7 +145,7 @@ def test_samples_row_missing(fx):
 
 def test_index_disagreeing_with_shards_manifest(fx):
     out, _ = fx
-    index_path = out / "shards" / "index.json"
+    index_path = out / "index.json"
     index = json.loads(index_path.read_text())
     index["shardlist"][1]["nsamples"] += 1
     index_path.write_text(json.dumps(index))
@@ -153,8 +153,33 @@ def test_index_disagreeing_with_shards_manifest(fx):
     assert _problems_mentioning(report, "index.json", SHARD1, "nsamples")
 
 
+def test_stray_file_among_the_shards(fx):
+    """OUT/shards/ holds only shards: readers of the whole folder would take anything else for one."""
+    out, _ = fx
+    (out / "shards" / "index.json").write_text("{}")
+    report = verify(str(out))
+    assert _problems_mentioning(report, "shards/index.json", "not a shard")
+
+
+def test_index_url_outside_the_shards_folder(fx):
+    out, _ = fx
+    index = json.loads((out / "index.json").read_text())
+    index["shardlist"][0]["url"] = SHARD0  # as the old layout had it, beside the index
+    (out / "index.json").write_text(json.dumps(index))
+    report = verify(str(out))
+    assert _problems_mentioning(report, "index.json", SHARD0, "not shards/NAME")
+
+
 def test_leftover_temporary_file(fx):
     out, _ = fx
     (out / "shards" / f"{SHARD1}.tmp").write_bytes(b"partial")
     report = verify(str(out))
     assert _problems_mentioning(report, f"{SHARD1}.tmp", "leftover")
+
+
+def test_output_of_the_older_flat_layout_is_named(tmp_path):
+    """An OUT written before manifests got a folder per table says so, instead of 'not an output'."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "samples.parquet").write_bytes(b"PAR1")
+    with pytest.raises(layout.NotAnOutputError, match="older optidel .*--overwrite"):
+        layout.require_output(str(tmp_path))

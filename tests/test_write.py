@@ -14,6 +14,7 @@ import pytest
 import webdataset as wds
 import wids
 
+import optidel
 from optidel.manifests import layout
 from optidel.stages import write
 from output_fixtures import build_output
@@ -77,8 +78,8 @@ def test_rollover_by_count_leaves_no_empty_shard(tmp_path):
     assert [p.name for p in _tars(tmp_path)] == ["shard-000000.tar", "shard-000001.tar"]
     where = [(loc.shard, loc.index_in_shard) for loc in locations]
     assert where[2:4] == [("shard-000000.tar", 2), ("shard-000001.tar", 0)]
-    index = json.loads((tmp_path / "shards" / "index.json").read_text())
-    assert [(e["url"], e["nsamples"]) for e in index["shardlist"]] == [("shard-000000.tar", 3), ("shard-000001.tar", 3)]
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert [(e["url"], e["nsamples"]) for e in index["shardlist"]] == [("shards/shard-000000.tar", 3), ("shards/shard-000001.tar", 3)]
 
 
 def test_rollover_by_bytes_and_oversized_sample(tmp_path):
@@ -99,7 +100,7 @@ def test_empty_run_writes_no_tar(tmp_path):
     records = write.ShardWriter(layout.Output(str(tmp_path)), 10, 1 << 20).close()
     assert records == []
     assert _tars(tmp_path) == []
-    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    index = json.loads((tmp_path / "index.json").read_text())
     assert index == {"__kind__": "wids-shard-index-v1", "wids_version": 1, "shardlist": []}
     assert write.shards_table(records).num_rows == 0
 
@@ -119,7 +120,7 @@ def test_error_inside_block_removes_partial_shard(tmp_path):
             raise RuntimeError("boom")
     assert [p.name for p in _tars(tmp_path)] == ["shard-000000.tar"]  # the finished one stays
     assert not list((tmp_path / "shards").glob("*.tmp"))
-    assert not (tmp_path / "shards" / "index.json").exists()
+    assert not (tmp_path / "index.json").exists()
 
 
 def test_webdataset_and_wids_read_every_sample(tmp_path, kvasir):
@@ -129,7 +130,8 @@ def test_webdataset_and_wids_read_every_sample(tmp_path, kvasir):
     shutil.move(tmp_path / "out", moved)
     expected = {r["sample_key"]: r for r in fixture.samples}
 
-    urls = [str(p) for p in _tars(moved)]
+    urls = optidel.shards(str(moved))  # from the index, whose urls are relative
+    assert urls == [str(p) for p in _tars(moved)]
     seen = {}
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         meta = json.loads(sample["json"])
@@ -139,7 +141,7 @@ def test_webdataset_and_wids_read_every_sample(tmp_path, kvasir):
     assert seen == {k: r["patch_ids"] for k, r in expected.items()}
 
     dataset = wids.ShardListDataset(
-        str(moved / "shards" / "index.json"), cache_dir=str(tmp_path / "wids-cache"), transformations=[]
+        str(moved / "index.json"), cache_dir=str(tmp_path / "wids-cache"), transformations=[]
     )
     assert len(dataset) == len(fixture.samples)
     for i, row in enumerate(fixture.samples):  # samples were written in this order
