@@ -63,6 +63,12 @@ def _is_console(handler: logging.Handler) -> bool:
     return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
+def _follows_sys_stderr(handler: logging.Handler) -> bool:
+    """A handler whose stream is a read-only property that returns sys.stderr at each write
+    (logging's last-resort class, which some libraries install): it follows the move by itself."""
+    return isinstance(getattr(type(handler), "stream", None), property)
+
+
 def _native_stderr_to(path: str) -> None:
     """Point file descriptor 2 at `path`. Where Python's stderr was file descriptor 2 (a
     terminal, a pipe), it moves to a copy of the console, and so do the log handlers that
@@ -84,6 +90,6 @@ def _native_stderr_to(path: str) -> None:
     loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
     for logger in loggers:
         for handler in logger.handlers:
-            if _is_console(handler) and handler.stream is python_stderr:
+            if _is_console(handler) and not _follows_sys_stderr(handler) and handler.stream is python_stderr:
                 handler.setStream(moved)
     sys.stderr = moved

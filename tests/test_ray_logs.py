@@ -87,3 +87,19 @@ def test_a_second_route_moves_the_file_lines_to_the_second_out(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "said during" not in (first / "ray.log").read_text().replace(f"said during {first}", "")
     assert f"said during {second}" in (second / "ray.log").read_text()
+
+
+def test_a_last_resort_handler_is_left_to_follow_the_console(tmp_path):
+    """logging's last-resort class (some libraries install one) reads sys.stderr at each write
+    and has no stream to set: routing must not trip on it, and its lines still reach the console."""
+    logs = tmp_path / "logs"
+    child = CHILD.replace(
+        "from optidel.pipeline import ray_logs\n",
+        "from optidel.pipeline import ray_logs\n"
+        "logging.getLogger('somelib').addHandler(logging._StderrHandler())\n"
+        "logging.getLogger('somelib').propagate = False\n",
+    ).replace('print("summary")', 'logging.getLogger("somelib").warning("somelib says warning")\nprint("summary")')
+    done = subprocess.run([sys.executable, "-c", child, str(logging.INFO), str(logs)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "somelib says warning" in done.stderr
+    assert NATIVE in (logs / "ray-native.log").read_text()
