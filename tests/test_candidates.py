@@ -72,7 +72,8 @@ def test_barrier_holds_no_masks_and_one_id_object_per_source(store):
     written = _written(store)
     is_patch = written[C.PATCH_INDEX] >= 0
 
-    assert tuple(candidates.patches) == C.BARRIER_PATCH_COLUMNS and C.MASK_RLE not in candidates.patches
+    # INPUT_INDEX beside them: a duplicate's patches carry its original's ids (pipeline/barrier.py)
+    assert tuple(candidates.patches) == (C.INPUT_INDEX, *C.BARRIER_PATCH_COLUMNS) and C.MASK_RLE not in candidates.patches
     for name, values in candidates.patches.items():
         assert np.array_equal(values, written[name][is_patch], equal_nan=values.dtype.kind == "f"), name  # NaN: none
     assert np.array_equal(candidates.sources[C.SOURCE_ID], written[C.SOURCE_ID][~is_patch])
