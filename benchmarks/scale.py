@@ -163,6 +163,25 @@ def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
+def summarize(command: str, results: list[dict], in_memory: dict | None) -> dict:
+    """The largest pool so far against the smallest: driver peak and stage time per patch."""
+    small, large = results[0], results[-1]
+    # Stage times, not the child's wall time (that holds ~10 s of imports), nor Ray's start.
+    per_million = [sum(t for stage, t in r["timings_s"].items() if stage != "ray") / (r["candidate_patches"] / 1e6)
+                   for r in (small, large)]
+    return {
+        "command": command,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "settings": SETTINGS,
+        "results": results,
+        "in_memory_smallest": in_memory,
+        "driver_growth": round(large["peak_driver_rss_mib"] / small["peak_driver_rss_mib"], 3),
+        "time_growth": round(per_million[1] / per_million[0], 3),
+        "exact": None if in_memory is None else in_memory["patches_sha256"] == small["patches_sha256"],
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patches", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000])
@@ -178,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     config = config_mod.load(sets=SETTINGS)
-    results = []
+    command = "python benchmarks/scale.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    results, in_memory = [], None
     with tempfile.TemporaryDirectory(prefix="optidel-scale-") as tmp:
         root = args.keep or Path(tmp)
         for n_patches in args.patches:
@@ -195,30 +215,14 @@ def main(argv: list[str] | None = None) -> int:
             result.update(measure(pool, n_sources, Path(tmp) / f"manifests-{n_patches}"))
             results.append(result)
             print(json.dumps(result), flush=True)
-        # The smallest pool through the in-memory barrier too: the same manifests, byte for byte?
-        smallest = results[0]
-        if not args.no_exact:
-            pool = root / f"pool-{smallest['patches_asked']}"
-            in_memory = measure(pool, smallest["sources"], Path(tmp) / "manifests-in-memory", over_parts=False)
-            print(json.dumps({"in_memory": in_memory}), flush=True)
-
-    small, large = results[0], results[-1]
-    # Stage times, not the child's wall time (that holds ~10 s of imports), nor Ray's start.
-    per_million = [sum(t for stage, t in r["timings_s"].items() if stage != "ray") / (r["candidate_patches"] / 1e6)
-                   for r in (small, large)]
-    summary = {
-        "command": "python benchmarks/scale.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
-        "settings": SETTINGS,
-        "results": results,
-        "in_memory_smallest": None if args.no_exact else in_memory,
-        "driver_growth": round(large["peak_driver_rss_mib"] / small["peak_driver_rss_mib"], 3),
-        "time_growth": round(per_million[1] / per_million[0], 3),
-        "exact": None if args.no_exact else in_memory["patches_sha256"] == small["patches_sha256"],
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+            if len(results) == 1 and not args.no_exact:
+                # The smallest pool through the in-memory barrier too: the same manifests, byte for byte?
+                in_memory = measure(pool, n_sources, Path(tmp) / "manifests-in-memory", over_parts=False)
+                print(json.dumps({"in_memory": in_memory}), flush=True)
+            # Written after every size: a run stopped before the largest keeps what it measured.
+            summary = summarize(command, results, in_memory)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {args.out}")
     exact = "skipped" if summary["exact"] is None else str(summary["exact"]).lower()
     print(f"driver_growth={summary['driver_growth']} time_growth={summary['time_growth']} exact={exact}")
