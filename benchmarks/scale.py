@@ -21,7 +21,12 @@ everything under it, and the wall time of each stage (the child's own wall time 
 imports). The last line compares the largest pool
 with the smallest:
 
-    driver_growth=<peak driver RSS ratio> time_growth=<ratio of stage time per million patches> exact=<true|false>
+    driver_growth=<peak driver RSS ratio> time_growth=<ratio of stage time per million patches> exact=<true|overlap F>
+
+`exact` is true when the two paths write the same manifests. They must whenever the k-means
+sample (`select.kmeans_sample`, in SETTINGS) covers the smallest pool; below that, only the
+centroids may differ (docs/cluster.md), and `overlap` is the share of the chosen patches both
+paths choose.
 """
 
 from __future__ import annotations
@@ -98,10 +103,10 @@ def source_ids(n: int, seed: int) -> np.ndarray:
     return ids
 
 
-def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool) -> dict:
+def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool, sets: list[str]) -> dict:
     """What the run does between pass 1 and pass 2, timed per stage (this is the child): over
     the parts by Ray tasks (the run's path) or, for comparison, in the driver's memory."""
-    config = config_mod.load(sets=SETTINGS)
+    config = config_mod.load(sets=SETTINGS + sets)
     store = PartStore(Output(str(pool)), n_sources, config.ingest.partition_size)
     timings = {}
     start = time.perf_counter()
@@ -123,6 +128,7 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool
         "samples": len(plan.samples),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "patches_sha256": _sha256_tree(scratch / "manifests"),
+        "selected_ids": sorted(plan.patches[C.PATCH_ID][plan.patches["selected"]].tolist()),  # the parent compares, then drops
     }
 
 
@@ -134,10 +140,10 @@ def _sha256_tree(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def measure(pool: Path, n_sources: int, scratch: Path, over_parts: bool = True) -> dict:
+def measure(pool: Path, n_sources: int, scratch: Path, sets: list[str], over_parts: bool = True) -> dict:
     """select_and_write in a child process, its memory and its children's sampled meanwhile."""
     path = "parts" if over_parts else "memory"
-    command = [sys.executable, __file__, "--child", str(pool), str(n_sources), str(scratch), path]
+    command = [sys.executable, __file__, *(f"--set={item}" for item in sets), "--child", str(pool), str(n_sources), str(scratch), path]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,7 +169,7 @@ def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
-def summarize(command: str, results: list[dict], in_memory: dict | None) -> dict:
+def summarize(command: str, results: list[dict], in_memory: dict | None, sets: list[str]) -> dict:
     """The largest pool so far against the smallest: driver peak and stage time per patch."""
     small, large = results[0], results[-1]
     # Stage times, not the child's wall time (that holds ~10 s of imports), nor Ray's start.
@@ -173,7 +179,7 @@ def summarize(command: str, results: list[dict], in_memory: dict | None) -> dict
         "command": command,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
-        "settings": SETTINGS,
+        "settings": SETTINGS + sets,
         "results": results,
         "in_memory_smallest": in_memory,
         "driver_growth": round(large["peak_driver_rss_mib"] / small["peak_driver_rss_mib"], 3),
@@ -189,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="write the synthetic pools here and keep them (a rerun reuses them)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     parser.add_argument("--no-exact", action="store_true", help="skip the in-memory run on the smallest pool")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. select.kmeans_sample=1000000 for an exact 1M check")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # POOL N_SOURCES SCRATCH parts|memory
     args = parser.parse_args(argv)
     if args.child:
         pool, n_sources, scratch, path = args.child
-        print(json.dumps(select_and_write(Path(pool), int(n_sources), Path(scratch), over_parts=path == "parts")))
+        print(json.dumps(select_and_write(Path(pool), int(n_sources), Path(scratch), path == "parts", args.sets)))
         return 0
 
     config = config_mod.load(sets=SETTINGS)
@@ -212,19 +220,25 @@ def main(argv: list[str] | None = None) -> int:
                 marker.write_text(f"{n_sources}\n")
             written = time.perf_counter() - start
             result = {"patches_asked": n_patches, "sources": n_sources, "pool_written_s": round(written, 1)}
-            result.update(measure(pool, n_sources, Path(tmp) / f"manifests-{n_patches}"))
+            result.update(measure(pool, n_sources, Path(tmp) / f"manifests-{n_patches}", args.sets))
+            chosen = set(result.pop("selected_ids"))
             results.append(result)
             print(json.dumps(result), flush=True)
             if len(results) == 1 and not args.no_exact:
-                # The smallest pool through the in-memory barrier too: the same manifests, byte for byte?
-                in_memory = measure(pool, n_sources, Path(tmp) / "manifests-in-memory", over_parts=False)
+                # The smallest pool through the in-memory barrier too: the same manifests, byte for
+                # byte? Not when the k-means sample is smaller than the pool: then, how many of the
+                # same patches are chosen.
+                in_memory = measure(pool, n_sources, Path(tmp) / "manifests-in-memory", args.sets, over_parts=False)
+                in_memory["overlap_with_over_parts"] = round(len(chosen & set(in_memory.pop("selected_ids"))) / max(len(chosen), 1), 4)
                 print(json.dumps({"in_memory": in_memory}), flush=True)
             # Written after every size: a run stopped before the largest keeps what it measured.
-            summary = summarize(command, results, in_memory)
+            summary = summarize(command, results, in_memory, args.sets)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {args.out}")
-    exact = "skipped" if summary["exact"] is None else str(summary["exact"]).lower()
+    exact = "skipped" if in_memory is None else str(summary["exact"]).lower()
+    if in_memory is not None and not summary["exact"]:
+        exact = f"overlap {in_memory['overlap_with_over_parts']}"
     print(f"driver_growth={summary['driver_growth']} time_growth={summary['time_growth']} exact={exact}")
     return 0
 
