@@ -33,10 +33,8 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -51,7 +49,7 @@ from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifes
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages import mae, score
-from sampling import Sampler  # benchmarks/sampling.py: run as a script, its folder is on sys.path
+from sampling import run_sampled  # benchmarks/sampling.py: run as a script, its folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "datasets" / "kvasir-seg" / "images"
@@ -92,17 +90,7 @@ def measure(pool: Path, out: Path, proxy: Path, sets: list[str]) -> dict:
     """Run `optidel run` on `pool` in a subprocess while sampling its memory."""
     command = [sys.executable, "-m", "optidel.pipeline.cli", "--quiet", "run", str(pool), "-o", str(out), "--proxy", str(proxy)]
     command += [arg for item in sets for arg in ("--set", item)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = Sampler(process.pid)
-    sampler.start()
-    stdout, stderr = process.communicate()
-    sampler.done.set()
-    sampler.join()
-    wall = time.perf_counter() - start
-    if process.returncode != 0:
-        sys.exit(f"optidel run failed ({process.returncode}):\n{stderr[-4000:]}")
+    _, wall, sampler = run_sampled(command, "optidel run")
     info = json.loads((out / "run.json").read_text())
     return {
         "sources": info["counts"]["sources"],

@@ -3,7 +3,11 @@ sampled with psutil while it runs: benchmarks/memory.py and benchmarks/scale.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import psutil
 
@@ -66,3 +70,21 @@ class Sampler(threading.Thread):
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_processes = max(self.peak_processes, len(processes))
         self.samples += 1
+
+
+def run_sampled(command: list[str], what: str) -> tuple[str, float, Sampler]:
+    """Run `command` in a child process, on a local Ray of its own (RAY_ADDRESS dropped), while
+    sampling its memory and its children's: (its stdout, wall seconds, the sampler). Exits
+    naming `what` when the child fails."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = Sampler(process.pid)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    sampler.done.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        sys.exit(f"{what} failed ({process.returncode}):\n{stderr[-4000:]}")
+    return stdout, wall, sampler

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifes
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages.keypatch import mask_to_rle
-from sampling import Sampler  # benchmarks/sampling.py: run as a script, its folder is on sys.path
+from sampling import run_sampled  # benchmarks/sampling.py: run as a script, its folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -144,17 +143,7 @@ def measure(pool: Path, n_sources: int, scratch: Path, sets: list[str], over_par
     """select_and_write in a child process, its memory and its children's sampled meanwhile."""
     path = "parts" if over_parts else "memory"
     command = [sys.executable, __file__, *(f"--set={item}" for item in sets), "--child", str(pool), str(n_sources), str(scratch), path]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = Sampler(process.pid)
-    sampler.start()
-    stdout, stderr = process.communicate()
-    sampler.done.set()
-    sampler.join()
-    wall = time.perf_counter() - start
-    if process.returncode != 0:
-        sys.exit(f"scale.py: selection over {pool} failed ({process.returncode}):\n{stderr[-4000:]}")
+    stdout, wall, sampler = run_sampled(command, f"scale.py: selection over {pool}")
     return {
         **json.loads(stdout.strip().splitlines()[-1]),
         "wall_s": round(wall, 1),
