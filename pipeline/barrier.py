@@ -83,8 +83,7 @@ def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | Non
     ids = sources[C.SOURCE_ID][ok]
     has_scores = C.EMBEDDING in sources
     if parts is not None:
-        duplicates = frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] == schema.DUPLICATE].tolist())
-        load = part_selection.OkSources(parts, duplicates, scored=has_scores)
+        load = part_selection.OkSources(parts, _not_ok(sources), scored=has_scores)
         selection = _joined(part_selection.select_images(load, parts, n_samples, config, has_scores), len(ok))
     else:
         selection = select_images(
@@ -185,8 +184,8 @@ def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: 
 
 
 def _not_ok(sources) -> frozenset[int]:
-    """The listing positions of the sources that are not ok: duplicates, and any whose pass 1
-    left patch rows (those that failed have none)."""
+    """The listing positions of the sources that are not ok after duplicates are marked: their
+    rows never compete (a duplicate's part rows still say ok; only its position tells)."""
     return frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] != schema.OK].tolist())
 
 

@@ -51,7 +51,7 @@ class OkSources:
 
     def __init__(self, store: PartStore, duplicates: frozenset[int], scored: bool):
         self.store = store
-        self.duplicates = duplicates  # input_index of sources marked duplicate
+        self.duplicates = duplicates  # input_index of sources not ok after duplicate marking
         self.scored = scored
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
