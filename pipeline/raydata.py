@@ -35,7 +35,7 @@ log = logging.getLogger("optidel")
 
 def connect(config: RayConfig, logs: str | None = None) -> None:
     """Join the cluster at config.address / RAY_ADDRESS, else start a local Ray (the embedded
-    default). Reuses a Ray already initialised in this process (tests, notebooks), unless
+    default) whose workers run at the priority of any other process. Reuses a Ray already initialised in this process (tests, notebooks), unless
     config.address names another cluster: then the job would silently run in the wrong place.
     Connecting itself, it sends Ray's log lines to the directory `logs` (pipeline/ray_logs.py)
     and the console only those that optidel's log level asks for."""
@@ -50,7 +50,18 @@ def connect(config: RayConfig, logs: str | None = None) -> None:
     address = config.address or os.environ.get("RAY_ADDRESS")
     level = log.getEffectiveLevel()
     ray_logs.route(level, logs)  # before ray.init, so that its own lines go there too
-    ray.init(address=address, include_dashboard=False, logging_level=min(level, logging.INFO), log_to_driver=True)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=min(level, logging.INFO),
+        log_to_driver=True,
+        # A local Ray is the user's own machine, shared with whatever else runs there. Ray starts
+        # its workers at niceness 15, so that on a busy machine every other process comes first:
+        # the demo beside two busy loops got under 5% of the cores and ran 20x slower, not 2x.
+        # A cluster's own setting (address given) is the operator's to choose, and Ray refuses
+        # a system config when joining one.
+        _system_config=None if address else {"worker_niceness": 0},
+    )
     if level > logging.DEBUG:
         # Ray Data's bars count rows (a source's patch rows too); pass 1 and 2 log their
         # progress in sources, patches and samples instead (pipeline/progress.py). Ray Data

@@ -1,7 +1,12 @@
 """Joining Ray (a Ray already initialised in this process is reused, but not in place of an
-explicitly named, different cluster) and sizing tasks beside the actor pools."""
+explicitly named, different cluster), the priority of a local Ray's workers, and sizing tasks
+beside the actor pools."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import ray
@@ -33,3 +38,21 @@ def test_settings_that_leave_no_cpu_for_tasks_are_refused_not_hung(ray_local):
         task_cpus(RayConfig(actors=4), actor_stages=1)
     with pytest.raises(RunError, match="too few for tasks of 1.75 CPUs"):
         task_cpus(RayConfig(cpus_per_task=1.75), actor_stages=1)
+
+
+@pytest.mark.slow
+def test_a_local_rays_workers_are_not_deprioritised_against_other_processes():
+    # A fresh process: connect must start the Ray itself, not reuse one. Ray's default
+    # niceness of 15 would let any busy process on the machine starve the job's workers.
+    probe = (
+        "import os, ray\n"
+        "from optidel.pipeline.config import RayConfig\n"
+        "from optidel.pipeline.raydata import connect\n"
+        "connect(RayConfig())\n"
+        "print(ray.get(ray.remote(lambda: os.nice(0)).remote()), os.nice(0))\n"
+    )
+    without_ray_address = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=without_ray_address)
+    assert done.returncode == 0, done.stderr[-2000:]
+    worker, driver = done.stdout.split()[-2:]
+    assert worker == driver == "0"
