@@ -25,12 +25,11 @@ import numpy as np
 from ..stages import columns as C
 from ..stages.ingest import Ingest
 from ..stages.propose import Proposer
-from ..stages.score import Score
 from . import progress, raydata
 from .config import Config
 from .inputs import SourceRef
 from .partitions import PASS1_DIR, PartitionSink, PartStore
-from .pass1_stages import IngestAndPropose, IngestWithoutPixels, IsolatedPropose, where
+from .pass1_stages import IngestAndPropose, IngestWithoutPixels, IsolatedPropose, ScoreInActor, where
 from .resume import RunError
 
 log = logging.getLogger("optidel")
@@ -124,7 +123,7 @@ def scored(
     """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
     candidates' sources only (no embeddings) unless `patches`."""
     score = raydata.Step(
-        Score,
+        ScoreInActor,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
         # One model batch of sources, with all their patch rows.
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),

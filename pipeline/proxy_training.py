@@ -24,11 +24,17 @@ log = logging.getLogger("optidel")
 
 @dataclass(frozen=True)
 class Trained:
-    """What the training task reports: the checkpoint's sha256 and the process that trained
-    (a Ray worker's pid; the driver's only if train_and_save was called in-process)."""
+    """What the training task reports: what run.json records of the checkpoint (score.proxy_info:
+    path, sha256, spec), read back by the task so that the driver need not import torch, and
+    the process that trained (a Ray worker's pid; the driver's only if train_and_save was
+    called in-process)."""
 
-    sha256: str
+    info: dict
     pid: int
+
+    @property
+    def sha256(self) -> str:
+        return self.info["sha256"]
 
 
 def train(crops: np.ndarray, config: Config, path: str) -> Trained:
@@ -59,4 +65,5 @@ def train_and_save(
         log.info("proxy: training on %s, %d torch threads", device, threads)
         steps = progress.StepLog("proxy", score_config.mae.train_steps)
         model = score.train_self_proxy(crops, score_config, seed, progress=steps, device=device)
-    return Trained(sha256=mae.save_proxy(model, path), pid=os.getpid())
+    mae.save_proxy(model, path)
+    return Trained(info=score.proxy_info(path), pid=os.getpid())

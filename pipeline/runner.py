@@ -20,6 +20,7 @@ from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
 from ..stages.select_parts import DISTRIBUTED
+from ..stages.weights import file_sha256
 from ..stages.write import shards_table
 from . import barrier, pass1, pass2, patch_manifest, proxy_training, ray_logs, raydata, resume
 from .config import Config
@@ -132,14 +133,14 @@ def _check_models(config: Config) -> dict:
     file is reported before the pool is read."""
     if not selector(config.selector).needs_scores:
         return {}
-    from ..stages import propose, score
+    from ..stages import propose
 
     propose.check_weights(config.propose)
     if config.propose.proposer == propose.AUTO:
         log.info("proposer auto -> %s", resolve_proposer(config.propose).name)
     models = {"proposer": propose.proposer_info(config.propose)}
     if config.score.proxy != "self":
-        from ..stages import mae
+        from ..stages import mae, score  # torch: a proxy file is loaded here, to fail early
 
         spec = score.proxy_spec(config.score)
         mae.load_proxy(config.score.proxy, spec)
@@ -148,20 +149,17 @@ def _check_models(config: Config) -> dict:
 
 
 PROXY_FILE = "proxy.pt"
-PROXY_RECORD = "proxy.json"  # sha256 of proxy.pt and what it was trained on, written after it
+PROXY_RECORD = "proxy.json"  # proxy.pt's sha256 and spec, and what it was trained on, written after it
 
 
 def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output, store: PartStore) -> dict:
     """The proxy this job trained before (a resumed run), or a newly trained one."""
-    from ..stages import score
-
     path = output.path(WORK_DIR, PROXY_FILE)
     if output.exists(WORK_DIR, PROXY_RECORD) and output.exists(WORK_DIR, PROXY_FILE):
         record = output.read_json(f"{WORK_DIR}/{PROXY_RECORD}")
-        info = score.proxy_info(path)
-        if info["sha256"] == record["sha256"]:
+        if file_sha256(path) == record["sha256"]:
             log.info("proxy: reusing %s", path)
-            return {**info, "trained_on_crops": record["trained_on_crops"], "reused": True}
+            return {**_recorded_info(path, record), "trained_on_crops": record["trained_on_crops"], "reused": True}
     # Parts scored by a proxy that is gone must not mix with the new proxy's scores.
     store.clear()
     return {**_train_proxy(refs, config, proposer, output), "reused": False}
@@ -169,8 +167,6 @@ def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output
 
 def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> dict:
     from fsspec.implementations.local import LocalFileSystem
-
-    from ..stages import score
 
     # Score actors load the checkpoint by path: it must be where every worker can read it.
     if not isinstance(output.fs, LocalFileSystem):
@@ -183,8 +179,19 @@ def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> di
     except raydata.StageFailure as exc:
         raise RunError(f"training the proxy failed: {exc}") from exc
     log.debug("proxy: trained by process %d", trained.pid)
-    output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", {"sha256": trained.sha256, "trained_on_crops": int(len(crops))})
-    return {**score.proxy_info(path), "trained_on_crops": int(len(crops))}
+    record = {"sha256": trained.sha256, "spec": trained.info["spec"], "trained_on_crops": int(len(crops))}
+    output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", record)
+    return {**trained.info, "trained_on_crops": int(len(crops))}
+
+
+def _recorded_info(path: str, record: dict) -> dict:
+    """score.proxy_info of a proxy this job trained, from its record, without torch. A record
+    written before the spec was kept in it has none: the checkpoint is read for it then."""
+    if "spec" not in record:
+        from ..stages import score
+
+        return score.proxy_info(path)
+    return {"path": str(path), "sha256": record["sha256"], "spec": record["spec"]}
 
 
 def _versions() -> dict:

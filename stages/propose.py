@@ -91,7 +91,7 @@ def check_weights(config) -> None:
 
 def proposer_info(config) -> dict:
     """What run.json records about the proposer."""
-    from .sam import file_sha256
+    from .weights import file_sha256  # not from .sam: the driver calls this, and sam imports torch
 
     entry = resolve_proposer(config)
     checkpoint = config.sam_checkpoint if entry.needs_weights else None

@@ -8,7 +8,6 @@ weights are loaded separately, as plain tensors only.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from functools import partial
 from pathlib import Path
@@ -79,11 +78,6 @@ def mask_generator(config, seed: int, device: str):
             return [reference.generate(image) for image in images]
 
     return generate
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _build_tiny() -> Sam:

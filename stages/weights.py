@@ -1,9 +1,19 @@
-"""Why torch refused or failed to read a checkpoint, in one line (for the SAM and MAE loaders,
-which load tensors only)."""
+"""Checkpoint helpers that need no torch, so that the driver can use them without importing it:
+a checkpoint file's sha256, and why torch refused or failed to read one, in one line (for the
+SAM and MAE loaders, which load tensors only)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+
+import fsspec
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a local file or fsspec URL, read in chunks."""
+    with fsspec.open(str(path), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_error_reason(exc: BaseException) -> str:

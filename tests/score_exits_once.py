@@ -13,10 +13,10 @@ import os
 import sys
 
 from optidel.pipeline import cli, pass1
-from optidel.stages.score import Score
+from optidel.pipeline.pass1_stages import ScoreInActor
 
 
-class ScoreExitsOnce(Score):
+class ScoreExitsOnce(ScoreInActor):
     marker = sys.argv[1]
 
     def __call__(self, batch):
@@ -28,5 +28,5 @@ class ScoreExitsOnce(Score):
 
 
 if __name__ == "__main__":
-    pass1.Score = ScoreExitsOnce
+    pass1.ScoreInActor = ScoreExitsOnce
     sys.exit(cli.main(sys.argv[2:]))

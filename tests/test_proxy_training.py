@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from optidel.pipeline import proxy_training, raydata
+from optidel.pipeline import proxy_training, raydata, runner
 from optidel.pipeline.config import Config
 from optidel.pipeline.progress import torch_threads
 from optidel.stages import mae, score
@@ -39,6 +39,17 @@ def test_the_proxy_trains_in_a_ray_task_with_the_bytes_of_in_driver_training(tmp
     assert trained.sha256 == _in_driver(2, tmp_path / "driver-2.pt")
     # The comparison can fail: one thread fewer changes the bytes.
     assert trained.sha256 != _in_driver(1, tmp_path / "driver-1.pt")
+    # What run.json records, read back in the task: the driver has no torch to read it with.
+    assert trained.info == score.proxy_info(str(path))
+
+
+def test_a_reused_proxy_is_described_from_its_record_as_from_its_checkpoint(tmp_path):
+    path = tmp_path / "proxy.pt"
+    sha256 = _in_driver(1, path)
+    info = score.proxy_info(str(path))
+    assert runner._recorded_info(str(path), {"sha256": sha256, "spec": info["spec"], "trained_on_crops": 64}) == info
+    # A record written before specs were kept in it: the checkpoint is read for the spec.
+    assert runner._recorded_info(str(path), {"sha256": sha256, "trained_on_crops": 64}) == info
 
 
 @pytest.mark.gpu
@@ -64,7 +75,7 @@ def test_a_failed_training_is_a_stage_failure_naming_the_cause(tmp_path, ray_loc
 CHILD = """
 import logging, sys, time
 import numpy as np
-from optidel.pipeline import proxy_training, raydata
+from optidel.pipeline import proxy_training, raydata, runner
 from optidel.pipeline.config import Config
 config = Config.model_validate({"score": {"mae": {"train_steps": 3, "batch_size": 4}}})
 crops = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)

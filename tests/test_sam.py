@@ -11,7 +11,8 @@ import torch
 from segment_anything import SamPredictor
 from sam_fixtures import save_sam, save_tiny_sam, tiny_sam
 
-from optidel.stages.sam import CheckpointError, build_sam, file_sha256
+from optidel.stages.sam import CheckpointError, build_sam
+from optidel.stages.weights import file_sha256
 
 
 def _marker_writer(path: str):
