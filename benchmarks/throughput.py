@@ -142,7 +142,7 @@ def _local_ray(cpus: int) -> None:
 
 def _train_proxy(listing: Path, config, tmp: Path) -> tuple[str, float]:
     start = time.perf_counter()
-    crops = pass1.training_crops(list_sources([str(listing)]), config, PROPOSERS["regions"])
+    crops = pass1.training_crops(list_sources([str(listing)]), config, PROPOSERS["regions"]).crops
     model = score.train_self_proxy(crops, config.score, config.seed)
     path = tmp / "proxy.pt"
     mae.save_proxy(model, str(path))

@@ -86,9 +86,21 @@ def proposed(config: Config, proposer: Proposer) -> list[raydata.Step]:
     return [raydata.Step(IngestAndPropose, {"ingest": {"config": config.ingest}, "propose": propose_kwargs})]
 
 
-def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) -> np.ndarray:
-    """Crops (N, S, S, 3) for self-training the proxy: a seeded sample of sources, proposed
-    as in the full pass, then a seeded sample of their ok crops (patches and whole images)."""
+@dataclass
+class TrainingSample:
+    """The proxy's training crops (N, S, S, 3), and, when the sample of sources was the whole
+    pool (small pools), every proposed batch: pass 1 then scores those instead of proposing
+    the pool a second time (scored's `proposals`)."""
+
+    crops: np.ndarray
+    proposals: list[dict[str, np.ndarray]] | None
+
+
+def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) -> TrainingSample:
+    """Crops for self-training the proxy: a seeded sample of sources, proposed as in the full
+    pass, then a seeded sample of their ok crops (patches and whole images). The sample holds
+    at most a fixed number of sources (twice what score.mae.train_patches needs), so whatever
+    it keeps does not grow with the pool."""
     from optidel import seeding
 
     want = config.score.mae.train_patches
@@ -96,8 +108,9 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
     n_sources = min(len(refs), max(8, 2 * math.ceil(want / per_source)))
     order = sorted(range(len(refs)), key=lambda i: seeding.derive(config.seed, "train-source", i))
     sample = listing(refs, sorted(order[:n_sources]))
+    whole_pool = n_sources == len(refs)
 
-    keys, crops = [], []
+    keys, crops, batches = [], [], []
     shown = progress.StageProgress("proxy crops", len(sample), "sources")
     try:
         for batch in _stream(sample, proposed(config, proposer), config):
@@ -107,33 +120,52 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
             ids = np.where(batch[C.PATCH_INDEX] >= 0, batch[C.PATCH_ID], batch[C.SOURCE_ID])
             keys.extend(ids[ok].tolist())
             crops.append(batch[C.CROP][ok])
+            if whole_pool:
+                batches.append(batch)
     except raydata.StageFailure as exc:
         raise RunError(f"proposing the proxy's training crops failed: {exc}") from exc
+    proposals = batches if whole_pool else None
     if not keys:
-        return np.zeros((0, config.score.image_size, config.score.image_size, 3), np.uint8)
+        return TrainingSample(np.zeros((0, config.score.image_size, config.score.image_size, 3), np.uint8), proposals)
     crops = np.concatenate(crops)
     # Order by a seeded hash of the crop's id, never by arrival order (which Ray does not fix).
     chosen = sorted(range(len(keys)), key=lambda i: seeding.derive(config.seed, "train-crop", keys[i]))[:want]
-    return crops[sorted(chosen, key=lambda i: keys[i])]
+    return TrainingSample(crops[sorted(chosen, key=lambda i: keys[i])], proposals)
 
 
 def scored(
-    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, patches: bool = True
+    refs: list[SourceRef],
+    config: Config,
+    proposer: Proposer,
+    proxy_path: str,
+    store: PartStore,
+    patches: bool = True,
+    proposals: list[dict[str, np.ndarray]] | None = None,
 ) -> Candidates:
     """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
-    candidates' sources only (no embeddings) unless `patches`."""
+    candidates' sources only (no embeddings) unless `patches`. Given `proposals` (the proxy's
+    sample, when it was the whole pool: TrainingSample), only their scoring is left to do:
+    the rows are those the same steps would give again, and a row's score does not depend on
+    the batch it is scored in."""
     score = raydata.Step(
         ScoreInActor,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
         # One model batch of sources, with all their patch rows.
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
     )
-    _run_partitions(refs, store, config, [*proposed(config, proposer), score])
+    if proposals is None:
+        _run_partitions(refs, store, config, [*proposed(config, proposer), score])
+    else:
+        log.info("pass 1: scoring the proxy's proposals (its sample was the whole pool), not proposing again")
+        _run_partitions(refs, store, config, [score], proposals)
     return read_candidates(store, with_patches=patches, embeddings=patches)
 
 
-def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step]) -> None:
-    """Stream the partitions that have no part through the steps into the part store."""
+def _run_partitions(
+    refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step], proposals: list | None = None
+) -> None:
+    """Stream the partitions that have no part through the steps into the part store: their
+    listing rows, or, given `proposals`, those batches' rows of the pending partitions."""
     done = store.done()
     pending = [p for p in range(store.n_partitions) if p not in done]
     if done:
@@ -141,10 +173,15 @@ def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, ste
     if not pending:
         return
     sink = PartitionSink(store, pending)
-    rows = listing(refs, [i for p in pending for i in store.sources_of(p)])
-    shown = progress.StageProgress("pass 1", len(rows), "sources")
+    indices = [i for p in pending for i in store.sources_of(p)]
+    shown = progress.StageProgress("pass 1", len(indices), "sources")
+    if proposals is None:
+        batches = _stream(listing(refs, indices), steps, config)
+    else:
+        wanted = [C.take(b, np.isin(b[C.INPUT_INDEX], indices)) for b in proposals]
+        batches = raydata.stream_batches([b for b in wanted if len(b[C.INPUT_INDEX])], steps, config.ray)
     try:
-        for batch in _stream(rows, steps, config):
+        for batch in batches:
             batch.pop(C.CROP, None)
             sink.add(batch)
             sources, patches = _sources_and_patches(batch)

@@ -92,19 +92,31 @@ def stream(rows: list[dict], steps: list[Step], config: RayConfig, *, rows_per_b
     order when `in_order`. Rows go in blocks of `rows_per_block`. Each stage runs as its
     `execution` declares (stages/execution.py); tasks share the CPUs the plan's actor pools
     leave."""
-    actor_pools = sum(step.stage.execution.actor for step in steps)
     context = ray.data.DataContext.get_current()
     keep_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = keep_order or in_order
     try:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
+        yield from _through(ds, steps, config)
+    finally:
+        context.execution_options.preserve_order = keep_order
+
+
+def stream_batches(batches: list[dict[str, np.ndarray]], steps: list[Step], config: RayConfig) -> Iterator[dict[str, np.ndarray]]:
+    """As `stream`, for rows that are already batches of columns (a block each), in any order."""
+    from ray.data.block import BlockAccessor
+
+    yield from _through(ray.data.from_blocks([BlockAccessor.batch_to_block(b) for b in batches]), steps, config)
+
+
+def _through(ds: ray.data.Dataset, steps: list[Step], config: RayConfig) -> Iterator[dict[str, np.ndarray]]:
+    actor_pools = sum(step.stage.execution.actor for step in steps)
+    try:
         for step in steps:
             ds = _map(ds, step, config, actor_pools)
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     except ray.exceptions.RayError as exc:
         raise StageFailure(_cause(exc)) from exc
-    finally:
-        context.execution_options.preserve_order = keep_order
 
 
 def _cause(exc: BaseException) -> str:

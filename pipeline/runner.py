@@ -72,15 +72,20 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
             candidates = pass1.ingest_only(refs, config, store)
     else:
         proposer = resolve_proposer(config.propose)
+        proposals = None  # the pool's proposals, when training proposed every source already
         if config.score.proxy == "self":
             with timer.stage("train_proxy"):
-                models["proxy"] = _self_trained_proxy(refs, config, proposer, output, store)
+                models["proxy"], proposals = _self_trained_proxy(refs, config, proposer, output, store)
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
             # A selection over the parts reads the patches there: the driver holds the sources.
             over_parts = config.selector in DISTRIBUTED and not selector(config.selector).whole_images
-            candidates = pass1.scored(refs, config, proposer, models["proxy"]["path"], store, patches=not over_parts)
+            # Scoring the proxy's proposals, not proposing again: its sample was the whole pool.
+            reused["pass1_proposals"] = proposals is not None
+            candidates = pass1.scored(
+                refs, config, proposer, models["proxy"]["path"], store, patches=not over_parts, proposals=proposals
+            )
     with timer.stage("select"):
         plan = barrier.plan(candidates, config, store)
     with timer.stage("pass2"):
@@ -152,26 +157,29 @@ PROXY_FILE = "proxy.pt"
 PROXY_RECORD = "proxy.json"  # proxy.pt's sha256 and spec, and what it was trained on, written after it
 
 
-def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output, store: PartStore) -> dict:
-    """The proxy this job trained before (a resumed run), or a newly trained one."""
+def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output, store: PartStore) -> tuple[dict, list | None]:
+    """The proxy this job trained before (a resumed run), or a newly trained one, with the
+    pool's proposals when its training sample was the whole pool (pass1.TrainingSample)."""
     path = output.path(WORK_DIR, PROXY_FILE)
     if output.exists(WORK_DIR, PROXY_RECORD) and output.exists(WORK_DIR, PROXY_FILE):
         record = output.read_json(f"{WORK_DIR}/{PROXY_RECORD}")
         if file_sha256(path) == record["sha256"]:
             log.info("proxy: reusing %s", path)
-            return {**_recorded_info(path, record), "trained_on_crops": record["trained_on_crops"], "reused": True}
+            return {**_recorded_info(path, record), "trained_on_crops": record["trained_on_crops"], "reused": True}, None
     # Parts scored by a proxy that is gone must not mix with the new proxy's scores.
     store.clear()
-    return {**_train_proxy(refs, config, proposer, output), "reused": False}
+    info, proposals = _train_proxy(refs, config, proposer, output)
+    return {**info, "reused": False}, proposals
 
 
-def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> dict:
+def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> tuple[dict, list | None]:
     from fsspec.implementations.local import LocalFileSystem
 
     # Score actors load the checkpoint by path: it must be where every worker can read it.
     if not isinstance(output.fs, LocalFileSystem):
         raise RunError(f"{output.url}: --proxy self needs OUT on a local or shared file system")
-    crops = pass1.training_crops(refs, config, proposer)
+    sample = pass1.training_crops(refs, config, proposer)
+    crops = sample.crops
     log.info("proxy: training a small MAE on %d crops, %d steps, in a Ray task", len(crops), config.score.mae.train_steps)
     path = output.path(WORK_DIR, PROXY_FILE)
     try:
@@ -181,7 +189,7 @@ def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> di
     log.debug("proxy: trained by process %d", trained.pid)
     record = {"sha256": trained.sha256, "spec": trained.info["spec"], "trained_on_crops": int(len(crops))}
     output.write_json(f"{WORK_DIR}/{PROXY_RECORD}", record)
-    return {**trained.info, "trained_on_crops": int(len(crops))}
+    return {**trained.info, "trained_on_crops": int(len(crops))}, sample.proposals
 
 
 def _recorded_info(path: str, record: dict) -> dict:

@@ -15,10 +15,12 @@ from optidel.pipeline import config as config_mod
 from optidel.pipeline.runner import run
 
 IMAGES = 12
-# tests/test_run_optidel.py's FAST, a smaller proxy, and partitions of 4 sources.
+# tests/test_run_optidel.py's FAST, a smaller proxy, and partitions of 3 sources. The proxy's
+# sample of sources (twice the 96 crops' worth, at 17 rows a source) is the whole pool: an
+# uninterrupted run scores the sample's proposals, a rerun with a reused proxy proposes again.
 SETS = [
     "score.mae.train_steps=20",
-    "score.mae.train_patches=64",
+    "score.mae.train_patches=96",
     "score.masks_per_patch=2",
     "select.clusters=4",
     "output.size=128",

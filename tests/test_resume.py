@@ -35,7 +35,7 @@ def _status(out) -> str:
 
 def test_killed_twice_then_rerun_gives_identical_bytes(reference, tmp_path, ray_local):
     """kill -9 of the whole run (driver, its Ray, the workers) at two points, on one OUT."""
-    pool, reference_out, _ = reference
+    pool, reference_out, reference_info = reference
     out = tmp_path / "out"
     sets = rf.SETS + rf.SMALL_BATCHES
 
@@ -53,7 +53,10 @@ def test_killed_twice_then_rerun_gives_identical_bytes(reference, tmp_path, ray_
 
     # 3: the last rerun (other Ray settings: not part of the job) finishes what is missing.
     info = run([str(pool)], str(out), rf.config())
-    assert info["reused"] == {"pass1_partitions": 4, "pass1_partitions_reused": parts_at_kill, "proxy": True}
+    assert info["reused"] == {"pass1_partitions": 4, "pass1_partitions_reused": parts_at_kill, "proxy": True, "pass1_proposals": False}
+    # The reference scored the proposals its proxy's sample made of the whole pool; these reruns
+    # proposed again from the listing: the same bytes either way.
+    assert reference_info["reused"]["pass1_proposals"] is True
     rf.assert_same_as_reference(out, reference_out)
 
 
@@ -72,7 +75,7 @@ def test_interrupted_pass2_is_redone(reference, tmp_path, ray_local):
     (out / "run.json").write_text('{"status": "running"}')
 
     info = run([str(pool)], str(out), rf.config())
-    assert info["reused"] == {"pass1_partitions": 4, "pass1_partitions_reused": 4, "proxy": True}
+    assert info["reused"] == {"pass1_partitions": 4, "pass1_partitions_reused": 4, "proxy": True, "pass1_proposals": False}
     assert not list(out.rglob("*.tmp"))
     rf.assert_same_as_reference(out, reference_out)
 
