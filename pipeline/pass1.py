@@ -64,10 +64,11 @@ def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     return raydata.stream(rows, steps, config.ray, rows_per_block=config.ray.model_batch_size)
 
 
-def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Candidates:
-    """Pass 1 of the selectors that need no scores (random): read and validate, no models."""
+def ingest_only(refs: list[SourceRef], config: Config, store: PartStore, read: bool = True) -> Candidates | None:
+    """Pass 1 of the selectors that need no scores (random): read and validate, no models; the
+    candidates, or None unless `read` (a selection over the parts reads them there)."""
     _run_partitions(refs, store, config, [raydata.Step(IngestWithoutPixels, {"config": config.ingest})])
-    return read_candidates(store, with_patches=False)
+    return read_candidates(store, with_patches=False) if read else None
 
 
 def proposed(config: Config, proposer: Proposer) -> list[raydata.Step]:
@@ -119,10 +120,10 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
 
 
 def scored(
-    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, patches: bool = True
-) -> Candidates:
+    refs: list[SourceRef], config: Config, proposer: Proposer, proxy_path: str, store: PartStore, read: bool = True
+) -> Candidates | None:
     """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
-    candidates' sources only (no embeddings) unless `patches`."""
+    candidates, or None unless `read` (a selection over the parts reads them there)."""
     score = raydata.Step(
         Score,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
@@ -130,7 +131,7 @@ def scored(
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
     )
     _run_partitions(refs, store, config, [*proposed(config, proposer), score])
-    return read_candidates(store, with_patches=patches, embeddings=patches)
+    return read_candidates(store, with_patches=True) if read else None
 
 
 def _run_partitions(refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step]) -> None:
@@ -184,12 +185,10 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | N
     )
 
 
-def read_candidates(store: PartStore, with_patches: bool, embeddings: bool = True) -> Candidates:
+def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
     """Every partition's rows, in partition order, split as split_candidates does, leaving
-    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS), and the embeddings too
-    unless `embeddings`: a selection over the parts reads them there (pipeline/part_selection.py)."""
-    skip = (C.MASK_RLE,) if embeddings else (C.MASK_RLE, C.EMBEDDING)
-    parts = [split_candidates(store.read(p, skip=skip), with_patches) for p in range(store.n_partitions)]
+    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
+    parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
     return Candidates(
         sources=C.concat([part.sources for part in parts]),
         patches=C.concat([part.patches for part in parts]) if with_patches else {},
