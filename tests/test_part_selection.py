@@ -80,15 +80,24 @@ def _written(plan: barrier.Plan, store: PartStore, config, output: Output) -> di
     return {path[len(root):]: output.fs.cat_file(path) for path in sorted(output.fs.find(root))}
 
 
+def _read_in_the_driver(store, partition, *args, **kwargs):
+    raise AssertionError(f"the driver read rows of part {partition}: over the parts, only tasks may")
+
+
 @pytest.mark.parametrize("selector", ["optidel", "hard", "random"])
-def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, selector):
+def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, monkeypatch, selector):
     scored = selector != "random"
     store = _store(tmp_path, scored)
     config = config_mod.load(sets=[f"selector={selector}", "select.clusters=4", "select.per_source_cap=2",
                                    "select.trim_top_frac=0.05", "select.near_duplicate_cosine=0.9", "keep=0.3"])
     in_memory = barrier.plan(pass1.read_candidates(store, with_patches=scored), config)
     # Over the parts the driver reads no row of the pool: the tasks read the parts.
-    over_parts = barrier.plan_over_parts(store, config)
+    written = {"in_memory": _written(in_memory, store, config, Output(str(tmp_path / "in_memory")))}
+    with monkeypatch.context() as driver:  # the tasks' processes import PartStore unpatched
+        for method in ("read", "source_rows"):
+            driver.setattr(PartStore, method, _read_in_the_driver)
+        over_parts = barrier.plan_over_parts(store, config)
+        written["over_parts"] = _written(over_parts, store, config, Output(str(tmp_path / "over_parts")))
     assert len(over_parts.sources[C.STATUS]) == len(set(over_parts.patches[C.SOURCE_ID])) < N_SOURCES  # pass 2's only
 
     assert in_memory.samples and in_memory.accounting == over_parts.accounting
@@ -96,8 +105,6 @@ def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, 
     # Pass 2 gets the same samples, slot by slot, with the same boxes, scores and sources (json:
     # an unscored image's score is NaN, which equals nothing).
     assert json.dumps(pass2.sample_rows(over_parts)) == json.dumps(pass2.sample_rows(in_memory))
-    written = {name: _written(plan, store, config, Output(str(tmp_path / name))) for name, plan in
-               (("in_memory", in_memory), ("over_parts", over_parts))}
     assert written["over_parts"] == written["in_memory"]
     files = Counter(name.split("/")[1] for name in written["in_memory"])
     assert files["shards"] >= 1 and files["manifests"] == 5, files  # 4 tables and their README
