@@ -1,4 +1,5 @@
-"""The barrier's selection as Ray tasks over real pass-1 parts (barrier.plan_over_parts) gives what the in-memory barrier gives: the samples, the accounting,
+"""The barrier's selection as Ray tasks over real pass-1 parts (barrier.plan_over_parts), the driver
+reading no row of them, gives what the in-memory barrier gives: the samples, the accounting,
 and then sources.parquet, patches.parquet, samples.parquet and the shards byte for byte; with a
 byte-identical copy of a source, score ties, copied embeddings and crowded sources."""
 
