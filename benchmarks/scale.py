@@ -47,7 +47,7 @@ import psutil
 from optidel import seeding
 from optidel.manifests import schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest, raydata
+from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest, raydata, source_manifest
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages.keypatch import mask_to_rle
@@ -112,13 +112,15 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool
     if over_parts:
         raydata.connect(config.ray)  # a local Ray, as `optidel run` starts one
         timings["ray"] = time.perf_counter() - start
-    # Over the parts the driver reads the sources only, as the runner does.
-    candidates = pass1.read_candidates(store, with_patches=not over_parts, embeddings=not over_parts)
-    timings["read"] = time.perf_counter() - start - sum(timings.values())
-    plan = barrier.plan(candidates, config, store if over_parts else None)
+    if over_parts:  # as the runner does: the driver reads no row of the pool
+        plan = barrier.plan_over_parts(store, config)
+    else:
+        candidates = pass1.read_candidates(store, with_patches=True)
+        timings["read"] = time.perf_counter() - start - sum(timings.values())
+        plan = barrier.plan(candidates, config)
     timings["select"] = time.perf_counter() - start - sum(timings.values())
     manifests = Output(str(scratch))
-    manifests.write_manifest("sources", schema.to_table("sources", plan.sources))
+    source_manifest.write(manifests, plan, store, config)
     candidate_patches = patch_manifest.write(manifests, plan, store)
     timings["manifests"] = time.perf_counter() - start - sum(timings.values())
     return {

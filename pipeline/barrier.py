@@ -1,13 +1,15 @@
 """The selection barrier: decides duplicates, selects the budget under the configured selector,
-groups the selection into mosaics and names every sample. Given the pass-1 parts, the `optidel`,
-`hard` and `random` selectors choose by Ray tasks over them (pipeline/part_selection.py) and a
-patch plan holds the chosen rows only; otherwise the barrier holds ~1 KB per patch in one
-process. A patch's mask is never held here: patches.parquet reads it back from pass 1's parts
-(pipeline/patch_manifest.py)."""
+groups the selection into mosaics and names every sample. Over the pass-1 parts, the `optidel`,
+`hard` and `random` selectors run as Ray tasks (plan_over_parts: duplicates by
+pipeline/duplicates.py, the choice by pipeline/part_selection.py and image_selection.py), and
+the plan holds the chosen rows and their sources only. Otherwise (`plan`, the reference; `dedup`)
+the barrier holds every source and ~1 KB per patch in one process. A patch's mask is never held
+here: patches.parquet reads it back from pass 1's parts (pipeline/patch_manifest.py)."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,10 +18,11 @@ from ..manifests import schema
 from ..stages import columns as C
 from ..stages import exact_mean
 from ..stages.compose import group_patches, sample_key
-from ..stages.select import Selection, diversity_stats, select_images, select_patches, selector
+from ..stages.select import diversity_stats, select_images, select_patches, selector
 from ..stages.select_parts import DISTRIBUTED
-from . import part_selection
+from . import duplicates, image_selection, part_selection
 from .config import Config
+from .duplicates import Duplicates
 from .partitions import PartStore
 from .pass1 import Candidates
 
@@ -28,14 +31,21 @@ log = logging.getLogger("optidel")
 
 @dataclass
 class Plan:
-    sources: dict[str, np.ndarray]  # sources.parquet columns (sentinels), input order
+    # sources.parquet columns (sentinels), input order: every source, or over the parts (when
+    # `duplicates` is set) only those of the chosen rows, what pass 2 reads.
+    sources: dict[str, np.ndarray]
     patches: dict[str, np.ndarray]  # patches.parquet columns (sentinels)
     samples: list[list[int]]  # per output sample, its patch rows in slot order
     grid: int
     accounting: dict = field(default_factory=dict)
     # Set when the selection ran over the parts: `patches` then holds the chosen rows only, and
-    # patches.parquet is labelled part by part from this (pipeline/part_selection.py).
-    labels: part_selection.PatchLabels | None = None
+    # patches.parquet is labelled part by part by its manifest_pieces (pipeline/part_selection.py,
+    # pipeline/image_selection.py).
+    labels: part_selection.PatchLabels | image_selection.ChosenImages | None = None
+    # Set when the duplicates were found over the parts: sources.parquet is then written from
+    # the parts (pipeline/source_manifest.py).
+    duplicates: Duplicates | None = None
+    by_status: dict[str, int] = field(default_factory=dict)  # the pool's sources, duplicates marked
 
 
 def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -53,21 +63,41 @@ def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**sources, C.STATUS: status, "duplicate_of": duplicate_of}
 
 
-def plan(candidates: Candidates, config: Config, parts: PartStore | None = None) -> Plan:
-    """The plan. With `parts` (the pass-1 parts the candidates were read from), a selector that
-    has a distributed form chooses by Ray tasks over the parts (pipeline/part_selection.py), the
-    same rows as in memory whenever select.kmeans_sample covers the pool."""
+def over_parts(config: Config) -> bool:
+    """Whether the configured selector has a form over the parts (plan_over_parts)."""
+    return config.selector in DISTRIBUTED
+
+
+def plan(candidates: Candidates, config: Config) -> Plan:
+    """The plan in memory, from every source and candidate patch: the reference."""
     sources = mark_duplicates(candidates.sources)
     n_ok = int(np.sum(sources[C.STATUS] == schema.OK))
     n_samples = config.budget(n_ok) if n_ok else 0
-    if config.selector not in DISTRIBUTED:
-        parts = None
     if selector(config.selector).whole_images:
-        result = _plan_images(sources, n_samples, config, parts)
-    elif parts is not None:
-        result = _plan_patches_over_parts(sources, parts, n_samples, config)
+        result = _plan_images(sources, n_samples, config)
     else:
         result = _plan_patches(sources, candidates.patches, n_samples, config)
+    result.by_status = dict(sorted(Counter(sources[C.STATUS].tolist()).items()))
+    return _counted(result, n_ok, n_samples, config)
+
+
+def plan_over_parts(parts: PartStore, config: Config) -> Plan:
+    """plan() by Ray tasks over the pass-1 parts, for the selectors with a form there
+    (over_parts): the driver reads no row of the pool, and gets the same samples, accounting
+    and manifests (the same rows whenever select.kmeans_sample covers the pool)."""
+    found, by_status = duplicates.find(parts, config)
+    n_ok = by_status.get(schema.OK, 0)
+    n_samples = config.budget(n_ok) if n_ok else 0
+    if selector(config.selector).whole_images:
+        result = _plan_images_over_parts(found, parts, n_samples, config)
+    else:
+        result = _plan_patches_over_parts(found, parts, n_samples, config)
+    result.duplicates, result.by_status = found, by_status
+    return _counted(result, n_ok, n_samples, config)
+
+
+def _counted(result: Plan, n_ok: int, n_samples: int, config: Config) -> Plan:
+    """The plan with its counts in the accounting, and a warning when it falls short."""
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(result.samples))
     if len(result.samples) < n_samples:
         log.warning(
@@ -77,45 +107,39 @@ def plan(candidates: Candidates, config: Config, parts: PartStore | None = None)
     return result
 
 
-def _plan_images(sources, n_samples: int, config: Config, parts: PartStore | None) -> Plan:
+def _plan_images(sources, n_samples: int, config: Config) -> Plan:
     """Whole-image baselines: one source image per output sample."""
     ok = np.flatnonzero(sources[C.STATUS] == schema.OK)
     ids = sources[C.SOURCE_ID][ok]
     has_scores = C.EMBEDDING in sources
-    if parts is not None:
-        load = part_selection.OkSources(parts, _not_ok(sources), scored=has_scores)
-        selection = _joined(part_selection.select_images(load, parts, n_samples, config, has_scores), len(ok))
-    else:
-        selection = select_images(
-            source_ids=ids,
-            scores=sources[C.SCORE][ok] if has_scores else None,
-            embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
-            budget=n_samples,
-            config=config.select,
-            method=config.selector,
-            seed=config.seed,
-        )
-    # One patch row per image: the whole image as its box, its source row's score, and
-    # sentinels in every other column the proposer and the proxy fill.
-    patches = C.sentinel_columns(schema.filled_by("patches", schema.PROPOSE, schema.SCORE), len(ok))
-    patches.update(
-        {
-            C.PATCH_ID: np.array([f"{sid[:16]}-img" for sid in ids], dtype=object),
-            C.SOURCE_ID: ids,
-            "x0": np.zeros(len(ok), np.int64),
-            "y0": np.zeros(len(ok), np.int64),
-            "x1": sources[C.WIDTH][ok],
-            "y1": sources[C.HEIGHT][ok],
-            **_selection_columns(selection),
-        }
+    selection = select_images(
+        source_ids=ids,
+        scores=sources[C.SCORE][ok] if has_scores else None,
+        embeddings=sources[C.EMBEDDING][ok] if has_scores else None,
+        budget=n_samples,
+        config=config.select,
+        method=config.selector,
+        seed=config.seed,
     )
-    if has_scores:
+    patches = {**image_selection.image_rows(ids, sources[C.WIDTH][ok], sources[C.HEIGHT][ok]), **_selection_columns(selection)}
+    if has_scores:  # its source row's score
         patches[C.SCORE] = sources[C.SCORE][ok]
     # Output order follows rank (seeded for random), so it never depends on listing order.
     chosen = sorted(np.flatnonzero(selection.selected), key=lambda i: selection.rank[i])
     samples = [[int(i)] for i in chosen]
     _assign_samples(patches, samples)
     return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches, selection.n_clusters))
+
+
+def _plan_images_over_parts(found: Duplicates, parts: PartStore, n_samples: int, config: Config) -> Plan:
+    """_plan_images for `random` by Ray tasks over the parts: the plan holds the chosen images
+    and their sources only, in rank order (patches.parquet: the same bytes)."""
+    chosen = image_selection.choose_images(parts, found, n_samples, config)
+    samples = [[i] for i in range(len(chosen.rows[C.PATCH_ID]))]
+    _assign_samples(chosen.rows, samples)
+    # No scores (random needs none): the pool's mean is None, as in memory.
+    accounting = _accounting(chosen.rows, chosen.verdict.k)
+    return Plan(chosen.sources, chosen.rows, samples, grid=1, accounting=accounting, labels=chosen)
 
 
 def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
@@ -161,10 +185,10 @@ def _plan_patches(sources, cands, n_samples: int, config: Config) -> Plan:
     return Plan(sources, patches, samples, grid=config.grid, accounting=accounting)
 
 
-def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: Config) -> Plan:
-    """_plan_patches by Ray tasks over the pass-1 parts: the plan holds the chosen rows only, the
-    same rows, samples and accounting (patches.parquet: the same bytes)."""
-    chosen = part_selection.choose_patches(parts, _not_ok(sources), config.mosaic * n_samples, config)
+def _plan_patches_over_parts(found: Duplicates, parts: PartStore, n_samples: int, config: Config) -> Plan:
+    """_plan_patches by Ray tasks over the pass-1 parts: the plan holds the chosen rows and their
+    sources only, the same rows, samples and accounting (patches.parquet: the same bytes)."""
+    chosen = part_selection.choose_patches(parts, found, config.mosaic * n_samples, config)
     patches = chosen.rows
     n = len(patches[C.PATCH_ID])
     selected = np.ones(n, bool)
@@ -180,22 +204,13 @@ def _plan_patches_over_parts(sources, parts: PartStore, n_samples: int, config: 
     plan_rows = dict(zip(patches[C.PATCH_ID].tolist(), zip(selected.tolist(), reason.tolist(),
                                                            patches["sample_key"].tolist(), patches["slot"].tolist())))
     labels = part_selection.PatchLabels(chosen, plan_rows, config)
-    return Plan(sources, patches, groups, grid=config.grid, accounting=accounting, labels=labels)
+    return Plan(chosen.sources, patches, groups, grid=config.grid, accounting=accounting, labels=labels)
 
 
 def _not_ok(sources) -> frozenset[int]:
     """The listing positions of the sources that are not ok after duplicates are marked: their
     rows never compete (a duplicate's part rows still say ok; only its position tells)."""
     return frozenset(sources[C.INPUT_INDEX][sources[C.STATUS] != schema.OK].tolist())
-
-
-def _joined(selections: list[Selection], n: int) -> Selection:
-    """The parts' Selections as one, in part order: the order of the barrier's rows."""
-    joined = Selection(*(np.concatenate([getattr(s, f) for s in selections]) for f in ("selected", "cluster", "rank", "reason")),
-                       n_clusters=selections[0].n_clusters if selections else 0)
-    if len(joined.rank) != n:
-        raise RuntimeError(f"the pass-1 parts hold {len(joined.rank)} competing rows, the barrier {n}")
-    return joined
 
 
 def _selection_columns(selection) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import posixpath
 
 import numpy as np
@@ -72,9 +73,27 @@ class PartStore:
             table = part.read(columns=names)
         return {name: _to_numpy(table.column(name)) for name in names}
 
+    def source_rows(self, partition: int, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The `columns` of one partition's source rows (PATCH_INDEX -1; every row, in a part
+        that pass 1 wrote without patches)."""
+        with self.output.fs.open(self.output.path(part_name(partition)), "rb") as f:
+            part = pq.ParquetFile(f)
+            has_patches = C.PATCH_INDEX in part.schema_arrow.names
+            table = part.read(columns=[*columns, C.PATCH_INDEX] if has_patches else list(columns))
+        rows = {name: _to_numpy(table.column(name)) for name in columns}
+        return C.take(rows, _to_numpy(table.column(C.PATCH_INDEX)) < 0) if has_patches else rows
+
     def clear(self) -> None:
         if self.output.exists(PASS1_DIR):
             self.output.fs.rm(self.output.path(PASS1_DIR), recursive=True)
+
+
+def part_groups(n_partitions: int) -> list[list[int]]:
+    """The partitions in groups of about sqrt(P) consecutive ones, for steps whose tasks each
+    read a group: sqrt(P) tasks of sqrt(P) parts, so that a step that also pairs every group
+    with every other (a rank, a shuffle) costs P pairs, not P^2."""
+    size = max(1, math.isqrt(n_partitions))
+    return [list(range(start, min(start + size, n_partitions))) for start in range(0, n_partitions, size)]
 
 
 class PartitionSink:

@@ -63,10 +63,11 @@ def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     return raydata.stream(rows, steps, config.ray, rows_per_block=config.ray.model_batch_size)
 
 
-def ingest_only(refs: list[SourceRef], config: Config, store: PartStore) -> Candidates:
-    """Pass 1 of the selectors that need no scores (random): read and validate, no models."""
+def ingest_only(refs: list[SourceRef], config: Config, store: PartStore, read: bool = True) -> Candidates | None:
+    """Pass 1 of the selectors that need no scores (random): read and validate, no models; the
+    candidates, or None unless `read` (a selection over the parts reads them there)."""
     _run_partitions(refs, store, config, [raydata.Step(IngestWithoutPixels, {"config": config.ingest})])
-    return read_candidates(store, with_patches=False)
+    return read_candidates(store, with_patches=False) if read else None
 
 
 def proposed(config: Config, proposer: Proposer) -> list[raydata.Step]:
@@ -139,14 +140,14 @@ def scored(
     proposer: Proposer,
     proxy_path: str,
     store: PartStore,
-    patches: bool = True,
+    read: bool = True,
     proposals: list[dict[str, np.ndarray]] | None = None,
-) -> Candidates:
+) -> Candidates | None:
     """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
-    candidates' sources only (no embeddings) unless `patches`. Given `proposals` (the proxy's
-    sample, when it was the whole pool: TrainingSample), only their scoring is left to do:
-    the rows are those the same steps would give again, and a row's score does not depend on
-    the batch it is scored in."""
+    candidates, or None unless `read` (a selection over the parts reads them there). Given
+    `proposals` (the proxy's sample, when it was the whole pool: TrainingSample), only their
+    scoring is left to do: the rows are those the same steps would give again, and a row's
+    score does not depend on the batch it is scored in."""
     score = raydata.Step(
         ScoreInActor,
         {"config": config.score, "seed": config.seed, "checkpoint": proxy_path, "device": raydata.device(config.ray)},
@@ -158,7 +159,7 @@ def scored(
     else:
         log.info("pass 1: scoring the proxy's proposals (its sample was the whole pool), not proposing again")
         _run_partitions(refs, store, config, [score], proposals)
-    return read_candidates(store, with_patches=patches, embeddings=patches)
+    return read_candidates(store, with_patches=True) if read else None
 
 
 def _run_partitions(
@@ -220,12 +221,10 @@ def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | N
     )
 
 
-def read_candidates(store: PartStore, with_patches: bool, embeddings: bool = True) -> Candidates:
+def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
     """Every partition's rows, in partition order, split as split_candidates does, leaving
-    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS), and the embeddings too
-    unless `embeddings`: a selection over the parts reads them there (pipeline/part_selection.py)."""
-    skip = (C.MASK_RLE,) if embeddings else (C.MASK_RLE, C.EMBEDDING)
-    parts = [split_candidates(store.read(p, skip=skip), with_patches) for p in range(store.n_partitions)]
+    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
+    parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
     return Candidates(
         sources=C.concat([part.sources for part in parts]),
         patches=C.concat([part.patches for part in parts]) if with_patches else {},

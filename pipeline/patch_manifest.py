@@ -1,5 +1,5 @@
 """patches.parquet, written in pieces. When the selection ran over the parts, Ray tasks label each
-part's rows (pipeline/part_selection.py) and the driver writes one piece at a time. Otherwise
+part's rows (pipeline/part_selection.py, image_selection.py) and the driver writes one piece at a time. Otherwise
 the barrier's plan holds every patch column but the mask, which is read back from pass 1's
 parts one partition at a time, so the driver never holds the whole pool's masks (~650 B a
 patch as RLE). A part keeps a mask as its COCO counts alone; partitions.patch_masks adds its
@@ -15,7 +15,6 @@ import pyarrow as pa
 from ..manifests import schema
 from ..manifests.layout import Output
 from ..stages import columns as C
-from . import part_selection
 from .barrier import Plan
 from .partitions import MASK_COLUMNS, PartStore, part_name, patch_masks
 
@@ -23,7 +22,7 @@ from .partitions import MASK_COLUMNS, PartStore, part_name, patch_masks
 def write(output: Output, plan: Plan, store: PartStore) -> int:
     """Write patches.parquet; returns its rows (the candidate patches)."""
     if plan.labels is not None:
-        pieces = _counted(part_selection.manifest_pieces(store, plan.labels))
+        pieces = _counted(plan.labels.manifest_pieces(store))
     elif C.MASK_RLE in plan.patches:  # a whole-image plan: its rows are images, with no mask
         no_masks = pa.nulls(len(plan.patches[C.PATCH_ID]), schema.MASK_RLE)
         pieces = _counted([schema.to_table("patches", {**plan.patches, C.MASK_RLE: no_masks})])

@@ -222,6 +222,31 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
         raise StageFailure(_cause(exc)) from exc
 
 
+def shuffle(map_fn, calls: list[tuple], reduce_fn, buckets: int, config: RayConfig) -> tuple[list, list]:
+    """A hash-partitioned step: map_fn(*call) for each call returns (pieces, note), pieces[b]
+    for bucket b; then one task per bucket runs reduce_fn(*pieces) on its piece of every map.
+    Returns (the notes in call order, the reduce results in bucket order). The pieces go from
+    map to reduce through the object store, never through this process, which holds only
+    their references (calls x buckets)."""
+    options = {"num_cpus": config.cpus_per_task or 1.0, "max_retries": config.max_retries}
+    mapper = ray.remote(**options, num_returns=buckets + 1)(_pieces_then_note)
+    reducer = ray.remote(**options)(reduce_fn)
+    maps = [mapper.remote(map_fn, buckets, *call) for call in calls]
+    reduced = [reducer.remote(*(refs[b] for refs in maps)) for b in range(buckets)]
+    try:
+        return ray.get([refs[buckets] for refs in maps]), ray.get(reduced)
+    except ray.exceptions.RayError as exc:
+        raise StageFailure(_cause(exc)) from exc
+
+
+def _pieces_then_note(map_fn, buckets: int, *call) -> tuple:
+    """A shuffle's map task: its pieces and note as the task's buckets + 1 separate returns."""
+    pieces, note = map_fn(*call)
+    if len(pieces) != buckets:
+        raise ValueError(f"{map_fn.__name__} gave {len(pieces)} pieces for {buckets} buckets")
+    return (*pieces, note)
+
+
 def call_on_model_resources(fn, config: RayConfig, **kwargs):
     """Run `fn(cpus=C, device=D, **kwargs)` as one Ray task, wait for it and return its result;
     Ray's errors become StageFailure. Used for work the driver would otherwise do itself (the

@@ -7,7 +7,6 @@ import datetime
 import logging
 import platform
 import time
-from collections import Counter
 from contextlib import contextmanager
 from importlib import metadata
 
@@ -16,13 +15,11 @@ import numpy as np
 from optidel import __version__
 from ..manifests import schema
 from ..manifests.layout import RUN_JSON, WORK_DIR, Output
-from ..stages import columns as C
 from ..stages.propose import Proposer, resolve_proposer
 from ..stages.select import selector
-from ..stages.select_parts import DISTRIBUTED
 from ..stages.weights import file_sha256
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, patch_manifest, proxy_training, ray_logs, raydata, resume
+from . import barrier, pass1, pass2, patch_manifest, proxy_training, ray_logs, raydata, resume, source_manifest
 from .config import Config
 from .inputs import list_sources
 from .partitions import PartStore
@@ -66,10 +63,12 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
 
     store = PartStore(output, len(refs), config.ingest.partition_size)
     reused = {"pass1_partitions": store.n_partitions}
+    # A selection over the parts reads the pool there: the driver reads none of its rows.
+    over_parts = barrier.over_parts(config)
     if not selector(config.selector).needs_scores:
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            candidates = pass1.ingest_only(refs, config, store)
+            candidates = pass1.ingest_only(refs, config, store, read=not over_parts)
     else:
         proposer = resolve_proposer(config.propose)
         proposals = None  # the pool's proposals, when training proposed every source already
@@ -79,19 +78,17 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            # A selection over the parts reads the patches there: the driver holds the sources.
-            over_parts = config.selector in DISTRIBUTED and not selector(config.selector).whole_images
             # Scoring the proxy's proposals, not proposing again: its sample was the whole pool.
             reused["pass1_proposals"] = proposals is not None
             candidates = pass1.scored(
-                refs, config, proposer, models["proxy"]["path"], store, patches=not over_parts, proposals=proposals
+                refs, config, proposer, models["proxy"]["path"], store, read=not over_parts, proposals=proposals
             )
     with timer.stage("select"):
-        plan = barrier.plan(candidates, config, store)
+        plan = barrier.plan_over_parts(store, config) if over_parts else barrier.plan(candidates, config)
     with timer.stage("pass2"):
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
-        output.write_manifest("sources", schema.to_table("sources", plan.sources))
+        source_manifest.write(output, plan, store, config)
         n_candidates = patch_manifest.write(output, plan, store)
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
@@ -108,8 +105,8 @@ def run(inputs: list[str], out: str, config: Config) -> dict:
         "versions": _versions(),
         "models": models,
         "counts": {
-            "sources": len(plan.sources[C.STATUS]),
-            "by_status": dict(sorted(Counter(plan.sources[C.STATUS].tolist()).items())),
+            "sources": sum(plan.by_status.values()),
+            "by_status": plan.by_status,
             "candidate_patches": n_candidates,
             "selected_patches": int(np.sum(plan.patches["selected"])),
             "samples": len(samples["sample_key"]),

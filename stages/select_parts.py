@@ -64,7 +64,7 @@ class Verdict:
     last_trimmed: Key | None = None  # rows up to this key are the noise tail (optidel)
     last_in_reach: Key | None = None  # rows up to this key a hardness-only pick would take
     decided: dict[str, str] = field(default_factory=dict)  # id -> reason ("" = selected)
-    chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, source, cluster, primary
+    chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, source, cluster, primary (random: id, in draw order)
     score_sum: int = 0  # exact sum of the scores (exact_mean units): the pool's mean hardness
     fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again)
 
@@ -110,6 +110,7 @@ def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, meth
     n, _, ids = _first_keys(run(_head, [(load, part, method, ("draw", seed), budget) for part in parts]), budget)
     verdict = Verdict(method, n)
     verdict.decided = dict.fromkeys(ids.tolist(), "")
+    verdict.chosen = {"id": ids}  # in draw order
     return verdict
 
 

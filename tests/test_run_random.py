@@ -11,7 +11,7 @@ import webdataset as wds
 import wids
 
 from optidel.manifests.verify import verify
-from optidel.pipeline import config as config_mod
+from optidel.pipeline import barrier, config as config_mod
 from optidel.pipeline.runner import RunError, run
 
 from hostile import write_hostile_corpus
@@ -109,6 +109,27 @@ def test_bad_inputs_are_recorded_not_fatal(tmp_path, kvasir, ray_local):
     used = pq.read_table(out / "manifests" / "samples").column("source_ids").to_pylist()
     assert {s for ids in used for s in ids} <= ok_ids
     assert verify(str(out)).ok
+
+
+def test_run_over_the_parts_has_the_bytes_of_the_in_memory_run(tmp_path, kvasir, ray_local, monkeypatch):
+    """Duplicates, selection and manifests by Ray tasks over the parts, against the in-memory
+    barrier, on a pool with bad inputs and a byte-identical copy, cut into several parts."""
+    pool = tmp_path / "pool"
+    write_hostile_corpus(pool / "hostile")
+    good = sorted((kvasir / "images").glob("*.jpg"))[:12]
+    for p in good:
+        shutil.copy(p, pool / p.name)
+    shutil.copy(good[3], pool / "zz-copy.jpg")
+    config = config_mod.load(overrides={"selector": "random", "keep": 0.5, "ingest.partition_size": 4})
+    runs, counts = {}, {}
+    for name, over_parts in (("parts", True), ("memory", False)):
+        with monkeypatch.context() as patched:
+            patched.setattr(barrier, "over_parts", lambda config, over_parts=over_parts: over_parts)
+            counts[name] = run([str(pool)], str(tmp_path / name), config)["counts"]
+        runs[name] = _tree_bytes(tmp_path / name)
+    assert runs["parts"] == runs["memory"]
+    assert counts["parts"] == counts["memory"] and counts["parts"]["by_status"]["duplicate"] == 1
+    assert sum(p.startswith("work/pass1/") for p in runs["parts"]) >= 4
 
 
 def test_non_empty_output_refused_before_any_work(tmp_path, subset):

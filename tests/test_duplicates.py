@@ -1,0 +1,115 @@
+"""Exact duplicates by the hash-partitioned step (pipeline/duplicates.py) against the in-memory
+reference (barrier.mark_duplicates): on random pools with copies within a part and across
+parts, several copies of one id (the first in the listing wins, whichever map's piece reaches
+the reduce first), and rows that are not ok sharing an id with ok rows; any cut into parts,
+groups and buckets. On real Ray, over real parts: the same duplicates and counts, and
+sources.parquet written in pieces with the bytes of the one-shot write."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from optidel.manifests import layout, schema
+from optidel.manifests.layout import Output
+from optidel.pipeline import barrier, config as config_mod, duplicates, pass1, source_manifest
+from optidel.pipeline.duplicates import bucketed, first_occurrences, joined, marked
+from optidel.pipeline.partitions import PartStore
+from optidel.stages import columns as C
+
+NOT_OK = (schema.CORRUPT, schema.TOO_SMALL, schema.FAILED)
+
+
+def random_sources(seed: int, n: int = 300) -> dict[str, np.ndarray]:
+    """A listing's source rows: ids from a short list (many copies, near and far apart in the
+    listing), a share not ok (some of them sharing an ok row's id, some with no id at all)."""
+    rng = np.random.default_rng(seed)
+    names = np.array([f"{k:064x}" for k in rng.integers(0, 2**62, n // 2)], dtype=object)
+    ids = names[rng.integers(0, len(names), n)]
+    status = np.where(rng.random(n) < 0.2, rng.choice(NOT_OK, n), schema.OK).astype(object)
+    ids[(status != schema.OK) & (rng.random(n) < 0.3)] = ""
+    return {C.INPUT_INDEX: np.arange(n, dtype=np.int64), C.SOURCE_ID: ids, C.STATUS: status}
+
+
+def _cuts(rng, n: int, pieces: int) -> list[np.ndarray]:
+    return np.split(np.arange(n), np.sort(rng.integers(0, n + 1, pieces - 1)))  # some may be empty
+
+
+def hash_partitioned(sources: dict[str, np.ndarray], seed: int, groups: int, buckets: int):
+    """duplicates.find's steps, here: maps over contiguous groups of the listing, each bucket's
+    pieces reaching its reduce in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    maps = [bucketed(C.take(sources, rows), buckets) for rows in _cuts(rng, len(sources[C.STATUS]), groups)]
+    found = [first_occurrences(*(maps[m][b] for m in rng.permutation(len(maps)))) for b in range(buckets)]
+    return joined(found)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("groups,buckets", [(1, 1), (3, 2), (5, 7), (9, 4)])
+def test_hash_partitioned_duplicates_are_mark_duplicates(seed, groups, buckets):
+    sources = random_sources(seed)
+    reference = barrier.mark_duplicates(sources)
+    found = hash_partitioned(sources, seed, groups, buckets)
+    assert len(found.positions) > 10  # the pool had copies to find
+    ours = marked(sources, found)
+    assert ours[C.STATUS].tolist() == reference[C.STATUS].tolist()
+    assert ours["duplicate_of"].tolist() == reference["duplicate_of"].tolist()
+    # The pool put that to the test: rows that are not ok (never a first, never a duplicate)
+    # share ids with ok rows.
+    shared = set(sources[C.SOURCE_ID][sources[C.STATUS] != schema.OK]) & set(sources[C.SOURCE_ID][sources[C.STATUS] == schema.OK])
+    assert shared - {""}
+
+
+def test_duplicates_of_a_span_and_lookup():
+    sources = random_sources(0)
+    found = hash_partitioned(sources, 0, 4, 3)
+    span = range(100, 200)
+    within = found.within(span)
+    assert within.positions.tolist() == [p for p in found.positions.tolist() if p in span]
+    at = found.at(sources[C.INPUT_INDEX])
+    assert np.flatnonzero(at >= 0).tolist() == found.positions.tolist()
+    assert marked(C.take(sources, slice(100, 200)), within)[C.STATUS].tolist() == marked(sources, found)[C.STATUS][100:200].tolist()
+
+
+def test_a_bucket_without_rows():
+    empty = {C.INPUT_INDEX: np.zeros(0, np.int64), C.SOURCE_ID: np.zeros(0, object), C.STATUS: np.zeros(0, object)}
+    pieces = bucketed(empty, 3)
+    assert len(pieces) == 3 and not len(first_occurrences(*pieces).positions)
+
+
+def _store(tmp_path, sources: dict[str, np.ndarray], with_patches: bool) -> PartStore:
+    """sources as pass-1 parts of 16 sources: their source rows and, `with_patches`, a patch
+    row after each ok source (a patch row's status is a sentinel: its source row tells)."""
+    n = len(sources[C.STATUS])
+    store = PartStore(Output(str(tmp_path / "out")), n_sources=n, partition_size=16)
+    for p in range(store.n_partitions):
+        rows = []
+        for i in store.sources_of(p):
+            source_id, status = sources[C.SOURCE_ID][i], sources[C.STATUS][i]
+            rows.append({C.INPUT_INDEX: i, C.SOURCE_ID: source_id, C.STATUS: status, C.URI: f"/pool/{i}.jpg", C.WIDTH: 40, C.HEIGHT: 30})
+            if with_patches and status == schema.OK:
+                rows.append({C.INPUT_INDEX: i, C.SOURCE_ID: source_id, C.PATCH_INDEX: 0, C.PATCH_ID: f"{source_id[:16]}-000"})
+        store.write(p, C.to_batch(rows, C.CANDIDATE_COLUMNS if with_patches else C.SOURCE_COLUMNS))
+    return store
+
+
+@pytest.mark.parametrize("with_patches", [False, True])
+def test_on_ray_over_parts(ray_local, tmp_path, monkeypatch, with_patches):
+    monkeypatch.setattr(layout, "ROW_GROUP_ROWS", 7)  # small row groups, which the parts' pieces cross
+    sources = random_sources(11, n=200)
+    store = _store(tmp_path, sources, with_patches)
+    config = config_mod.load(sets=[])
+    found, by_status = duplicates.find(store, config)
+    reference = barrier.mark_duplicates(sources)
+    assert marked(sources, found)["duplicate_of"].tolist() == reference["duplicate_of"].tolist()
+    assert by_status == dict(sorted(Counter(reference[C.STATUS].tolist()).items()))
+
+    # sources.parquet in pieces from the parts: the bytes of the in-memory barrier's one write.
+    in_memory = barrier.Plan(barrier.mark_duplicates(pass1.read_candidates(store, with_patches=False).sources), {}, [], grid=2)
+    over_parts = barrier.Plan({}, {}, [], grid=2, duplicates=found)
+    for name, plan in (("in_memory", in_memory), ("over_parts", over_parts)):
+        source_manifest.write(Output(str(tmp_path / name)), plan, store, config)
+    written = (tmp_path / "in_memory" / layout.manifest_relpath("sources")).read_bytes()
+    assert (tmp_path / "over_parts" / layout.manifest_relpath("sources")).read_bytes() == written
