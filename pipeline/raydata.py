@@ -35,8 +35,9 @@ log = logging.getLogger("optidel")
 
 def connect(config: RayConfig, logs: str | None = None) -> None:
     """Join the cluster at config.address / RAY_ADDRESS, else start a local Ray (the embedded
-    default) whose workers run at the priority of any other process. Reuses a Ray already initialised in this process (tests, notebooks), unless
-    config.address names another cluster: then the job would silently run in the wrong place.
+    default) whose workers run at the priority of any other process. Reuses a Ray already
+    initialised in this process (tests, notebooks), unless config.address names another
+    cluster: then the job would silently run in the wrong place.
     Connecting itself, it sends Ray's log lines to the directory `logs` (pipeline/ray_logs.py)
     and the console only those that optidel's log level asks for."""
     if ray.is_initialized():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from functools import partial
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,7 +51,8 @@ def test_kvasir_random_keep_5_percent(tmp_path, kvasir, ray_local):
         assert lineage["sample_key"] == sample["__key__"]
         assert lineage["source_ids"] == by_key[sample["__key__"]]["source_ids"]
 
-    indexed = wids.ShardListDataset(str(out / "index.json"))
+    # wids' default decoder, given as the function: its string shortcut ("PIL") is deprecated.
+    indexed = wids.ShardListDataset(str(out / "index.json"), transformations=partial(wids.wids.default_decoder, format="PIL"))
     assert len(indexed) == 50
     assert {indexed[i][".json"]["sample_key"] for i in range(len(indexed))} == set(by_key)
 
