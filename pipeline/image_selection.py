@@ -43,17 +43,18 @@ def image_rows(source_ids: np.ndarray, widths: np.ndarray, heights: np.ndarray) 
 
 class CompetingImages:
     """load(p): the rows of part p's ok sources that are no duplicate, in the part's order:
-    their select_parts.IMAGE_ID, or `columns` of IMAGE_COLUMNS. Each task reads its part's own
-    statuses; the duplicates travel as their listing positions alone."""
+    their select_parts.IMAGE_ID, or those `columns` of their source rows. Each task reads its
+    part's own statuses; the duplicates travel as their listing positions alone."""
 
     def __init__(self, store: PartStore, duplicates: Duplicates):
         self.store = store
         self.duplicates = duplicates
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        rows = self.store.source_rows(partition, (*IMAGE_COLUMNS, C.STATUS))
+        columns = columns or (select_parts.IMAGE_ID,)
+        rows = self.store.source_rows(partition, tuple(dict.fromkeys((*columns, C.INPUT_INDEX, C.STATUS))))
         keep = (rows[C.STATUS] == schema.OK) & (self.duplicates.at(rows[C.INPUT_INDEX]) < 0)
-        return {name: rows[name][keep] for name in (columns or (select_parts.IMAGE_ID,))}
+        return {name: rows[name][keep] for name in columns}
 
 
 @dataclass
@@ -103,11 +104,10 @@ def _chosen_in_parts(load: CompetingImages, group: list[int], drawn: np.ndarray)
     """The image rows of the chosen images in the parts of `group`, and their source rows."""
     rows, sources = [], []
     for partition in group:
-        images = load(partition, IMAGE_COLUMNS)
-        chosen = np.isin(images[C.SOURCE_ID], drawn)
-        rows.append(image_rows(*(images[name][chosen] for name in (C.SOURCE_ID, C.WIDTH, C.HEIGHT))))
-        part_sources = load.store.source_rows(partition, C.SOURCE_COLUMNS)
-        sources.append(C.take(part_sources, np.isin(part_sources[C.INPUT_INDEX], images[C.INPUT_INDEX][chosen])))
+        images = load(partition, C.SOURCE_COLUMNS)  # one read gives both: an image is its source row
+        chosen = C.take(images, np.isin(images[C.SOURCE_ID], drawn))
+        rows.append(image_rows(*(chosen[name] for name in (C.SOURCE_ID, C.WIDTH, C.HEIGHT))))
+        sources.append(chosen)
     return C.concat(rows), C.concat(sources)
 
 
