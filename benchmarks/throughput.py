@@ -29,7 +29,8 @@ import ray
 
 from optidel.manifests.layout import Output, manifest_relpath
 from optidel.pipeline import barrier, config as config_mod, pass1, pass2
-from optidel.pipeline.inputs import list_sources
+from optidel.pipeline.inputs import iter_sources
+from optidel.pipeline.listing import Listing
 from optidel.pipeline.runner import run
 from optidel.stages import columns as C
 from optidel.stages import mae, score
@@ -142,11 +143,15 @@ def _local_ray(cpus: int) -> None:
 
 def _train_proxy(listing: Path, config, tmp: Path) -> tuple[str, float]:
     start = time.perf_counter()
-    crops = pass1.training_crops(list_sources([str(listing)]), config, PROPOSERS["regions"]).crops
+    crops = pass1.training_crops(_listing(listing, tmp), config, PROPOSERS["regions"]).crops
     model = score.train_self_proxy(crops, config.score, config.seed)
     path = tmp / "proxy.pt"
     mae.save_proxy(model, str(path))
     return str(path), time.perf_counter() - start
+
+
+def _listing(list_file: Path, tmp: Path) -> Listing:
+    return Listing.write(iter_sources([str(list_file)]), str(tmp / "listing.parquet"))
 
 
 def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
@@ -159,7 +164,7 @@ def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
         seconds[name] = time.perf_counter() - start
         return result
 
-    rows = pass1.listing(list_sources([str(listing)]))
+    rows = list(_listing(listing, tmp).all_rows())
     batch = C.to_batch(rows, C.LISTING_COLUMNS)
     ingested = timed("decode", Ingest(config.ingest), batch)
 

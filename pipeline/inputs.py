@@ -16,7 +16,7 @@ import io
 import os
 import posixpath
 import tarfile
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -29,6 +29,7 @@ TAR_EXTENSION = ".tar"
 LIST_EXTENSIONS = (".parquet", ".csv", ".txt")
 COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 LIST_COLUMNS = ("uri", "path")  # the column a list file names its sources in, by preference
+LIST_BATCH_ROWS = 65536  # a Parquet list file's entries are read this many at a time
 
 
 class InputError(ValueError):
@@ -50,15 +51,20 @@ class SourceRef(NamedTuple):
     length: int  # the member's size; -1 for plain files
 
 
-def list_sources(inputs: Sequence[str]) -> list[SourceRef]:
-    """Every source named by `inputs`. Every input is checked to exist before any is listed,
-    so a typo fails at once; a list file's missing entries are kept (ingest reports them)."""
+def iter_sources(inputs: Sequence[str]) -> Iterator[SourceRef]:
+    """Every source named by `inputs`, one at a time: a list file of 10^8 lines is read as it
+    is listed, never held (pipeline/listing.py writes the stream to disk). Every input is
+    checked to exist before any is listed, so a typo fails at once; a list file's missing
+    entries are kept (ingest reports them)."""
     located = [(item, _locate(item)) for item in inputs]
-    refs: list[SourceRef] = []
     for item, locations in located:
         for fs, path in locations:
-            refs.extend(_list_input(item, fs, path))
-    return refs
+            yield from _list_input(item, fs, path)
+
+
+def list_sources(inputs: Sequence[str]) -> list[SourceRef]:
+    """iter_sources as a list, for small pools (tests, benchmarks)."""
+    return list(iter_sources(inputs))
 
 
 def _locate(item: str) -> list[tuple[fsspec.AbstractFileSystem, str]]:
@@ -82,28 +88,28 @@ def _locate(item: str) -> list[tuple[fsspec.AbstractFileSystem, str]]:
     return locations
 
 
-def _list_input(item: str, fs, path: str) -> list[SourceRef]:
+def _list_input(item: str, fs, path: str) -> Iterator[SourceRef]:
     if fs.isdir(path):
-        refs = []
         for found in sorted(fs.find(path)):
             if _extension(found) in IMAGE_EXTENSIONS:
-                refs.append(_plain(fs, found))
+                yield _plain(fs, found)
             elif _extension(found) == TAR_EXTENSION:
-                refs.extend(_list_tar(fs, found, strict=False))
-        return refs
+                yield from _list_tar(fs, found, strict=False)
+        return
     lowered = path.lower()
     if _extension(path) in IMAGE_EXTENSIONS:
-        return [_plain(fs, path)]
-    if lowered.endswith(COMPRESSED_TAR_EXTENSIONS):
+        yield _plain(fs, path)
+    elif lowered.endswith(COMPRESSED_TAR_EXTENSIONS):
         raise InputError(item, "compressed tars cannot be read by offset; decompress it to a .tar")
-    if _extension(path) == TAR_EXTENSION:
-        return _list_tar(fs, path, strict=True)
-    if lowered.endswith(LIST_EXTENSIONS):
-        return _list_file(item, fs, path)
-    raise InputError(item, f"not a directory, image ({', '.join(sorted(IMAGE_EXTENSIONS))}), .tar or list file")
+    elif _extension(path) == TAR_EXTENSION:
+        yield from _list_tar(fs, path, strict=True)
+    elif lowered.endswith(LIST_EXTENSIONS):
+        yield from _list_file(item, fs, path)
+    else:
+        raise InputError(item, f"not a directory, image ({', '.join(sorted(IMAGE_EXTENSIONS))}), .tar or list file")
 
 
-def _list_tar(fs, path: str, strict: bool) -> list[SourceRef]:
+def _list_tar(fs, path: str, strict: bool) -> Iterator[SourceRef]:
     """Regular-file image members in archive order. Headers are read by seeking past each
     member's data; a truncated tar yields the members whose headers are whole (a cut member's
     data then reads short and decodes as corrupt).
@@ -113,36 +119,30 @@ def _list_tar(fs, path: str, strict: bool) -> list[SourceRef]:
     must not stop a pool of millions. It is then listed as a plain file, which ingest records
     as corrupt, with the reason."""
     uri = _uri(fs, path)
-    refs = []
     with fs.open(path, "rb") as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r:")
         except tarfile.ReadError as exc:
             if not strict:
-                return [_plain(fs, path)]
+                yield _plain(fs, path)
+                return
             raise InputError(uri, f"not an uncompressed tar file ({exc})") from None
         with tar:
             try:
                 for info in tar:
                     if info.isreg() and _extension(info.name) in IMAGE_EXTENSIONS:
-                        refs.append(SourceRef(uri, info.name, info.offset_data, info.size))
+                        yield SourceRef(uri, info.name, info.offset_data, info.size)
             except tarfile.ReadError:
                 pass  # truncated after the members listed so far
-    return refs
 
 
-def _list_file(item: str, fs, path: str) -> list[SourceRef]:
+def _list_file(item: str, fs, path: str) -> Iterator[SourceRef]:
     """Entries of a list file; relative entries resolve against the list file's directory. An
     entry ending in .tar that exists is listed member by member; any other entry is one source,
     whether or not it exists (ingest records a missing one)."""
-    try:
-        entries = _read_entries(fs, path)
-    except (OSError, ValueError, pa.ArrowException, csv.Error) as exc:
-        raise InputError(item, f"cannot read list file: {exc}") from None
     local = isinstance(fs, LocalFileSystem)
     base = os.path.dirname(path) if local else posixpath.dirname(path)
-    refs = []
-    for entry in entries:
+    for entry in _entries(item, fs, path):
         if "://" in entry:
             entry_fs, entry_path = _url_to_fs(entry, item)
         elif local:
@@ -150,33 +150,40 @@ def _list_file(item: str, fs, path: str) -> list[SourceRef]:
         else:
             entry_fs, entry_path = fs, posixpath.normpath(posixpath.join(base, entry))
         if _extension(entry_path) == TAR_EXTENSION and entry_fs.isfile(entry_path):
-            refs.extend(_list_tar(entry_fs, entry_path, strict=False))
+            yield from _list_tar(entry_fs, entry_path, strict=False)
         else:
-            refs.append(_plain(entry_fs, entry_path))
-    return refs
+            yield _plain(entry_fs, entry_path)
 
 
-def _read_entries(fs, path: str) -> list[str]:
-    """Non-empty entries of a list file, in file order. Parquet: column `uri`, else `path`, else
-    the first string column. CSV: the first row is a header; column `uri`, else `path`, else the
-    first column. Text: one entry per line; blank lines and `#` comments skipped."""
-    lowered = path.lower()
-    if lowered.endswith(".parquet"):
-        with fs.open(path, "rb") as f:
+def _entries(item: str, fs, path: str) -> Iterator[str]:
+    """_read_entries, with a read failure (even one half-way through) as this input's error."""
+    try:
+        yield from _read_entries(fs, path)
+    except (OSError, ValueError, pa.ArrowException, csv.Error) as exc:
+        raise InputError(item, f"cannot read list file: {exc}") from None
+
+
+def _read_entries(fs, path: str) -> Iterator[str]:
+    """Non-empty entries of a list file, in file order, read as a stream. Parquet: column
+    `uri`, else `path`, else the first string column. CSV: the first row is a header; column
+    `uri`, else `path`, else the first column. Text: one entry per line; blank lines and `#`
+    comments skipped."""
+    with fs.open(path, "rb") as f:
+        if path.lower().endswith(".parquet"):
             parquet = pq.ParquetFile(f)
             column = _pick_column(parquet.schema_arrow)
-            values = parquet.read(columns=[column]).column(column).to_pylist()
-        return [v.strip() for v in values if v is not None and v.strip()]
-    text = fs.cat_file(path).decode("utf-8")
-    if lowered.endswith(".csv"):
-        rows = list(csv.reader(io.StringIO(text)))
-        if not rows:
-            return []
-        header = [cell.strip().lower() for cell in rows[0]]
-        index = next((header.index(name) for name in LIST_COLUMNS if name in header), 0)
-        return [row[index].strip() for row in rows[1:] if len(row) > index and row[index].strip()]
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+            for batch in parquet.iter_batches(columns=[column], batch_size=LIST_BATCH_ROWS):
+                yield from (v.strip() for v in batch.column(0).to_pylist() if v is not None and v.strip())
+            return
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        if path.lower().endswith(".csv"):
+            rows = csv.reader(text)
+            header = [cell.strip().lower() for cell in next(rows, [])]
+            index = next((header.index(name) for name in LIST_COLUMNS if name in header), 0)
+            yield from (row[index].strip() for row in rows if len(row) > index and row[index].strip())
+            return
+        lines = (line.strip() for line in text)
+        yield from (line for line in lines if line and not line.startswith("#"))
 
 
 def _pick_column(schema: pa.Schema) -> str:

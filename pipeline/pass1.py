@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from ..stages.ingest import Ingest
 from ..stages.propose import Proposer
 from . import progress, raydata
 from .config import Config
-from .inputs import SourceRef
+from .listing import Listing, batched
 from .partitions import PASS1_DIR, PartitionSink, PartStore
 from .pass1_stages import IngestAndPropose, IngestWithoutPixels, IsolatedPropose, ScoreInActor, where
 from .resume import RunError
@@ -35,6 +34,11 @@ from .resume import RunError
 log = logging.getLogger("optidel")
 
 NAMED_SOURCES = 3  # sources named per unfinished partition in a failure message
+# Listing rows handed to Ray Data at once. Ray Data takes them as a list (ray.data.from_items):
+# a whole pool of 10^8 would be 10^8 dicts in the driver and the object store, a wave is about
+# 40 MB (tests/test_listing.py). Each wave starts the steps' actors again (model loads): waves
+# this large keep that small against the wave's own work.
+WAVE_SOURCES = 65536
 
 
 @dataclass
@@ -46,16 +50,6 @@ class Candidates:
     patches: dict[str, np.ndarray]
 
 
-def listing(refs: list[SourceRef], indices: Iterable[int] | None = None) -> list[dict]:
-    """Listing rows of refs[i] for i in indices (default all), each keeping its position."""
-    if indices is None:
-        indices = range(len(refs))
-    return [
-        {C.INPUT_INDEX: i, C.URI: refs[i].uri, C.MEMBER: refs[i].member, C.OFFSET: refs[i].offset, C.LENGTH: refs[i].length}
-        for i in indices
-    ]
-
-
 def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     """Listing rows through the steps, in blocks of one model batch: partitions (the resume
     unit) are far larger, and blocks that size would leave cores idle on small pools and at the
@@ -63,10 +57,10 @@ def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     return raydata.stream(rows, steps, config.ray, rows_per_block=config.ray.model_batch_size)
 
 
-def ingest_only(refs: list[SourceRef], config: Config, store: PartStore, read: bool = True) -> Candidates | None:
+def ingest_only(listing: Listing, config: Config, store: PartStore, read: bool = True) -> Candidates | None:
     """Pass 1 of the selectors that need no scores (random): read and validate, no models; the
     candidates, or None unless `read` (a selection over the parts reads them there)."""
-    _run_partitions(refs, store, config, [raydata.Step(IngestWithoutPixels, {"config": config.ingest})])
+    _run_partitions(listing, store, config, [raydata.Step(IngestWithoutPixels, {"config": config.ingest})])
     return read_candidates(store, with_patches=False) if read else None
 
 
@@ -97,7 +91,7 @@ class TrainingSample:
     proposals: list[dict[str, np.ndarray]] | None
 
 
-def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) -> TrainingSample:
+def training_crops(listing: Listing, config: Config, proposer: Proposer) -> TrainingSample:
     """Crops for self-training the proxy: a seeded sample of sources, proposed as in the full
     pass, then a seeded sample of their ok crops (patches and whole images). The sample holds
     at most a fixed number of sources (twice what score.mae.train_patches needs), so whatever
@@ -106,10 +100,9 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
 
     want = config.score.mae.train_patches
     per_source = config.propose.max_patches_per_image + 1
-    n_sources = min(len(refs), max(8, 2 * math.ceil(want / per_source)))
-    order = sorted(range(len(refs)), key=lambda i: seeding.derive(config.seed, "train-source", i))
-    sample = listing(refs, sorted(order[:n_sources]))
-    whole_pool = n_sources == len(refs)
+    n_sources = min(len(listing), max(8, 2 * math.ceil(want / per_source)))
+    sample = list(listing.rows(range(i, i + 1) for i in listing.sample(config.seed, n_sources)))
+    whole_pool = n_sources == len(listing)
 
     keys, crops, batches = [], [], []
     shown = progress.StageProgress("proxy crops", len(sample), "sources")
@@ -135,7 +128,7 @@ def training_crops(refs: list[SourceRef], config: Config, proposer: Proposer) ->
 
 
 def scored(
-    refs: list[SourceRef],
+    listing: Listing,
     config: Config,
     proposer: Proposer,
     proxy_path: str,
@@ -155,18 +148,19 @@ def scored(
         batch_size=config.ray.model_batch_size * (config.propose.max_patches_per_image + 1),
     )
     if proposals is None:
-        _run_partitions(refs, store, config, [*proposed(config, proposer), score])
+        _run_partitions(listing, store, config, [*proposed(config, proposer), score])
     else:
         log.info("pass 1: scoring the proxy's proposals (its sample was the whole pool), not proposing again")
-        _run_partitions(refs, store, config, [score], proposals)
+        _run_partitions(listing, store, config, [score], proposals)
     return read_candidates(store, with_patches=True) if read else None
 
 
 def _run_partitions(
-    refs: list[SourceRef], store: PartStore, config: Config, steps: list[raydata.Step], proposals: list | None = None
+    listing: Listing, store: PartStore, config: Config, steps: list[raydata.Step], proposals: list | None = None
 ) -> None:
     """Stream the partitions that have no part through the steps into the part store: their
-    listing rows, or, given `proposals`, those batches' rows of the pending partitions."""
+    listing rows, a wave of WAVE_SOURCES at a time, or, given `proposals`, those batches' rows
+    of the pending partitions."""
     done = store.done()
     pending = [p for p in range(store.n_partitions) if p not in done]
     if done:
@@ -174,12 +168,13 @@ def _run_partitions(
     if not pending:
         return
     sink = PartitionSink(store, pending)
-    indices = [i for p in pending for i in store.sources_of(p)]
-    shown = progress.StageProgress("pass 1", len(indices), "sources")
+    spans = [store.sources_of(p) for p in pending]
+    shown = progress.StageProgress("pass 1", sum(len(span) for span in spans), "sources")
     if proposals is None:
-        batches = _stream(listing(refs, indices), steps, config)
+        waves = batched(listing.rows(spans), WAVE_SOURCES)
+        batches = (batch for wave in waves for batch in _stream(wave, steps, config))
     else:
-        wanted = [C.take(b, np.isin(b[C.INPUT_INDEX], indices)) for b in proposals]
+        wanted = [C.take(b, np.isin(b[C.INPUT_INDEX], np.concatenate(spans))) for b in proposals]
         batches = raydata.stream_batches([b for b in wanted if len(b[C.INPUT_INDEX])], steps, config.ray)
     try:
         for batch in batches:
@@ -188,9 +183,9 @@ def _run_partitions(
             sources, patches = _sources_and_patches(batch)
             shown.add(sources, **patches)
     except raydata.StageFailure as exc:
-        raise RunError(_failure_message(refs, store, sink, str(exc))) from exc
+        raise RunError(_failure_message(listing, store, sink, str(exc))) from exc
     if sink.unfinished():
-        raise RunError(_failure_message(refs, store, sink, None))
+        raise RunError(_failure_message(listing, store, sink, None))
 
 
 def _sources_and_patches(batch: dict[str, np.ndarray]) -> tuple[int, dict[str, int]]:
@@ -203,12 +198,12 @@ def _sources_and_patches(batch: dict[str, np.ndarray]) -> tuple[int, dict[str, i
     return sources, {"patches": len(batch[C.PATCH_INDEX]) - sources}
 
 
-def _failure_message(refs, store: PartStore, sink: PartitionSink, cause: str | None) -> str:
+def _failure_message(listing: Listing, store: PartStore, sink: PartitionSink, cause: str | None) -> str:
     unfinished = sink.unfinished()
     named = []
     for p in unfinished[:NAMED_SOURCES]:
         span = store.sources_of(p)
-        uris = ", ".join(where(refs[i]) for i in list(span)[:NAMED_SOURCES])
+        uris = ", ".join(where(listing.ref(i)) for i in span[:NAMED_SOURCES])
         more = f", ... ({len(span)} sources)" if len(span) > NAMED_SOURCES else ""
         named.append(f"partition {p} (sources {span.start}-{span.stop - 1}: {uris}{more})")
     if len(unfinished) > NAMED_SOURCES:

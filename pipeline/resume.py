@@ -21,13 +21,12 @@ rewritten in place between two attempts is not detected.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from typing import Any, Sequence
 
 from ..manifests.layout import INDEX_JSON, MANIFESTS_DIR, RUN_JSON, SHARDS_DIR, WORK_DIR, Output
 from .config import Config
-from .inputs import SourceRef
+from .listing import Listing
 
 JOB_JSON = f"{WORK_DIR}/job.json"
 # 2: the output layout of issue 15 (manifests one folder per table, index.json above the shards),
@@ -85,23 +84,16 @@ def open_output(url: str, overwrite: bool) -> tuple[Output, dict | None]:
     return output, None
 
 
-def job_record(inputs: Sequence[str], config: Config, refs: Sequence[SourceRef], models: dict) -> dict:
+def job_record(inputs: Sequence[str], config: Config, listing: Listing, models: dict) -> dict:
     """What identifies a job (see the module docstring); `inputs` are kept to explain a
     listing difference, not compared."""
     return {
         "format": JOB_FORMAT,
         "inputs": list(inputs),
-        "listing": {"sources": len(refs), "sha256": listing_digest(refs)},
+        "listing": {"sources": len(listing), "sha256": listing.sha256},
         "config": {k: v for k, v in _flatten(config.model_dump(mode="json")).items() if k not in VOLATILE_KEYS},
         "models": copy.deepcopy(models),
     }
-
-
-def listing_digest(refs: Sequence[SourceRef]) -> str:
-    h = hashlib.sha256()
-    for ref in refs:
-        h.update(json.dumps(list(ref), separators=(",", ":")).encode() + b"\n")
-    return h.hexdigest()
 
 
 def differences(recorded: dict, now: dict) -> list[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import platform
+import tempfile
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -21,7 +23,8 @@ from ..stages.weights import file_sha256
 from ..stages.write import shards_table
 from . import barrier, pass1, pass2, patch_manifest, proxy_training, ray_logs, raydata, resume, source_manifest
 from .config import Config
-from .inputs import list_sources
+from .inputs import iter_sources
+from .listing import Listing
 from .partitions import PartStore
 from .resume import RunError  # the run's error type, imported from here by the CLI
 
@@ -46,42 +49,51 @@ class Timer:
 def run(inputs: list[str], out: str, config: Config) -> dict:
     """Run the whole job, or resume it from what OUT holds (pipeline/resume.py); returns
     run.json's content."""
+    # The listing is written before OUT may be created, and only the driver reads it.
+    with tempfile.TemporaryDirectory(prefix="optidel-listing-") as scratch:
+        return _run(inputs, out, config, os.path.join(scratch, LISTING_FILE))
+
+
+LISTING_FILE = "listing.parquet"
+
+
+def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     timer = Timer()
     models = _check_models(config)  # a bad checkpoint fails here, before the pool is read
     with timer.stage("list"):  # before OUT is created: a missing input must leave no OUT behind
-        refs = list_sources(inputs)
-    if not refs:
+        listing = Listing.write(iter_sources(inputs), listing_path)
+    if not len(listing):
         raise RunError(f"no image sources found in {inputs}")
     output, recorded = resume.open_output(out, config.overwrite)
-    log.info("pool: %d sources", len(refs))
-    finished = resume.claim(output, recorded, resume.job_record(inputs, config, refs, models))
+    log.info("pool: %d sources", len(listing))
+    finished = resume.claim(output, recorded, resume.job_record(inputs, config, listing, models))
     if finished is not None:
         log.info("%s already holds this job, complete: nothing to do", out)
         return finished
     raydata.connect(config.ray, logs=_logs_dir(output))
 
-    store = PartStore(output, len(refs), config.ingest.partition_size)
+    store = PartStore(output, len(listing), config.ingest.partition_size)
     reused = {"pass1_partitions": store.n_partitions}
     # A selection over the parts reads the pool there: the driver reads none of its rows.
     over_parts = barrier.over_parts(config)
     if not selector(config.selector).needs_scores:
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            candidates = pass1.ingest_only(refs, config, store, read=not over_parts)
+            candidates = pass1.ingest_only(listing, config, store, read=not over_parts)
     else:
         proposer = resolve_proposer(config.propose)
         proposals = None  # the pool's proposals, when training proposed every source already
         if config.score.proxy == "self":
             with timer.stage("train_proxy"):
-                models["proxy"], proposals = _self_trained_proxy(refs, config, proposer, output, store)
+                models["proxy"], proposals = _self_trained_proxy(listing, config, proposer, output, store)
             reused["proxy"] = models["proxy"].pop("reused")
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
             # Scoring the proxy's proposals, not proposing again: its sample was the whole pool.
             reused["pass1_proposals"] = proposals is not None
             candidates = pass1.scored(
-                refs, config, proposer, models["proxy"]["path"], store, read=not over_parts, proposals=proposals
+                listing, config, proposer, models["proxy"]["path"], store, read=not over_parts, proposals=proposals
             )
     with timer.stage("select"):
         plan = barrier.plan_over_parts(store, config) if over_parts else barrier.plan(candidates, config)
@@ -154,7 +166,7 @@ PROXY_FILE = "proxy.pt"
 PROXY_RECORD = "proxy.json"  # proxy.pt's sha256 and spec, and what it was trained on, written after it
 
 
-def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output, store: PartStore) -> tuple[dict, list | None]:
+def _self_trained_proxy(listing: Listing, config: Config, proposer: Proposer, output: Output, store: PartStore) -> tuple[dict, list | None]:
     """The proxy this job trained before (a resumed run), or a newly trained one, with the
     pool's proposals when its training sample was the whole pool (pass1.TrainingSample)."""
     path = output.path(WORK_DIR, PROXY_FILE)
@@ -165,17 +177,17 @@ def _self_trained_proxy(refs, config: Config, proposer: Proposer, output: Output
             return {**_recorded_info(path, record), "trained_on_crops": record["trained_on_crops"], "reused": True}, None
     # Parts scored by a proxy that is gone must not mix with the new proxy's scores.
     store.clear()
-    info, proposals = _train_proxy(refs, config, proposer, output)
+    info, proposals = _train_proxy(listing, config, proposer, output)
     return {**info, "reused": False}, proposals
 
 
-def _train_proxy(refs, config: Config, proposer: Proposer, output: Output) -> tuple[dict, list | None]:
+def _train_proxy(listing: Listing, config: Config, proposer: Proposer, output: Output) -> tuple[dict, list | None]:
     from fsspec.implementations.local import LocalFileSystem
 
     # Score actors load the checkpoint by path: it must be where every worker can read it.
     if not isinstance(output.fs, LocalFileSystem):
         raise RunError(f"{output.url}: --proxy self needs OUT on a local or shared file system")
-    sample = pass1.training_crops(refs, config, proposer)
+    sample = pass1.training_crops(listing, config, proposer)
     crops = sample.crops
     log.info("proxy: training a small MAE on %d crops, %d steps, in a Ray task", len(crops), config.score.mae.train_steps)
     path = output.path(WORK_DIR, PROXY_FILE)

@@ -11,13 +11,13 @@ from optidel.manifests import schema
 from optidel.pipeline.config import IngestConfig, ProposeConfig
 from optidel.pipeline.inputs import list_sources
 from optidel.pipeline.partitions import ROWS_OF_SOURCE
-from optidel.pipeline.pass1 import listing
 from optidel.pipeline.pass1_stages import FAILED_STATUS, IsolatedPropose
 from optidel.stages import columns as C
 from optidel.stages.ingest import Ingest
 from optidel.stages.propose import Propose
 
 import resume_fixtures as rf
+from test_ingest import listing_batch
 from killable import optidel_run
 
 
@@ -50,7 +50,7 @@ def test_actor_death_while_scoring_is_retried_within_bounds(reference, tmp_path)
 
 def test_source_whose_proposal_raises_is_recorded_not_fatal(kvasir):
     refs = list_sources(sorted(str(p) for p in (kvasir / "images").glob("*.jpg"))[:3])
-    ingested = Ingest(IngestConfig())(C.to_batch(listing(refs), C.LISTING_COLUMNS))
+    ingested = Ingest(IngestConfig())(listing_batch(refs))
     # An "ok" source whose pixels are empty: the proposer divides by zero on it.
     ingested[C.IMAGE][1] = np.zeros((0, 0, 3), np.uint8)
     config = ProposeConfig()

@@ -15,11 +15,11 @@ from PIL import Image
 from optidel import imageio
 from optidel.pipeline.config import IngestConfig
 from optidel.pipeline.inputs import InputError, SourceRef, list_sources
-from optidel.pipeline.pass1 import listing
 from optidel.stages import columns as C
 from optidel.stages.ingest import Ingest
 
 import hostile
+from test_ingest import listing_batch
 
 
 def write_tar(path, members: dict[str, bytes]) -> None:
@@ -99,7 +99,7 @@ def test_a_stray_non_tar_in_a_directory_or_list_is_one_bad_source(tmp_path):
     for source in (tmp_path, tmp_path / "pool.txt"):
         refs = list_sources([str(source)])
         assert [(r.uri.rsplit("/", 1)[1], r.member) for r in refs] == [("a.png", ""), ("fake.tar", "")]
-        out = Ingest(IngestConfig())(C.to_batch(listing(refs), C.LISTING_COLUMNS))
+        out = Ingest(IngestConfig())(listing_batch(refs))
         assert out[C.STATUS].tolist() == ["ok", "corrupt"]
         assert out["error"][1]
 
