@@ -32,13 +32,17 @@ class CompetingPatches:
         self.duplicates = duplicates
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        columns = columns or select_parts.PART_COLUMNS
+        return self.with_sources(partition, columns or select_parts.PART_COLUMNS)[0]
+
+    def with_sources(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...] = ()) -> tuple[dict, dict]:
+        """The `columns` of part `partition`'s competing patch rows, and the `source_columns` of
+        its source rows (every source, competing or not), from one read of the part."""
         # The source decides whether a patch competes, even when `columns` leaves it out.
-        part = self.store.read(partition, columns=tuple(dict.fromkeys((*columns, *COMPETES_COLUMNS))))
+        part = self.store.read(partition, columns=tuple(dict.fromkeys((*columns, *source_columns, *COMPETES_COLUMNS))))
         is_patch = part[C.PATCH_INDEX] >= 0
         keep = np.zeros(len(is_patch), dtype=bool)
         keep[is_patch] = self.competes(part)
-        return {name: part[name][keep] for name in columns}
+        return {name: part[name][keep] for name in columns}, {name: part[name][~is_patch] for name in source_columns}
 
     def competes(self, part: dict[str, np.ndarray]) -> np.ndarray:
         """Which of a part's patch rows (PATCH_INDEX >= 0, in order) compete, from its
@@ -84,17 +88,17 @@ def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config
 
 def _chosen_rows(load: CompetingPatches, group: list[int], clusters: dict, *rank_pieces) -> tuple[dict, dict]:
     """The plan columns of the chosen patches of the parts in `group`, with their cluster and
-    rank (from the group's ranked pieces), and the source rows they come from."""
+    rank (from the group's ranked pieces), and the source rows they come from: one read of each
+    part."""
     columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)
     rows, sources = [], []
     for partition, rank in zip(group, select_parts.part_ranks(len(group), *rank_pieces)):
-        part = load(partition, (*columns, C.INPUT_INDEX))
+        part, found = load.with_sources(partition, (*columns, C.INPUT_INDEX), C.SOURCE_COLUMNS)
         keep = np.array([i in clusters for i in part[C.PATCH_ID].tolist()], dtype=bool)
         chosen = {name: part[name][keep] for name in columns}
         chosen["cluster"] = np.array([clusters[i] for i in chosen[C.PATCH_ID].tolist()], dtype=np.int32)
         chosen["rank"] = rank[keep]
         rows.append(chosen)
-        found = load.store.source_rows(partition, C.SOURCE_COLUMNS)
         sources.append(C.take(found, np.isin(found[C.INPUT_INDEX], part[C.INPUT_INDEX][keep])))
     return C.concat(rows), C.concat(sources)
 
