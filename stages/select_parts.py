@@ -33,7 +33,9 @@ about equal rows at the merged samples' quantiles; range_pieces sends each row's
 it is: part and position) to its range and counts the rows per range; ranked_range sorts one
 range's keys and ranks them, after range_offsets' rows of every earlier range, in pieces back
 to the groups the rows came from; part_ranks gives each part of a group its ranks, aligned
-with its rows. The caller runs them as a shuffle (pipeline/ranks.py), or in turn (tests).
+with its rows. The caller runs them as a shuffle (pipeline/ranks.py), or in turn (tests),
+holding the samples (a few keys per range from each group: O(parts) when there are as many
+ranges as groups), the bounds and the counts per range, never a rank.
 """
 
 from __future__ import annotations
