@@ -19,6 +19,7 @@ from . import raydata
 from .config import Config
 from .duplicates import Duplicates
 from .partitions import PartStore, part_groups
+from .ranks import pool_ranks
 
 IMAGE_COLUMNS = (C.INPUT_INDEX, C.SOURCE_ID, C.WIDTH, C.HEIGHT)  # what an image's row is made of
 
@@ -71,9 +72,10 @@ class ChosenImages:
 
     def manifest_pieces(self, store: PartStore) -> Iterator[pa.Table]:
         """patches.parquet's rows, one table per part in part order, each group labelled by a
-        task (a rank counts the rows of every other part: see select_parts.parts_selection)."""
+        task; an image's rank is its place in the seeded draw, from a sort by ranges (ranks.py)."""
         parts = list(range(store.n_partitions))
-        calls = [(self.load, parts, group, self.verdict, self.config.seed) for group in part_groups(len(parts))]
+        ranks = pool_ranks(self.load, parts, self.verdict.method, ("draw", self.config.seed), self.config.ray)
+        calls = [(self.load, group, self.verdict, *ranks.of(g)) for g, group in enumerate(ranks.groups)]
         for pieces in raydata.run_tasks(_labelled_pieces, calls, self.config.ray):
             yield from pieces
 
@@ -111,10 +113,11 @@ def _chosen_in_parts(load: CompetingImages, group: list[int], drawn: np.ndarray)
     return C.concat(rows), C.concat(sources)
 
 
-def _labelled_pieces(load: CompetingImages, parts: list[int], group: list[int], verdict, seed: int) -> list[pa.Table]:
+def _labelled_pieces(load: CompetingImages, group: list[int], verdict, *rank_pieces) -> list[pa.Table]:
     """The patches.parquet rows of the parts in `group`, as the in-memory barrier labels them."""
     pieces = []
-    for partition, selection in zip(group, select_parts.parts_selection(load, parts, group, verdict, seed, scored=False)):
+    ranks = select_parts.part_ranks(len(group), *rank_pieces)
+    for partition, selection in zip(group, select_parts.parts_selection(load, group, verdict, ranks)):
         images = load(partition, IMAGE_COLUMNS)
         rows = image_rows(*(images[name] for name in (C.SOURCE_ID, C.WIDTH, C.HEIGHT)))
         n = len(rows[C.PATCH_ID])

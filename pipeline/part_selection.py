@@ -1,7 +1,8 @@
 """The patch selectors' choice, made by Ray tasks over the pass-1 parts (stages/select_parts.py)
 instead of in the driver: which rows of each part compete, the chosen rows and their sources
 (all the plan holds of the pool), and patches.parquet's pieces, labelled by tasks, as the
-in-memory barrier labels its rows. `random`, which chooses whole images: image_selection.py."""
+in-memory barrier labels its rows; each row's rank from a sort by ranges (ranks.py). `random`,
+which chooses whole images: image_selection.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ..stages import select_parts
 from . import raydata
 from .config import Config
 from .duplicates import Duplicates
-from .partitions import MASK_COLUMNS, PartStore, part_groups, patch_masks
+from .partitions import MASK_COLUMNS, PartStore, patch_masks
+from .ranks import PoolRanks, pool_ranks
 
 
 class CompetingPatches:
@@ -30,13 +32,17 @@ class CompetingPatches:
         self.duplicates = duplicates
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        columns = columns or select_parts.PART_COLUMNS
+        return self.with_sources(partition, columns or select_parts.PART_COLUMNS)[0]
+
+    def with_sources(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...] = ()) -> tuple[dict, dict]:
+        """The `columns` of part `partition`'s competing patch rows, and the `source_columns` of
+        its source rows (every source, competing or not), from one read of the part."""
         # The source decides whether a patch competes, even when `columns` leaves it out.
-        part = self.store.read(partition, columns=tuple(dict.fromkeys((*columns, *COMPETES_COLUMNS))))
+        part = self.store.read(partition, columns=tuple(dict.fromkeys((*columns, *source_columns, *COMPETES_COLUMNS))))
         is_patch = part[C.PATCH_INDEX] >= 0
         keep = np.zeros(len(is_patch), dtype=bool)
         keep[is_patch] = self.competes(part)
-        return {name: part[name][keep] for name in columns}
+        return {name: part[name][keep] for name in columns}, {name: part[name][~is_patch] for name in source_columns}
 
     def competes(self, part: dict[str, np.ndarray]) -> np.ndarray:
         """Which of a part's patch rows (PATCH_INDEX >= 0, in order) compete, from its
@@ -54,12 +60,14 @@ COMPETES_COLUMNS = (C.PATCH_INDEX, C.INPUT_INDEX, C.STATUS)
 
 @dataclass
 class ChosenPatches:
-    """A patch selector's choice over the parts: the verdict, the chosen rows' plan columns
+    """A patch selector's choice over the parts: the verdict, every competing row's rank (kept
+    in the object store, for the labels), the chosen rows' plan columns
     (select.columns.BARRIER_PATCH_COLUMNS less the embedding, plus cluster and rank), and their
     sources' rows (C.SOURCE_COLUMNS: what pass 2 reads), each in part order."""
 
     load: CompetingPatches
     verdict: select_parts.Verdict
+    ranks: PoolRanks
     rows: dict[str, np.ndarray]
     sources: dict[str, np.ndarray]
 
@@ -71,25 +79,28 @@ def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config
     verdict = select_parts.select_patches_in_parts(
         load, parts, run, budget=budget, config=config.select, method=config.selector, seed=config.seed
     )
+    ranks = pool_ranks(load, parts, config.selector, "hardness", config.ray)
     chosen = verdict.chosen
-    rank = select_parts.ranks_in_pool(load, parts, run, config.selector, chosen["primary"], chosen["id"]) if chosen else []
-    labels = {i: (c, r) for i, c, r in zip(chosen.get("id", ()), chosen.get("cluster", ()), rank)}
-    rows, sources = zip(*run(_chosen_rows, [(load, p, labels) for p in parts]))
-    return ChosenPatches(load, verdict, C.concat(list(rows)), C.concat(list(sources)))
+    clusters = dict(zip(chosen.get("id", ()), chosen.get("cluster", ())))
+    rows, sources = zip(*run(_chosen_rows, [(load, group, clusters, *ranks.of(g)) for g, group in enumerate(ranks.groups)]))
+    return ChosenPatches(load, verdict, ranks, C.concat(list(rows)), C.concat(list(sources)))
 
 
-def _chosen_rows(load: CompetingPatches, partition: int, labels: dict) -> tuple[dict, dict]:
-    """The plan columns of part `partition`'s chosen patches, with their cluster and rank, and
-    the source rows they come from."""
+def _chosen_rows(load: CompetingPatches, group: list[int], clusters: dict, *rank_pieces) -> tuple[dict, dict]:
+    """The plan columns of the chosen patches of the parts in `group`, with their cluster and
+    rank (from the group's ranked pieces), and the source rows they come from: one read of each
+    part."""
     columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)
-    part = load(partition, (*columns, C.INPUT_INDEX))
-    keep = np.array([i in labels for i in part[C.PATCH_ID].tolist()], dtype=bool)
-    rows = {name: part[name][keep] for name in columns}
-    chosen = [labels[i] for i in rows[C.PATCH_ID].tolist()]
-    rows["cluster"] = np.array([c for c, _ in chosen], dtype=np.int32)
-    rows["rank"] = np.array([r for _, r in chosen], dtype=np.int32)
-    sources = load.store.source_rows(partition, C.SOURCE_COLUMNS)
-    return rows, C.take(sources, np.isin(sources[C.INPUT_INDEX], part[C.INPUT_INDEX][keep]))
+    rows, sources = [], []
+    for partition, rank in zip(group, select_parts.part_ranks(len(group), *rank_pieces)):
+        part, found = load.with_sources(partition, (*columns, C.INPUT_INDEX), C.SOURCE_COLUMNS)
+        keep = np.array([i in clusters for i in part[C.PATCH_ID].tolist()], dtype=bool)
+        chosen = {name: part[name][keep] for name in columns}
+        chosen["cluster"] = np.array([clusters[i] for i in chosen[C.PATCH_ID].tolist()], dtype=np.int32)
+        chosen["rank"] = rank[keep]
+        rows.append(chosen)
+        sources.append(C.take(found, np.isin(found[C.INPUT_INDEX], part[C.INPUT_INDEX][keep])))
+    return C.concat(rows), C.concat(sources)
 
 
 @dataclass
@@ -102,17 +113,19 @@ class PatchLabels:
     config: Config
 
     def manifest_pieces(self, store: PartStore) -> Iterator[pa.Table]:
-        """patches.parquet's rows, one table per part in part order, each labelled by a task:
-        the driver holds one group's pieces at a time."""
-        parts = list(range(store.n_partitions))
-        for pieces in _runner(self.config)(_labelled_pieces, [(store, self, parts, g) for g in part_groups(len(parts))]):
+        """patches.parquet's rows, one table per part in part order, each group of parts
+        labelled by a task: the driver holds one group's pieces at a time."""
+        chosen = self.chosen
+        calls = [(store, chosen.load, chosen.verdict, self.plan_rows, group, *chosen.ranks.of(g))
+                 for g, group in enumerate(chosen.ranks.groups)]
+        for pieces in _runner(self.config)(_labelled_pieces, calls):
             yield from pieces
 
 
-def _labelled_pieces(store: PartStore, labels: PatchLabels, parts: list[int], group: list[int]) -> list[pa.Table]:
+def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_parts.Verdict, plan_rows: dict,
+                     group: list[int], *rank_pieces) -> list[pa.Table]:
     """The patches.parquet rows of the parts in `group`, as the in-memory barrier labels them."""
-    load = labels.chosen.load
-    selections = select_parts.parts_selection(load, parts, group, labels.chosen.verdict, labels.config.seed)
+    selections = select_parts.parts_selection(load, group, verdict, select_parts.part_ranks(len(group), *rank_pieces))
     columns = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)
     pieces = []
     for partition, selection in zip(group, selections):
@@ -133,8 +146,8 @@ def _labelled_pieces(store: PartStore, labels: PatchLabels, parts: list[int], gr
         sample_key = np.full(n, "", dtype=object)
         slot = np.full(n, -1, np.int64)
         for i, patch_id in enumerate(rows[C.PATCH_ID].tolist()):
-            if competing[i] and patch_id in labels.plan_rows:
-                selected[i], reason[i], sample_key[i], slot[i] = labels.plan_rows[patch_id]
+            if competing[i] and patch_id in plan_rows:
+                selected[i], reason[i], sample_key[i], slot[i] = plan_rows[patch_id]
         rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
         pieces.append(schema.to_table("patches", rows))
     return pieces

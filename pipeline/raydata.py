@@ -240,6 +240,36 @@ def shuffle(map_fn, calls: list[tuple], reduce_fn, buckets: int, config: RayConf
         raise StageFailure(_cause(exc)) from exc
 
 
+def shuffle_kept(map_fn, calls: list[tuple], reduce_fn, reduce_args, buckets: int, returns: int, config: RayConfig) -> list[list]:
+    """A shuffle whose reduce results stay in the object store, for later tasks to take as their
+    arguments (run_tasks resolves them there): map_fn(*call) returns (pieces, note) as for
+    `shuffle`; once every note is in, reduce_args(notes) gives each bucket's first arguments,
+    and bucket b's task runs reduce_fn(*args, *pieces) on its piece of every map, which returns
+    `returns` pieces. Returns their references, [bucket][piece]: this process holds references
+    alone (calls x buckets, then buckets x returns), and the notes."""
+    options = {"num_cpus": config.cpus_per_task or 1.0, "max_retries": config.max_retries}
+    mapper = ray.remote(**options, num_returns=buckets + 1)(_pieces_then_note)
+    maps = [mapper.remote(map_fn, buckets, *call) for call in calls]
+    try:
+        notes = ray.get([refs[buckets] for refs in maps])
+    except ray.exceptions.RayError as exc:
+        raise StageFailure(_cause(exc)) from exc
+    reducer = ray.remote(**options, num_returns=returns)(_returned)
+    reduced = [
+        reducer.remote(reduce_fn, returns, *args, *(refs[b] for refs in maps))
+        for b, args in enumerate(reduce_args(notes))
+    ]
+    return [[refs] if returns == 1 else list(refs) for refs in reduced]
+
+
+def _returned(reduce_fn, returns: int, *args):
+    """A kept shuffle's reduce task: its pieces as the task's `returns` separate returns."""
+    pieces = reduce_fn(*args)
+    if len(pieces) != returns:
+        raise ValueError(f"{reduce_fn.__name__} gave {len(pieces)} pieces for {returns} returns")
+    return pieces[0] if returns == 1 else tuple(pieces)
+
+
 def _pieces_then_note(map_fn, buckets: int, *call) -> tuple:
     """A shuffle's map task: its pieces and note as the task's buckets + 1 separate returns."""
     pieces, note = map_fn(*call)

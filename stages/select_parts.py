@@ -21,12 +21,21 @@ Rounds (patch selectors):
    round-robin runs on them as in memory. A cluster cut short that the round-robin ran to the
    end of could have gone on: it is fetched again, twice as long, until none did. Then every
    row the round-robin looked at, and every decision, is the in-memory one.
-4. the verdict names the chosen rows (Verdict.chosen); ranks_in_pool counts, for each, the
-   rows of every part before it. parts_selection labels every row of a group of parts
-   (cluster, rank, selected, reason) from the verdict, counting the rows of every other part
-   before each row for its rank.
+4. the verdict names the chosen rows (Verdict.chosen); parts_selection labels every row of
+   some parts (cluster, rank, selected, reason) from the verdict and the parts' ranks.
 
 `random`: the first `budget` keys of the seeded draw order, merged as in round 2.
+
+Ranks (every row's place in the pool's order, hardness or draw) come from a sort by ranges of
+keys, each part's keys read twice whatever the number of parts: key_sample gives a group of
+parts' keys at evenly spaced places of its order, range_bounds cuts the pool into ranges of
+about equal rows at the merged samples' quantiles; range_pieces sends each row's key (and where
+it is: part and position) to its range and counts the rows per range; ranked_range sorts one
+range's keys and ranks them, after range_offsets' rows of every earlier range, in pieces back
+to the groups the rows came from; part_ranks gives each part of a group its ranks, aligned
+with its rows. The caller runs them as a shuffle (pipeline/ranks.py), or in turn (tests),
+holding the samples (a few keys per range from each group: O(parts) when there are as many
+ranges as groups), the bounds and the counts per range, never a rank.
 """
 
 from __future__ import annotations
@@ -114,43 +123,27 @@ def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, meth
     return verdict
 
 
-def parts_selection(load, parts: Sequence, indices: list[int], verdict: Verdict, seed: int, scored: bool = True) -> list[reference.Selection]:
-    """Round 4 for a group of parts: the rows of each parts[i], i in indices, as the in-memory
-    selector labels them (one Selection per part, aligned with its rows). `scored`: the rows
-    carry scores and rank by hardness; else (random without scores) by the seeded draw.
-
-    Ranking counts the rows of every other part that precede each row of the group, so each
-    group reads the pool's keys once: fewer, larger groups read less."""
-    by = "hardness" if scored else ("draw", seed)
-    rows = [load(parts[i]) for i in indices]
-    ids = [_ids(r, verdict.method) for r in rows]
-    primary = [_primary(r, i, by) for r, i in zip(rows, ids)]
-    rank = _rank(np.concatenate(primary), np.concatenate(ids), load, parts, set(indices), verdict.method, by)
-    ranks = np.split(rank, np.cumsum([len(i) for i in ids])[:-1])
-    return [_labelled(*part, verdict) for part in zip(rows, ids, primary, ranks)]
+def parts_selection(load, parts: Sequence, verdict: Verdict, ranks: Sequence[np.ndarray]) -> list[reference.Selection]:
+    """Round 4 for some parts: the rows of each part, as the in-memory selector labels them (one
+    Selection per part, aligned with its rows), given ranks[i], the pool ranks of parts[i]'s
+    rows (part_ranks)."""
+    selections = []
+    for part, rank in zip(parts, ranks, strict=True):
+        rows = load(part)
+        ids = _ids(rows, verdict.method)
+        if len(rank) != len(ids):
+            raise ValueError(f"part {part!r}: {len(rank)} ranks for {len(ids)} rows")
+        selections.append(_labelled(rows, ids, rank, verdict))
+    return selections
 
 
-def ranks_in_pool(load, parts: Sequence, run: Run, method: str, primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """int32 hardness rank in the pool of the rows with these keys (the selected ones): the rows
-    of every part that precede each, counted by the parts and summed."""
-    rank = np.zeros(len(ids), dtype=np.int64)
-    for counts in run(_count_preceding, [(load, part, method, primary, ids) for part in parts]):
-        rank += counts
-    return rank.astype(np.int32)
-
-
-def _count_preceding(load, part, method: str, primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    rows = load(part, (_id_column(method), SCORE))
-    part_ids = _ids(rows, method)
-    return _count_before(primary, ids, _primary(rows, part_ids, "hardness"), part_ids)
-
-
-def _labelled(rows: dict, ids: np.ndarray, primary: np.ndarray, rank: np.ndarray, verdict: Verdict) -> reference.Selection:
+def _labelled(rows: dict, ids: np.ndarray, rank: np.ndarray, verdict: Verdict) -> reference.Selection:
     n = len(ids)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
-    if verdict.method == "random":
+    if verdict.method == "random":  # no noise tail, no quota: its keys are not needed here
         cluster = np.full(n, -1, dtype=np.int32)
     else:
+        primary = _primary(rows, ids, "hardness")
         cluster = reference.assign_clusters(_unit(rows, ids, verdict), verdict.centroids)
         if verdict.last_in_reach is not None:
             reason[_at_or_before(primary, ids, verdict.last_in_reach)] = schema.DROP_QUOTA
@@ -296,26 +289,103 @@ def _first_length(budget: int, groups: int) -> int:
     return 2 * math.ceil(budget / groups) + 16
 
 
-def _rank(primary: np.ndarray, ids: np.ndarray, load, parts: Sequence, group: set[int], method: str, by) -> np.ndarray:
-    """int32 position of each row in the pool's `by` order: its place among the group's rows,
-    plus the rows of each other part that precede it (only their keys are read)."""
-    own = _key_order(primary, ids)
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[own] = np.arange(len(ids))
+def key_sample(load, parts: Sequence, method: str, by, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The keys of some parts' rows in the `by` order at `count` evenly spaced places of their
+    own order (at most one per row), each with its weight: the rows from it to the next."""
+    primary, ids = (np.concatenate(column) for column in zip(*_part_keys(load, parts, method, by)))
+    order = _key_order(primary, ids)
+    places = np.unique(np.arange(count) * len(ids) // count) if len(ids) else np.zeros(0, np.int64)
+    return primary[order[places]], ids[order[places]], np.diff(np.r_[places, len(ids)])
+
+
+def range_bounds(samples: Iterable, ranges: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ranges - 1 keys (ascending, maybe repeated) that cut the pool into `ranges` ranges
+    of about equal rows, from the groups' key_sample: the sampled keys where the weight up to
+    them first reaches each multiple of a range's share. Range r holds the keys after r bounds
+    (range_of): any bounds give exact ranks, these only balance the ranges."""
+    primary, ids, weight = (np.concatenate(column) for column in zip(*samples))
+    if not len(ids):
+        return primary, ids
+    order = _key_order(primary, ids)
+    reached = np.cumsum(weight[order])
+    at = np.searchsorted(reached, np.arange(1, ranges) * reached[-1] / ranges)
+    at = order[np.minimum(at, len(order) - 1)]
+    return primary[at], ids[at]
+
+
+def range_of(primary: np.ndarray, ids: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Each row's range: how many bounds come before its key (a row equal to a bound comes first)."""
+    return _count_before(primary, ids, *bounds)
+
+
+def range_pieces(load, parts: Sequence, method: str, by, bounds: tuple[np.ndarray, np.ndarray], ranges: int) -> tuple[list[dict], np.ndarray]:
+    """The map of the sort: some parts' keys, with where each row is (its part's place in
+    `parts`, its position in the part), as one piece per range in part and row order; and the
+    rows per range."""
+    keys = _part_keys(load, parts, method, by)
+    primary, ids = (np.concatenate(column) for column in zip(*keys))
+    part = np.repeat(np.arange(len(parts), dtype=np.int32), [len(i) for _, i in keys])
+    position = np.concatenate([np.arange(len(i), dtype=np.int32) for _, i in keys])
+    where = range_of(primary, ids, bounds)
+    order = np.argsort(where, kind="stable")
+    cuts = np.searchsorted(where[order], np.arange(ranges + 1))
+    pieces = [
+        {"primary": primary[rows], "id": ids[rows], "part": part[rows], "position": position[rows]}
+        for rows in (order[a:b] for a, b in zip(cuts[:-1], cuts[1:]))
+    ]
+    return pieces, np.bincount(where, minlength=ranges)
+
+
+def range_offsets(counts: Iterable[np.ndarray]) -> np.ndarray:
+    """Per range, the rows of every earlier range, from each map's rows per range."""
+    rows = np.sum(list(counts), axis=0, dtype=np.int64)
+    return np.r_[0, np.cumsum(rows)[:-1]]
+
+
+def ranked_range(offset: int, *pieces: dict) -> list[dict]:
+    """The reduce of the sort: one range's rows from every map, ranked offset + their place in
+    the range's (primary, id) order; returned as pieces aligned with the maps' own (where each
+    row is, and its int32 rank, as select.hardness_rank's)."""
+    primary = np.concatenate([piece["primary"] for piece in pieces])
+    ids = np.concatenate([piece["id"] for piece in pieces])
+    rank = np.empty(len(ids), dtype=np.int32)
+    rank[_key_order(primary, ids)] = offset + np.arange(len(ids))
+    ranks = np.split(rank, np.cumsum([len(piece["id"]) for piece in pieces])[:-1])
+    return [{"part": piece["part"], "position": piece["position"], "rank": r} for piece, r in zip(pieces, ranks)]
+
+
+def part_ranks(n_parts: int, *pieces: dict) -> list[np.ndarray]:
+    """The int32 pool ranks of the rows of a map's n_parts parts, one array per part aligned with
+    its rows, from the ranked_range pieces of every range for that map."""
+    part = np.concatenate([piece["part"] for piece in pieces])
+    position = np.concatenate([piece["position"] for piece in pieces])
+    rank = np.concatenate([piece["rank"] for piece in pieces])
+    by_part = np.argsort(part, kind="stable")
+    cuts = np.cumsum(np.bincount(part, minlength=n_parts))[:-1]
+    ranks = []
+    for rows in np.split(by_part, cuts):
+        ranked = np.empty(len(rows), dtype=np.int32)
+        ranked[position[rows]] = rank[rows]
+        ranks.append(ranked)
+    return ranks
+
+
+def _part_keys(load, parts: Sequence, method: str, by) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each part's (primary, id) keys in the `by` order, read from their columns alone."""
     columns = (_id_column(method),) + ((SCORE,) if by == "hardness" else ())
-    for other, part in enumerate(parts):
-        if other in group:
-            continue
+    keys = []
+    for part in parts:
         rows = load(part, columns)
-        other_ids = _ids(rows, method)
-        rank += _count_before(primary, ids, _primary(rows, other_ids, by), other_ids)
-    return rank.astype(np.int32)
+        ids = _ids(rows, method)
+        keys.append((_primary(rows, ids, by), ids))
+    return keys
 
 
 def _count_before(primary, ids, other_primary, other_ids) -> np.ndarray:
-    """Per row, how many of the other rows precede it (ids are unique across the pool)."""
+    """Per row, how many of the other rows precede it (a row and another of the same key: the row
+    first)."""
     is_other = np.r_[np.zeros(len(ids), dtype=np.int64), np.ones(len(other_ids), dtype=np.int64)]
-    order = _key_order(np.r_[primary, other_primary], np.r_[ids, other_ids])
+    order = _key_order(np.concatenate([primary, other_primary]), np.concatenate([ids, other_ids]))
     before = np.cumsum(is_other[order]) - is_other[order]
     counts = np.empty(len(order), dtype=np.int64)
     counts[order] = before

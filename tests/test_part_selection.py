@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
 
 import numpy as np
@@ -15,9 +16,12 @@ from PIL import Image
 
 from optidel.manifests import schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1, pass2, patch_manifest, source_manifest
+from optidel.pipeline import barrier, config as config_mod, pass1, pass2, patch_manifest, raydata, source_manifest
 from optidel.pipeline.partitions import PartStore
+from optidel.pipeline.ranks import pool_ranks
 from optidel.stages import columns as C
+from optidel.stages import select_parts
+from optidel.stages.select import hardness_rank, select_images
 from optidel.stages.write import shards_table
 
 N_SOURCES = 40
@@ -121,3 +125,41 @@ def test_selection_over_parts_on_ray_is_the_in_memory_plan(ray_local, tmp_path, 
         original, copy = np.array_split(in_memory.patches["reason"][twins], 2)
         assert set(copy.tolist()) == {"duplicate_source"}
         assert "duplicate_source" not in set(original.tolist())
+
+
+class KeyParts:
+    """Parts of rows with ids and scores (3 values: runs of ties), some of them empty."""
+
+    def __init__(self, sizes: list[int], seed: int):
+        rng = np.random.default_rng(seed)
+        n = sum(sizes)
+        self.ids = np.array([f"p-{i:05d}" for i in rng.permutation(n)], dtype=object)
+        self.scores = rng.choice(np.float32([0.5, 0.75, 1.25]), n)
+        self.rows = np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
+
+    def __call__(self, part: int, columns=None) -> dict[str, np.ndarray]:
+        return {C.PATCH_ID: self.ids[self.rows[part]], C.SCORE: self.scores[self.rows[part]]}
+
+
+@pytest.mark.parametrize("sizes", [[50], [30, 0, 45, 12, 0, 60, 33, 8, 21, 40]])
+def test_pool_ranks_on_ray_are_the_pool_order(ray_local, sizes):
+    """The sort by ranges as Ray runs it (one group and one range; groups of parts and as many
+    ranges): the pieces the group tasks take give every row its rank in the pool's order, by
+    hardness and by the seeded draw."""
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers' KeyParts
+    try:
+        load = KeyParts(sizes, seed=len(sizes))
+        config = config_mod.load(sets=[]).ray
+        for by, reference in (("hardness", hardness_rank(load.ids, load.scores)),
+                              (("draw", 3), select_images(source_ids=load.ids, scores=None, embeddings=None, budget=1,
+                                                          config=config_mod.SelectConfig(), method="random", seed=3).rank)):
+            ranks = pool_ranks(load, list(range(len(sizes))), "hard", by, config)
+            assert len(ranks.pieces) == len(ranks.groups) == {1: 1, 10: 4}[len(sizes)]  # ranges, groups of parts
+            found = raydata.run_tasks(select_parts.part_ranks, [(len(g), *ranks.of(i)) for i, g in enumerate(ranks.groups)], config)
+            out = np.full(sum(sizes), -1, dtype=np.int32)
+            for group, part_ranks in zip(ranks.groups, found):
+                for part, rank in zip(group, part_ranks):
+                    out[load.rows[part]] = rank
+            assert np.array_equal(out, reference)
+    finally:
+        ray_local.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

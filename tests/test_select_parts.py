@@ -14,7 +14,7 @@ import pytest
 from optidel.manifests import schema
 from optidel.pipeline.config import SelectConfig
 from optidel.stages import exact_mean, select_parts
-from optidel.stages.select import select_images, select_patches
+from optidel.stages.select import hardness_rank, select_images, select_patches
 
 
 class Parts:
@@ -52,6 +52,22 @@ def random_pool(seed: int, n: int = 600, dim: int = 12, n_centres: int = 10):
     return {"patch_id": ids, "source_id": sources, "score": scores, "embedding": emb.astype(np.float32)}
 
 
+def ranks_here(load, parts: list, groups: list[list[int]], method: str, by, ranges: int | None = None, sample: int | None = None):
+    """The sort's steps run in turn, as pipeline/ranks.py runs them on Ray (a map per group of
+    parts, a reduce per range): each part's ranks, and the rows of each range."""
+    ranges = ranges or len(groups)
+    of = [[parts[i] for i in group] for group in groups]
+    samples = [select_parts.key_sample(load, group, method, by, sample or 4 * ranges) for group in of]
+    bounds = select_parts.range_bounds(samples, ranges)
+    maps = [select_parts.range_pieces(load, group, method, by, bounds, ranges) for group in of]
+    offsets = select_parts.range_offsets(counts for _, counts in maps)
+    reduced = [select_parts.ranked_range(offsets[r], *(pieces[r] for pieces, _ in maps)) for r in range(ranges)]
+    ranks = {}
+    for g, group in enumerate(groups):
+        ranks.update(zip(group, select_parts.part_ranks(len(group), *(pieces[g] for pieces in reduced))))
+    return [ranks[i] for i in range(len(parts))], sum(counts for _, counts in maps)
+
+
 def distributed(parts: Parts, n_parts: int, method: str, budget: int, config, seed: int, shortlist=None):
     """Selection over the parts, reassembled into pool row order."""
     part_ids = list(range(n_parts))
@@ -66,8 +82,9 @@ def distributed(parts: Parts, n_parts: int, method: str, budget: int, config, se
     out = {"selected": np.zeros(n, bool), "cluster": np.zeros(n, np.int32), "rank": np.zeros(n, np.int32),
            "reason": np.full(n, "?", dtype=object)}
     groups = [part_ids[:2], part_ids[2:]] if n_parts > 2 else [part_ids]
+    ranks, _ = ranks_here(parts, part_ids, groups, method, "hardness" if scored else ("draw", seed))
     for group in groups:
-        for p, sel in zip(group, select_parts.parts_selection(parts, part_ids, group, verdict, seed, scored=scored)):
+        for p, sel in zip(group, select_parts.parts_selection(parts, group, verdict, [ranks[p] for p in group])):
             for name in out:
                 out[name][parts.rows[p]] = getattr(sel, name)
     return out, verdict
@@ -80,16 +97,18 @@ def assert_same(out, reference, verdict):
 
 
 def assert_chosen(parts: Parts, n_parts: int, verdict, reference):
-    """The verdict's chosen rows, and the ranks counted for them, are the reference's selected
-    rows with their clusters and ranks: all the barrier's plan needs of them."""
+    """The verdict's chosen rows, and their ranks from the parts' ranks (as the plan takes them),
+    are the reference's selected rows with their clusters and ranks: all the barrier's plan
+    needs of them."""
     ids = parts.columns["patch_id"].astype(str)
     chosen = verdict.chosen
     assert sorted(chosen["id"].tolist()) == sorted(ids[reference.selected].tolist())
     rows = {i: r for r, i in enumerate(ids.tolist())}
     at = np.array([rows[i] for i in chosen["id"].tolist()], dtype=np.int64)
     assert np.array_equal(chosen["cluster"], reference.cluster[at])
-    ranks = select_parts.ranks_in_pool(parts, list(range(n_parts)), run_here, verdict.method, chosen["primary"], chosen["id"])
-    assert np.array_equal(ranks, reference.rank[at])
+    part_ranks, _ = ranks_here(parts, list(range(n_parts)), [list(range(n_parts))], verdict.method, "hardness")
+    rank_of = {i: r for p in range(n_parts) for i, r in zip(ids[parts.rows[p]].tolist(), part_ranks[p].tolist())}
+    assert np.array_equal([rank_of[i] for i in chosen["id"].tolist()], reference.rank[at])
     assert float(exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0]) == pytest.approx(parts.columns["score"].mean())
 
 
@@ -169,3 +188,73 @@ def test_a_sample_smaller_than_the_pool_gives_a_valid_selection():
     exact, _ = distributed(Parts(pool, 6, 7), 6, "optidel", 120,
                            config.model_copy(update={"kmeans_sample": 600}), 7, shortlist=4)
     assert not np.array_equal(exact["cluster"], out["cluster"])  # the sample did change the centroids
+
+
+def uneven_parts(columns: dict, sizes: list[int], seed: int) -> Parts:
+    """A pool cut into parts of these sizes (zeros: empty parts), its rows shuffled."""
+    parts = Parts(columns, 1, seed)
+    order = np.random.default_rng(seed).permutation(sum(sizes))
+    parts.rows = np.split(order, np.cumsum(sizes)[:-1])
+    return parts
+
+
+def in_memory_ranks(columns: dict, by) -> np.ndarray:
+    if by == "hardness":
+        return hardness_rank(columns["patch_id"], columns["score"])
+    return select_images(source_ids=columns["patch_id"], scores=None, embeddings=None, budget=1, config=CONFIG,
+                         method="random", seed=by[1]).rank
+
+
+@pytest.mark.parametrize("by", ["hardness", ("draw", 4)])
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(
+    "sizes,grouping,ranges,sample",
+    [
+        ([300], 1, 1, 4),  # one part: one range
+        ([300], 1, 6, 24),  # one part, one map, many ranges
+        ([40, 0, 75, 33, 0, 90, 12, 50], 3, None, None),  # empty parts; a range per group
+        ([40, 0, 75, 33, 0, 90, 12, 50], 1, 7, 28),  # a map per part
+        ([40, 0, 75, 33, 0, 90, 12, 50], 2, 9, 1),  # a one-key sample per map: uneven ranges
+        ([5, 0, 7, 3], 1, 40, 160),  # more ranges than rows: most hold none
+        ([0, 0, 0], 1, 3, 12),  # no rows at all
+    ],
+)
+def test_ranks_by_ranges_are_the_pool_order(seed, by, sizes, grouping, ranges, sample):
+    """The sort by ranges gives every row its place in the pool's order, whatever the parts,
+    maps, ranges and sample: scores of 3 values (long runs of ties, broken by id, with bounds
+    inside them), empty parts, ranges with no rows."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    columns = {"patch_id": np.array([f"p-{i:05d}" for i in rng.permutation(n)], dtype=object),
+               "score": rng.choice(np.float32([0.5, 0.75, 1.25]), n)}
+    parts = uneven_parts(columns, sizes, seed)
+    part_ids = list(range(len(sizes)))
+    groups = [part_ids[i:i + grouping] for i in range(0, len(part_ids), grouping)]
+    ranks, per_range = ranks_here(parts, part_ids, groups, "hard", by, ranges, sample)
+    assert per_range.sum() == n and len(per_range) == (ranges or len(groups))
+    out = np.full(n, -1, dtype=np.int32)
+    for p, rank in enumerate(ranks):
+        assert rank.dtype == np.int32 and len(rank) == sizes[p]
+        out[parts.rows[p]] = rank
+    assert np.array_equal(out, in_memory_ranks(columns, by))
+    if ranges and ranges > n:
+        assert (per_range == 0).sum() >= ranges - n  # ranges holding no rows
+
+
+def test_range_bounds_fall_inside_runs_of_ties():
+    """With few score values, bounds cut runs of equal scores: rows of one score in two ranges,
+    told apart by id alone (the case a wrong tie-break gets wrong)."""
+    rng = np.random.default_rng(0)
+    columns = {"patch_id": np.array([f"p-{i:05d}" for i in rng.permutation(200)], dtype=object),
+               "score": rng.choice(np.float32([0.5, 1.5]), 200)}
+    parts = uneven_parts(columns, [60, 80, 60], 0)
+    samples = [select_parts.key_sample(parts, [p], "hard", "hardness", 20) for p in range(3)]
+    bounds = select_parts.range_bounds(samples, 5)
+    primary, ids = -columns["score"].astype(np.float64), columns["patch_id"].astype(str)
+    where = select_parts.range_of(primary, ids, bounds)
+    assert len(bounds[0]) == 4 and len(set(bounds[0].tolist())) < 4  # two bounds share a score
+    assert all(len(np.unique(where[primary == value])) > 1 for value in np.unique(primary))
+    assert np.all(np.bincount(where, minlength=5) > 0)
+    # Ranges are consecutive in the pool's order.
+    order = np.lexsort((ids, primary))
+    assert np.all(np.diff(where[order]) >= 0)
