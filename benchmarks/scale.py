@@ -16,10 +16,11 @@ The selection runs as `optidel run` runs it: `optidel`'s, by Ray tasks over the 
 Ray); the smallest pool also runs through the in-memory barrier, and the two sets of manifests
 are compared byte for byte (`exact`).
 
-Reported per size: the child's (the driver's) peak RSS, the peak total RSS and PSS of it and
-everything under it, and the wall time of each stage (the child's own wall time also holds its
-imports). The last line compares the largest pool
-with the smallest:
+Reported per size: the child's (the driver's) peak RSS and USS (its own pages, without the
+object store's shared ones it maps), its peak RSS at the end of each stage (which stage reached
+the peak), the peak total RSS and PSS of it and everything under it, and the wall time of each
+stage (the child's own wall time also holds its imports). The last line compares the largest
+pool with the smallest:
 
     driver_growth=<peak driver RSS ratio> time_growth=<ratio of stage time per million patches> exact=<true|overlap F>
 
@@ -36,6 +37,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -107,27 +109,34 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool
     the parts by Ray tasks (the run's path) or, for comparison, in the driver's memory."""
     config = config_mod.load(sets=SETTINGS + sets)
     store = PartStore(Output(str(pool)), n_sources, config.ingest.partition_size)
-    timings = {}
+    timings, peaks = {}, {}
+
+    def stage_done(name: str) -> None:
+        timings[name] = time.perf_counter() - start - sum(timings.values())
+        # The driver's peak RSS so far: which stage reached the peak the parent samples.
+        peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
     start = time.perf_counter()
     if over_parts:
         raydata.connect(config.ray)  # a local Ray, as `optidel run` starts one
-        timings["ray"] = time.perf_counter() - start
+        stage_done("ray")
     if over_parts:  # as the runner does: the driver reads no row of the pool
         plan = barrier.plan_over_parts(store, config)
     else:
         candidates = pass1.read_candidates(store, with_patches=True)
-        timings["read"] = time.perf_counter() - start - sum(timings.values())
+        stage_done("read")
         plan = barrier.plan(candidates, config)
-    timings["select"] = time.perf_counter() - start - sum(timings.values())
+    stage_done("select")
     manifests = Output(str(scratch))
     source_manifest.write(manifests, plan, store, config)
     candidate_patches = patch_manifest.write(manifests, plan, store)
-    timings["manifests"] = time.perf_counter() - start - sum(timings.values())
+    stage_done("manifests")
     return {
         "candidate_patches": candidate_patches,
         "selected_patches": int(np.sum(plan.patches["selected"])),
         "samples": len(plan.samples),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "driver_peak_rss_by_stage_mib": peaks,
         "patches_sha256": _sha256_tree(scratch / "manifests"),
         "selected_ids": sorted(plan.patches[C.PATCH_ID][plan.patches["selected"]].tolist()),  # the parent compares, then drops
     }
@@ -150,6 +159,7 @@ def measure(pool: Path, n_sources: int, scratch: Path, sets: list[str], over_par
         **json.loads(stdout.strip().splitlines()[-1]),
         "wall_s": round(wall, 1),
         "peak_driver_rss_mib": _mib(sampler.peak_driver_rss),
+        "peak_driver_uss_mib": _mib(sampler.peak_driver_uss),
         "peak_total_rss_mib": _mib(sampler.peak_rss),
         "peak_total_pss_mib": _mib(sampler.peak_pss),
         "peak_processes": sampler.peak_processes,
