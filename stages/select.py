@@ -360,7 +360,10 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
     active = list(queues)
     # Each guard starts at an even share of the budget (at most its queue) and grows as needed.
     share = -(-budget // max(len(queues), 1))
-    guards = {c: _NearDuplicates(emb.shape[1], min(len(q), share), config.near_duplicate_cosine, limit=len(q)) for c, q in queues.items()}
+    guards = {
+        c: _NearDuplicates(emb.shape[1], min(len(q), share), config.near_duplicate_cosine, limit=len(q))
+        for c, q in queues.items()
+    }
     taken = Counter()
     n_selected = 0
     while active and n_selected < budget:
