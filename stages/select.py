@@ -351,6 +351,13 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
     dim); two near-identical patches on either side of a cluster boundary may both be kept. A
     cluster whose proposal is refused proposes its next one in a further pass of the same round.
 
+    A cluster's queue is checked _LOOKAHEAD rows at a time against the patches it has kept, in
+    one matrix product (each kept patch is read once per _LOOKAHEAD proposals, not once per
+    proposal: the selection can be millions of patches); a proposal is then checked only against
+    the patches its cluster kept since. The windows sit at fixed queue positions and a short one
+    is padded, so a selection over the parts (whose queues are prefixes of these) makes the same
+    products.
+
     Returns how far it went down each cluster's queue (a cluster whose queue was cut short and
     that got to its end could have gone on)."""
     queues: dict[int, list[int]] = {}
@@ -360,10 +367,7 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
     active = list(queues)
     # Each guard starts at an even share of the budget (at most its queue) and grows as needed.
     share = -(-budget // max(len(queues), 1))
-    guards = {
-        c: _NearDuplicates(emb.shape[1], min(len(q), share), config.near_duplicate_cosine, limit=len(q))
-        for c, q in queues.items()
-    }
+    guards = {c: _QueueGuard(q, emb, min(len(q), share), config.near_duplicate_cosine) for c, q in queues.items()}
     taken = Counter()
     n_selected = 0
     while active and n_selected < budget:
@@ -377,7 +381,7 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
                 position[c] += 1
                 if taken[sources[i]] >= config.per_source_cap:
                     reason[i] = schema.DROP_SOURCE_CAP
-                elif guards[c].near(emb[i]):
+                elif guards[c].near_at(position[c] - 1):
                     reason[i] = schema.DROP_DUPLICATE
                 else:
                     guards[c].add(emb[i])
@@ -402,9 +406,15 @@ class _NearDuplicates:
         self.threshold = threshold
         self.limit = limit
 
-    def near(self, e: np.ndarray) -> bool:
-        """Near one of the kept vectors?"""
-        return self.count > 0 and float((self.kept[: self.count] @ e).max()) > self.threshold
+    def near(self, e: np.ndarray, since: int = 0) -> bool:
+        """Near one of the vectors kept from position `since` on?"""
+        return self.count > since and float((self.kept[since : self.count] @ e).max()) > self.threshold
+
+    def max_cosine(self, batch: np.ndarray) -> np.ndarray:
+        """Per row of `batch`, its largest cosine to a kept vector (-inf when none is kept)."""
+        if self.count == 0:
+            return np.full(len(batch), -np.inf, dtype=np.float32)
+        return (self.kept[: self.count] @ batch.T).max(axis=0)
 
     def add(self, e: np.ndarray) -> None:
         if self.count == len(self.kept):
@@ -414,6 +424,33 @@ class _NearDuplicates:
             self.kept = grown
         self.kept[self.count] = e
         self.count += 1
+
+
+_LOOKAHEAD = 32  # queue rows a cluster checks in one product (the old one-guard rule's batch: k)
+
+
+class _QueueGuard(_NearDuplicates):
+    """One cluster's guard in the round-robin, checking its queue (row indices into `emb`) a
+    window of _LOOKAHEAD rows at a time."""
+
+    def __init__(self, queue: list[int], emb: np.ndarray, capacity: int, threshold: float):
+        super().__init__(emb.shape[1], capacity, threshold, limit=len(queue))
+        self.queue, self.emb = queue, emb
+        self.start = -1  # the current window: its first queue position,
+        self.kept_then = 0  # how many were kept when it was checked,
+        self.window = np.zeros(0, dtype=np.float32)  # and each row's largest cosine to those
+
+    def near_at(self, position: int) -> bool:
+        """Is the queue's row at `position` near a kept vector?"""
+        start = position - position % _LOOKAHEAD
+        if start != self.start:
+            rows = self.queue[start : start + _LOOKAHEAD]
+            batch = np.zeros((_LOOKAHEAD, self.emb.shape[1]), dtype=np.float32)
+            batch[: len(rows)] = self.emb[rows]
+            self.start, self.kept_then, self.window = start, self.count, self.max_cosine(batch)
+        if self.window[position - start] > self.threshold:
+            return True
+        return self.near(self.emb[self.queue[position]], since=self.kept_then)
 
 
 def _interleave(queues: list[list[int]]) -> list[int]:
