@@ -26,7 +26,7 @@ SELECTED = "selected"  # the reasons table's row for patches that were kept
 REASONS = {
     SELECTED: "kept: composed into an output sample",
     schema.DROP_BUDGET: "ranked below the budget",
-    schema.DROP_DUPLICATE: "cosine-near a harder selected patch",
+    schema.DROP_DUPLICATE: "cosine-near a harder selected patch of its cluster",
     schema.DROP_QUOTA: "its cluster's quota was full",
     schema.DROP_SOURCE_CAP: "its source already gave the per-source maximum",
     schema.DROP_OUTLIER: "in the trimmed extreme top tail of scores (usually noise)",

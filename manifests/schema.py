@@ -27,7 +27,7 @@ STATUSES = (OK, CORRUPT, UNSUPPORTED, TOO_SMALL, DUPLICATE, MISSING, FAILED)
 
 # Why a candidate patch was not selected (patches.parquet `reason`).
 DROP_BUDGET = "budget"  # ranked below the budget
-DROP_DUPLICATE = "near_duplicate"  # cosine-near a harder selected patch
+DROP_DUPLICATE = "near_duplicate"  # cosine-near a harder selected patch of its cluster
 DROP_QUOTA = "cluster_quota"  # its cluster's quota was full
 DROP_SOURCE_CAP = "source_cap"  # its source already gave the per-source maximum
 DROP_OUTLIER = "outlier"  # in the trimmed extreme top tail of scores (usually noise)

@@ -129,7 +129,7 @@ class ScoreConfig(Section):
 class SelectConfig(Section):
     clusters: int = Field(32, ge=1, description="k-means clusters of patch embeddings")
     near_duplicate_cosine: float = Field(
-        0.95, ge=-1.0, le=1.0, description="patch embeddings more similar than this are near-duplicates"
+        0.95, ge=-1.0, le=1.0, description="patch embeddings of one cluster more similar than this are near-duplicates"
     )
     per_source_cap: int = Field(4, ge=1, description="most selected patches from one source")
     trim_top_frac: float = Field(0.01, ge=0.0, lt=1.0, description="hardest tail dropped as noise")

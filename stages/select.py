@@ -2,9 +2,9 @@
 
 OptiDEL maximises V-information I_V(X->Y) = H_V(Y|empty) - H_V(Y|X): hard patches (high
 conditional entropy under the proxy) raise the second term, diverse ones the first. So the
-`optidel` selector ranks by hardness under diversity constraints (cluster quotas, near-duplicate
-and per-source limits); `hard` is the hardness-only baseline; `random` and `dedup` are the
-whole-image baselines.
+`optidel` selector ranks by hardness under diversity constraints (cluster quotas, a
+near-duplicate limit within each cluster, a per-source limit); `hard` is the hardness-only
+baseline; `random` and `dedup` are the whole-image baselines.
 
 Selectors are entries of SELECTORS (see `register_selector`): the config's allowed values, the
 CLI's choices and the barrier's dispatch all read that table, so a new selector is one
@@ -128,7 +128,8 @@ class _Ranked:
 @register_selector("optidel", whole_images=False, needs_scores=True)
 def select_optidel(*, patch_ids, source_ids, scores, embeddings, budget, config, seed) -> Selection:
     """Hardest first under diversity constraints: the trimmed noise tail dropped, then
-    round-robin cluster quotas, near-duplicate and per-source limits."""
+    round-robin cluster quotas, the near-duplicate limit within each cluster and the per-source
+    limit (take_round_robin)."""
     r = _Ranked.of(patch_ids, source_ids, scores, embeddings, config, seed)
     n = len(r.rank)
     selected = np.zeros(n, dtype=bool)
@@ -344,9 +345,18 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
     leaves the rest of the budget to the others. Clusters take turns in the order of their
     hardest candidate. A skipped patch stays skipped: the selection only grows.
 
-    A round's proposals are checked against the kept patches in one matrix product (the
-    selection can be tens of thousands of patches); a cluster whose proposal is refused proposes
-    its next one in a further pass of the same round.
+    The near-duplicate rule is per cluster (as `dedup`'s and SemDeDup's): a proposal is refused
+    when its cosine to a kept patch of its own cluster exceeds the threshold. Patches of two
+    clusters are never compared, so the check costs O(budget^2 x dim / k), not O(budget^2 x
+    dim); two near-identical patches on either side of a cluster boundary may both be kept. A
+    cluster whose proposal is refused proposes its next one in a further pass of the same round.
+
+    A cluster's queue is checked _LOOKAHEAD rows at a time against the patches it has kept, in
+    one matrix product (each kept patch is read once per _LOOKAHEAD proposals, not once per
+    proposal: the selection can be millions of patches); a proposal is then checked only against
+    the patches its cluster kept since. The windows sit at fixed queue positions and a short one
+    is padded, so a selection over the parts (whose queues are prefixes of these) makes the same
+    products.
 
     Returns how far it went down each cluster's queue (a cluster whose queue was cut short and
     that got to its end could have gone on)."""
@@ -355,26 +365,26 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
         queues.setdefault(int(cluster[i]), []).append(i)
     position = dict.fromkeys(queues, 0)
     active = list(queues)
-    guard = _NearDuplicates(emb.shape[1], budget, config.near_duplicate_cosine)
+    # Each guard starts at an even share of the budget (at most its queue) and grows as needed.
+    share = -(-budget // max(len(queues), 1))
+    guards = {c: _QueueGuard(q, emb, min(len(q), share), config.near_duplicate_cosine) for c, q in queues.items()}
     taken = Counter()
     n_selected = 0
     while active and n_selected < budget:
         owing = active
         while owing and n_selected < budget:
-            proposals = [queues[c][position[c]] for c in owing]
-            kept_before = guard.count
-            near_kept = guard.max_cosine(emb[proposals]) > guard.threshold
             still_owing = []
-            for c, i, near in zip(owing, proposals, near_kept):
+            for c in owing:  # one proposal per cluster: each is checked against its own guard
                 if n_selected >= budget:
                     break
+                i = queues[c][position[c]]
                 position[c] += 1
                 if taken[sources[i]] >= config.per_source_cap:
                     reason[i] = schema.DROP_SOURCE_CAP
-                elif near or guard.near(emb[i], since=kept_before):
+                elif guards[c].near_at(position[c] - 1):
                     reason[i] = schema.DROP_DUPLICATE
                 else:
-                    guard.add(emb[i])
+                    guards[c].add(emb[i])
                     taken[sources[i]] += 1
                     selected[i], reason[i] = True, ""
                     n_selected += 1
@@ -387,12 +397,14 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
 
 
 class _NearDuplicates:
-    """Kept unit vectors, and whether a new one's cosine to one of them exceeds the threshold."""
+    """Kept unit vectors, and whether a new one's cosine to one of them exceeds the threshold.
+    Room for `capacity` vectors at first, doubled when full, never beyond `limit` (when given)."""
 
-    def __init__(self, dim: int, capacity: int, threshold: float):
+    def __init__(self, dim: int, capacity: int, threshold: float, limit: int | None = None):
         self.kept = np.empty((max(capacity, 0), dim), dtype=np.float32)
         self.count = 0
         self.threshold = threshold
+        self.limit = limit
 
     def near(self, e: np.ndarray, since: int = 0) -> bool:
         """Near one of the vectors kept from position `since` on?"""
@@ -405,8 +417,40 @@ class _NearDuplicates:
         return (self.kept[: self.count] @ batch.T).max(axis=0)
 
     def add(self, e: np.ndarray) -> None:
+        if self.count == len(self.kept):
+            room = max(2 * len(self.kept), 1)
+            grown = np.empty((room if self.limit is None else min(room, self.limit), self.kept.shape[1]), dtype=np.float32)
+            grown[: self.count] = self.kept[: self.count]
+            self.kept = grown
         self.kept[self.count] = e
         self.count += 1
+
+
+_LOOKAHEAD = 32  # queue rows a cluster checks in one product (the old one-guard rule's batch: k)
+
+
+class _QueueGuard(_NearDuplicates):
+    """One cluster's guard in the round-robin, checking its queue (row indices into `emb`) a
+    window of _LOOKAHEAD rows at a time."""
+
+    def __init__(self, queue: list[int], emb: np.ndarray, capacity: int, threshold: float):
+        super().__init__(emb.shape[1], capacity, threshold, limit=len(queue))
+        self.queue, self.emb = queue, emb
+        self.start = -1  # the current window: its first queue position,
+        self.kept_then = 0  # how many were kept when it was checked,
+        self.window = np.zeros(0, dtype=np.float32)  # and each row's largest cosine to those
+
+    def near_at(self, position: int) -> bool:
+        """Is the queue's row at `position` near a kept vector?"""
+        start = position - position % _LOOKAHEAD
+        if start != self.start:
+            rows = self.queue[start : start + _LOOKAHEAD]
+            batch = np.zeros((_LOOKAHEAD, self.emb.shape[1]), dtype=np.float32)
+            batch[: len(rows)] = self.emb[rows]
+            self.start, self.kept_then, self.window = start, self.count, self.max_cosine(batch)
+        if self.window[position - start] > self.threshold:
+            return True
+        return self.near(self.emb[self.queue[position]], since=self.kept_then)
 
 
 def _interleave(queues: list[list[int]]) -> list[int]:

@@ -124,15 +124,116 @@ def test_optidel_drops_near_duplicates():
     # A budget as large as the pool: every patch is looked at.
     sel = select_patches(patch_ids=all_ids, source_ids=all_sources, scores=all_scores, embeddings=all_emb, budget=len(all_ids), config=config, method="optidel", seed=0)
     check_reasons(sel)
+    # The rule is per cluster: no two kept patches of one cluster are near-duplicates.
     chosen = all_emb[sel.selected]
     sims = chosen @ chosen.T
     np.fill_diagonal(sims, -1)
-    assert sims.max() <= 0.95
+    same_cluster = sel.cluster[sel.selected][:, None] == sel.cluster[sel.selected][None, :]
+    assert sims[same_cluster].max() <= 0.95
     n = len(ids)
     originals = np.flatnonzero(sel.selected[:n])
     assert len(originals) >= 0.9 * n
     assert not sel.selected[n:].any()
     assert set(sel.reason[n + originals]) == {schema.DROP_DUPLICATE}
+
+
+def straddling_pool(dim=16, per_group=20, seed=0):
+    """Two groups (k-means' two clusters) and three planted pairs: p/p' near-identical but on
+    either side of the boundary between the groups, and q/q' near-identical inside group A.
+    The pairs are the hardest rows, so each is proposed first in its cluster."""
+    rng = np.random.default_rng(seed)
+    a, b, u = np.eye(dim)[:3]
+    noise = rng.normal(size=(2 * per_group, dim))
+    noise[:, :3] = 0  # no noise along a, b, u: the boundary between the groups is exact
+    groups = np.concatenate([np.tile(a, (per_group, 1)), np.tile(b, (per_group, 1))]) + 0.3 * noise
+    mid = (a + b) / 2
+    p = mid + 0.6 * u + 0.05 * (a - b)
+    p_twin = mid + 0.6 * u - 0.05 * (a - b)
+    q = groups[0] + 0.001 * rng.normal(size=dim)
+    emb = np.vstack([groups, p, p_twin, q]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    n = len(emb)
+    ids = np.array([f"patch-{i:05d}" for i in range(n)], dtype=object)
+    sources = np.array([f"src-{i:05d}" for i in range(n)], dtype=object)
+    scores = rng.uniform(0.0, 1.0, n).astype(np.float32)
+    scores[[n - 3, n - 2, 0, n - 1]] = [10.0, 9.9, 5.0, 4.9]  # p, p', q (row 0), q'
+    return ids, sources, scores, emb, (n - 3, n - 2), (0, n - 1)
+
+
+def test_optidel_near_duplicates_are_judged_within_their_cluster():
+    """The near-duplicate rule is per cluster: a planted pair across the boundary of two
+    clusters is kept whole; a pair inside one cluster still loses its second member; and the
+    outcome is the same for every input order."""
+    ids, sources, scores, emb, (p, p_twin), (q, q_twin) = straddling_pool()
+    config = SelectConfig(clusters=2, near_duplicate_cosine=0.95, trim_top_frac=0.0)
+    args = dict(budget=len(ids), config=config, method="optidel", seed=0)
+    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, **args)
+    check_reasons(sel)
+    centred = emb - emb.astype(np.float64).mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    # The planted pairs are near-duplicates in the space the rule reads (centred unit rows).
+    assert centred[p] @ centred[p_twin] > 0.95 and centred[q] @ centred[q_twin] > 0.95
+    assert sel.cluster[p] != sel.cluster[p_twin] and sel.cluster[q] == sel.cluster[q_twin]
+    assert sel.selected[p] and sel.selected[p_twin]
+    assert sel.selected[q] and not sel.selected[q_twin]
+    assert sel.reason[q_twin] == schema.DROP_DUPLICATE
+    # No two kept rows of one cluster are near-duplicates; every dropped one has a kept one in
+    # its own cluster that it is near.
+    chosen = np.flatnonzero(sel.selected)
+    for i in np.flatnonzero(sel.reason == schema.DROP_DUPLICATE):
+        same = chosen[sel.cluster[chosen] == sel.cluster[i]]
+        assert (centred[same] @ centred[i]).max() > 0.95
+    for c in set(sel.cluster.tolist()):
+        kept = centred[chosen[sel.cluster[chosen] == c]]
+        sims = kept @ kept.T
+        np.fill_diagonal(sims, -1)
+        assert sims.max() <= 0.95 + 1e-6
+    for perm_seed in (1, 2, 3):
+        perm = np.random.default_rng(perm_seed).permutation(len(ids))
+        shuffled = select_patches(patch_ids=ids[perm], source_ids=sources[perm], scores=scores[perm], embeddings=emb[perm], **args)
+        for field in ("selected", "cluster", "rank", "reason"):
+            assert np.array_equal(getattr(sel, field)[perm], getattr(shuffled, field)), field
+
+
+def test_round_robin_checks_each_proposal_against_its_own_cluster():
+    """take_round_robin on given clusters. x (cluster 0) and its twin x' (cluster 1): both kept.
+    y and its twin y' (both cluster 1): y' dropped. Checking against every kept patch, or
+    against another cluster's, drops x' or keeps y'."""
+    from optidel.stages.select import take_round_robin
+
+    e = np.eye(4, dtype=np.float32)
+    x, x_twin, y, y_twin, w = e[0], e[0] + 0.01 * e[1], e[2], e[2] + 0.01 * e[3], e[1]
+    emb = np.stack([x, x_twin, y, y_twin, w]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cluster = np.array([0, 1, 1, 1, 0], dtype=np.int32)
+    sources = np.array([f"s{i}" for i in range(5)], dtype=object)
+    selected = np.zeros(5, dtype=bool)
+    reason = np.full(5, schema.DROP_BUDGET, dtype=object)
+    config = SelectConfig(near_duplicate_cosine=0.95, per_source_cap=10)
+    position = take_round_robin(np.arange(5), cluster, sources, emb, 10, config, selected, reason)
+    assert selected.tolist() == [True, True, True, False, True]
+    assert reason.tolist() == ["", "", "", schema.DROP_DUPLICATE, ""]
+    assert position == {0: 2, 1: 3}
+
+
+def test_round_robin_guards_grow_past_an_even_share():
+    """One cluster keeps far more than budget / clusters patches: its guard grows, and every
+    later proposal is still checked against all of its cluster's kept patches."""
+    from optidel.stages.select import take_round_robin
+
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(50, 64))
+    emb = np.vstack([distinct, distinct[0] + 1e-3 * rng.normal(size=64), rng.normal(size=64)]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    n = len(emb)
+    cluster = np.array([0] * 51 + [1], dtype=np.int32)  # the late twin of row 0 is cluster 0's last
+    sources = np.array([f"s{i}" for i in range(n)], dtype=object)
+    selected = np.zeros(n, dtype=bool)
+    reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+    config = SelectConfig(near_duplicate_cosine=0.95, per_source_cap=10)
+    take_round_robin(np.arange(n), cluster, sources, emb, n, config, selected, reason)
+    assert selected[:50].all() and selected[51]
+    assert reason[50] == schema.DROP_DUPLICATE
 
 
 def test_optidel_respects_the_per_source_cap():
