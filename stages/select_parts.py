@@ -8,19 +8,31 @@ and `run(fn, calls)`, which yields fn(*call) for each call in order, in this pro
 tasks (pipeline/raydata.py). Every fn here is a module-level function, so it pickles. Each
 part's result is folded into a running merge as it arrives (the sample, the head of the
 hardness order, the shortlists each cut to their length), so the caller holds
-O(budget + clusters x dim + sample x dim) whatever the number of parts.
+O(budget + clusters x dim + sample x dim) whatever the number of parts. What it receives is
+counted per round (Verdict.rows_received).
 
 Rounds (patch selectors):
-1. summary: rows, exact embedding sums (the pool mean, stages/exact_mean.py) and a seeded sample
-   (the smallest hashes of (seed, id)) that k-means trains on. When the sample covers the pool
-   it is the pool, in id order, as in memory: the same centroids, the same clusters.
+1. summary: rows, exact embedding sums (the pool mean, stages/exact_mean.py) and the seeded
+   sample k-means trains on: the smallest hashes of (seed, id). Each part sends its smallest
+   `kmeans_sample` hashes alone (8 bytes a row), whose merge gives the last hash of the sample;
+   then a second round of tasks sends each part's rows up to that hash (key, score, embedding),
+   about the sample's rows in all, of which the first `kmeans_sample` by (hash, id) are the
+   sample. When the sample covers the pool it is the pool, in id order, as in memory: the same
+   centroids, the same clusters.
 2. head: each part's first n_trim + budget keys of the hardness order (score desc, id asc),
    merged, give the last trimmed key (the noise tail) and the last key a hardness-only pick of
    the budget would reach (the `cluster_quota` reason).
 3. shortlists: per part and cluster, the hardest eligible rows, merged per cluster; the
-   round-robin runs on them as in memory. A cluster cut short that the round-robin ran to the
-   end of could have gone on: it is fetched again, twice as long, until none did. Then every
+   round-robin runs on them as in memory. A part sends a cluster's rows only up to a cut key,
+   read off the sample (a uniform sample, clustered in the driver): the key a little past where
+   the cluster's shortlist should end (_cut), so the driver receives about CUT_MARGIN times the
+   shortlists, not every part's every eligible row. A cluster that came back shorter than its
+   shortlist (and than its eligible rows) was cut too soon: it alone is fetched again with a
+   cut twice as far, until none was. A cluster cut short that the round-robin ran to the end
+   of could have gone on: it alone is fetched again, twice as long, until none did. Then every
    row the round-robin looked at, and every decision, is the in-memory one.
+   Verdict.fetches counts these rounds of tasks, the refetches of clusters cut too soon
+   included (Verdict.recut of them).
 4. the verdict names the chosen rows (Verdict.chosen); parts_selection labels every row of
    some parts (cluster, rank, selected, reason) from the verdict and the parts' ranks.
 
@@ -41,8 +53,9 @@ ranges as groups), the bounds and the counts per range, never a rank.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -75,7 +88,34 @@ class Verdict:
     decided: dict[str, str] = field(default_factory=dict)  # id -> reason ("" = selected)
     chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, source, cluster, primary (random: id, in draw order)
     score_sum: int = 0  # exact sum of the scores (exact_mean units): the pool's mean hardness
-    fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again)
+    fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again), recuts included
+    recut: int = 0  # of those, rounds that fetched again clusters whose cut came too soon
+    # Rows the driver received, per round: "draws" (round 1, a hash each), "sample" (round 1,
+    # with embeddings), "head" (round 2, a key each), "shortlists" (round 3, with embeddings).
+    rows_received: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Sample:
+    """The k-means sample's keys in the driver, for the shortlists' cuts: hardness keys and
+    clusters, and the sample's share of the pool."""
+
+    primary: np.ndarray
+    ids: np.ndarray
+    cluster: np.ndarray
+    share: float
+
+
+# A cluster's cut is the key of its eligible sample row at ceil(CUT_MARGIN x share x length) +
+# CUT_SLACK in hardness order. The sample being uniform, the count of sample rows among the
+# cluster's first `length` eligible rows is hypergeometric, of mean share x length; the cut
+# comes too soon only when that count passes the cut's place. With 1.5 and 8 the Chernoff bound
+# on that is at most about 1e-3 for any mean (near 1e-4 for a mean of 4 or of 50, worst about
+# 1e-3 near 14), and far less for the means of a large pool (a mean of 300: below 1e-12): a
+# recut round is rare, while the driver receives about 1.5 x the shortlists plus 8 / share rows
+# a cluster. A smaller margin saves little once the mean is large, and a recut costs a round.
+CUT_MARGIN = 1.5
+CUT_SLACK = 8
 
 
 def select_patches_in_parts(
@@ -85,22 +125,35 @@ def select_patches_in_parts(
     sized by the budget) is each cluster's first fetch length."""
     if method not in ("optidel", "hard"):
         raise ValueError(f"selector {method!r} has no distributed form over parts")
-    verdict = _clustered(load, parts, run, config, method, seed)
+    verdict, sample = _clustered(load, parts, run, config, method, seed)
     if verdict.n == 0:
         return verdict
     n_trim = int(config.trim_top_frac * verdict.n) if method == "optidel" else 0
     if method == "optidel":
-        _, primary, ids = _first_keys(run(_head, [(load, part, method, "hardness", n_trim + budget) for part in parts]), n_trim + budget)
+        heads = run(_head, [(load, part, method, "hardness", n_trim + budget) for part in parts])
+        _, primary, ids = _first_keys(_tally(heads, verdict.rows_received, "head", lambda head: len(head[2])), n_trim + budget)
         if n_trim:
             verdict.last_trimmed = (primary[n_trim - 1], ids[n_trim - 1])
         if budget and len(ids) > n_trim:
             verdict.last_in_reach = (primary[-1], ids[-1])
     groups = max(verdict.k, 1) if method == "optidel" else 1
     lengths = dict.fromkeys(range(groups), shortlist or _first_length(budget, groups))
+    queues = _sample_queues(sample, verdict)
+    reach = dict.fromkeys(lengths, 1)  # how far past the estimate each cluster's cut goes
+    merged, pending = None, list(lengths)
     while True:
+        cuts = {g: _cut(queues.get(g), sample.share, reach[g] * lengths[g]) for g in pending}
         verdict.fetches += 1
-        calls = [(load, part, verdict, lengths) for part in parts]
-        merged, totals = _merge_shortlists(run(_shortlists, calls), lengths)
+        results = run(_shortlists, [(load, part, verdict, {g: lengths[g] for g in pending}, cuts) for part in parts])
+        results = _tally(results, verdict.rows_received, "shortlists", lambda result: len(result[0]["id"]))
+        merged, totals = _merge_shortlists(results, lengths, _without(merged, pending))
+        fetched = Counter(merged["group"].tolist())
+        too_soon = [g for g in pending if fetched[g] < min(lengths[g], totals.get(g, 0))]
+        if too_soon:  # cut before the end of its shortlist: only a cut key can do that
+            verdict.recut += 1
+            reach.update({g: 2 * reach[g] for g in too_soon})
+            pending = too_soon
+            continue
         looked, decided = _decide(merged, budget, config, method)
         short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
         if not short:
@@ -109,6 +162,7 @@ def select_patches_in_parts(
             verdict.chosen = {name: merged[name][chosen] for name in ("id", "source", "cluster", "primary")}
             return verdict
         lengths.update({g: 2 * length for g, length in short.items()})
+        pending = list(short)
 
 
 def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, method: str, seed: int) -> Verdict:
@@ -155,38 +209,71 @@ def _labelled(rows: dict, ids: np.ndarray, rank: np.ndarray, verdict: Verdict) -
     return reference.Selection(reason == "", cluster, rank, reason, verdict.k)
 
 
-def _clustered(load, parts, run: Run, config, method: str, seed: int) -> Verdict:
-    """Round 1: the pool's size and mean, and centroids trained on the seeded sample."""
-    n, sums, score_sum, sample = 0, None, 0, None
-    for rows, part_sums, part_score_sum, part_sample in run(_summary, [(load, part, seed, config.kmeans_sample) for part in parts]):
+def _clustered(load, parts, run: Run, config, method: str, seed: int) -> tuple[Verdict, _Sample | None]:
+    """Round 1: the pool's size and mean, centroids trained on the seeded sample, and the
+    sample's keys and clusters (None for an empty pool)."""
+    size = config.kmeans_sample
+    received: dict[str, int] = {}
+    n, sums, score_sum, draws = 0, None, 0, np.zeros(0, dtype=np.uint64)
+    summaries = run(_summary, [(load, part, seed, size) for part in parts])
+    for rows, part_sums, part_score_sum, part_draws in _tally(summaries, received, "draws", lambda summary: len(summary[3])):
         n += rows
         sums = part_sums if sums is None else exact_mean.add_sums(sums, part_sums)
         score_sum += part_score_sum
+        draws = np.r_[draws, part_draws]
+        if len(draws) > size:
+            draws = np.partition(draws, size - 1)[:size]
+    if n == 0:
+        return Verdict(method, 0, rows_received=received), None
+    # The sample is the first `size` rows by (draw, id): every row of a draw below the size-th
+    # smallest, and some of those of that draw (more rows than one may share it).
+    last_draw = draws.max() if n > size else None
+    sample = None
+    for part_sample in _tally(run(_sample_rows, [(load, part, seed, last_draw) for part in parts]), received, "sample", lambda rows: len(rows[1])):
+        if not len(part_sample[1]):  # none drawn (its embeddings may have no width)
+            continue
         if sample is not None:
             part_sample = tuple(np.concatenate(pair) for pair in zip(sample, part_sample))
-        draws, ids, _ = part_sample
-        sample = tuple(column[_key_order(draws, ids)[: config.kmeans_sample]] for column in part_sample)
-    if n == 0:
-        return Verdict(method, 0)
+        draws, ids, _, _ = part_sample
+        sample = tuple(column[_key_order(draws, ids)[:size]] for column in part_sample)
     # A single row is left uncentred, as in memory: it would be its own mean.
     mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
-    _, ids, emb = sample
+    _, ids, emb, primary = sample
     by_id = np.argsort(ids, kind="stable")  # k-means++ reads its rows in id order, as in memory
     k = min(config.clusters, n, len(ids))
-    centroids = reference.train_centroids(reference.centred_unit_rows(emb[by_id], mean), k, seed)
-    return Verdict(method, n, k=k, mean=mean, centroids=centroids, score_sum=score_sum)
+    unit = reference.centred_unit_rows(emb[by_id], mean)
+    centroids = reference.train_centroids(unit, k, seed)
+    keys = _Sample(primary[by_id], ids[by_id], reference.assign_clusters(unit, centroids), len(ids) / n)
+    return Verdict(method, n, k=k, mean=mean, centroids=centroids, score_sum=score_sum, rows_received=received), keys
 
 
 def _summary(load, part, seed: int, sample_size: int):
-    """A part's row count, exact embedding and score sums, and its rows of the seeded k-means
-    sample."""
+    """A part's row count, exact embedding and score sums, and its smallest `sample_size` draws
+    of the seeded k-means sample (the draws alone)."""
     rows = load(part)
     ids = _ids(rows, "optidel")
     emb = reference.embedding_rows(rows[EMBEDDING], len(ids))
     score_sum = exact_mean.column_sums(np.asarray(rows[SCORE], dtype=np.float32).reshape(-1, 1))[0]
-    draws = np.array([seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()], dtype=np.uint64)
-    mine = _key_order(draws, ids)[:sample_size]
-    return len(ids), exact_mean.column_sums(emb), score_sum, (draws[mine], ids[mine], emb[mine])
+    draws = _sample_draws(ids, seed)
+    if len(draws) > sample_size:
+        draws = np.partition(draws, sample_size - 1)[:sample_size]
+    return len(ids), exact_mean.column_sums(emb), score_sum, draws
+
+
+def _sample_rows(load, part, seed: int, last_draw):
+    """A part's rows drawn at or before `last_draw` (every row when None): their draws, ids,
+    embeddings and hardness keys."""
+    rows = load(part, (PATCH_ID, SCORE, EMBEDDING))
+    ids = _ids(rows, "optidel")
+    primary = _primary(rows, ids, "hardness")
+    draws = _sample_draws(ids, seed)
+    mine = np.flatnonzero(draws <= last_draw) if last_draw is not None else np.arange(len(ids))
+    emb = reference.embedding_rows(np.asarray(rows[EMBEDDING])[mine], len(mine))
+    return draws[mine], ids[mine], emb, primary[mine]
+
+
+def _sample_draws(ids: np.ndarray, seed: int) -> np.ndarray:
+    return np.array([seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()], dtype=np.uint64)
 
 
 def _head(load, part, method: str, by, count: int):
@@ -210,9 +297,10 @@ def _first_keys(heads: Iterable, count: int) -> tuple[int, np.ndarray, np.ndarra
     return n, primary, ids
 
 
-def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int]):
-    """Round 3 in one part: per group (a cluster for optidel, one group for hard), its first
-    lengths[group] rows in hardness order past the noise tail, and how many it has in all."""
+def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None]):
+    """Round 3 in one part: per group fetched (a cluster for optidel, one group for hard; the
+    keys of `lengths`), its first lengths[group] rows in hardness order past the noise tail and
+    at or before cuts[group] (None: no cut); and how many eligible rows it has in each group."""
     rows = load(part)
     ids = _ids(rows, verdict.method)
     primary = _primary(rows, ids, "hardness")
@@ -224,9 +312,13 @@ def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int]):
         eligible = ~_at_or_before(primary, ids, verdict.last_trimmed)
     order = _key_order(primary, ids)
     order = order[eligible[order]]
-    kept = _first_per_group(group[order], lengths)
-    rows_kept = order[kept]
     totals = dict(zip(*np.unique(group[order], return_counts=True)))
+    sent = np.zeros(len(ids), dtype=bool)
+    for g, cut in cuts.items():
+        rows_of = np.flatnonzero(group == g)
+        sent[rows_of] = True if cut is None else _at_or_before(primary[rows_of], ids[rows_of], cut)
+    order = order[sent[order]]
+    rows_kept = order[_first_per_group(group[order], lengths)]
     columns = {
         "id": ids[rows_kept],
         "source": np.asarray(rows[SOURCE_ID], dtype=object)[rows_kept],
@@ -238,10 +330,9 @@ def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int]):
     return columns, {int(g): int(c) for g, c in totals.items()}
 
 
-def _merge_shortlists(results: Iterable, lengths: dict[int, int]) -> tuple[dict, dict[int, int]]:
-    """The parts' shortlists folded as they arrive into one, each group cut to its length, in
-    hardness order; and each group's eligible rows in all."""
-    merged: dict | None = None
+def _merge_shortlists(results: Iterable, lengths: dict[int, int], merged: dict | None = None) -> tuple[dict, dict[int, int]]:
+    """The parts' shortlists folded as they arrive into `merged` (the groups not fetched), each
+    group cut to its length, in hardness order; and each group's eligible rows in all."""
     totals: dict[int, int] = {}
     for columns, part_totals in results:
         if merged is not None:
@@ -252,6 +343,41 @@ def _merge_shortlists(results: Iterable, lengths: dict[int, int]) -> tuple[dict,
         for g, count in part_totals.items():
             totals[g] = totals.get(g, 0) + count
     return merged, totals
+
+
+def _without(merged: dict | None, groups: list[int]) -> dict | None:
+    """The merged shortlists less the rows of `groups` (which are fetched again)."""
+    if merged is None:
+        return None
+    kept = ~np.isin(merged["group"], groups)
+    return {name: values[kept] for name, values in merged.items()}
+
+
+def _sample_queues(sample: _Sample, verdict: Verdict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per group, the keys of the sample's eligible rows (past the noise tail) in hardness order."""
+    order = _key_order(sample.primary, sample.ids)
+    if verdict.last_trimmed is not None:
+        order = order[~_at_or_before(sample.primary[order], sample.ids[order], verdict.last_trimmed)]
+    group = sample.cluster[order] if verdict.method == "optidel" else np.zeros(len(order), dtype=np.int32)
+    return {int(g): (sample.primary[order[group == g]], sample.ids[order[group == g]]) for g in np.unique(group).tolist()}
+
+
+def _cut(queue: tuple[np.ndarray, np.ndarray] | None, share: float, length: int) -> Key | None:
+    """The key a group's fetch stops at (None: none): its eligible sample row (queue) at about
+    CUT_MARGIN times the sample's rows among the group's first `length` eligible rows."""
+    if share >= 1 or queue is None:  # the sample is the pool, or holds none of the group: no estimate
+        return None
+    primary, ids = queue
+    at = math.ceil(CUT_MARGIN * share * length) + CUT_SLACK
+    return (primary[at], ids[at]) if at < len(ids) else None
+
+
+def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:
+    """The results, passed on as they arrive, adding rows(result) to received[name]."""
+    received.setdefault(name, 0)
+    for result in results:
+        received[name] += rows(result)
+        yield result
 
 
 def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, int], dict[str, str]]:

@@ -2,7 +2,9 @@
 (stages/select.py): the same rows, clusters, ranks and reasons on random pools split into
 parts, with score ties, identical and near-identical embeddings, crowded sources, and
 shortlists short enough to be fetched again. A k-means sample smaller than the pool still
-gives a valid selection."""
+gives a valid selection: with its own centroids, the in-memory one, while the driver receives
+the sample's rows and shortlists cut at keys read off the sample (fetched again when cut too
+soon), not the pool."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 
 from optidel.manifests import schema
 from optidel.pipeline.config import SelectConfig
-from optidel.stages import exact_mean, select_parts
+from optidel import seeding
+from optidel.stages import exact_mean, select, select_parts
 from optidel.stages.select import hardness_rank, select_images, select_patches
 
 
@@ -259,3 +262,103 @@ def test_range_bounds_fall_inside_runs_of_ties():
     # Ranges are consecutive in the pool's order.
     order = np.lexsort((ids, primary))
     assert np.all(np.diff(where[order]) >= 0)
+
+
+def sampled_reference(pool: dict, budget: int, config, method: str, seed: int, monkeypatch):
+    """The in-memory selector with the clusters of a k-means trained as over the parts when the
+    sample is smaller than the pool: on the first kmeans_sample rows by (hash of (seed, id), id),
+    in id order, centred on the pool's exact mean. Returns it and those centroids."""
+    ids = pool["patch_id"].astype(str)
+    draws = [seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()]
+    sample = sorted(sorted(range(len(ids)), key=lambda row: (draws[row], ids[row]))[: config.kmeans_sample], key=ids.__getitem__)
+    emb = pool["embedding"]
+    mean = exact_mean.mean_of_sums(exact_mean.column_sums(emb), len(ids))
+    centroids = select.train_centroids(select.centred_unit_rows(emb[sample], mean), min(config.clusters, len(sample)), seed)
+    with monkeypatch.context() as patch:
+        patch.setattr(select, "cluster_embeddings", lambda ids, emb, k, seed: select.assign_clusters(emb, centroids))
+        reference = select_patches(patch_ids=pool["patch_id"], source_ids=pool["source_id"], scores=pool["score"],
+                                   embeddings=emb, budget=budget, config=config, method=method, seed=seed)
+    return reference, centroids
+
+
+SAMPLED = CONFIG.model_copy(update={"kmeans_sample": 1000})
+
+
+@pytest.mark.parametrize("method", ["optidel", "hard"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sample_smaller_than_the_pool_cuts_the_shortlists_and_keeps_the_selection(method, seed, monkeypatch):
+    """k-means on 1000 of 4000 rows: the sample (hence the centroids) is the first 1000 by
+    (hash, id) while the driver receives its rows with embeddings alone; the shortlists, cut at
+    keys read off the sample, bring a small part of the pool; the selection is the in-memory one
+    with those centroids."""
+    pool = random_pool(seed, n=4000)
+    budget = 40
+    reference, centroids = sampled_reference(pool, budget, SAMPLED, method, seed, monkeypatch)
+    assert reference.selected.sum() == budget
+    for n_parts in (1, 9, 40):
+        parts = Parts(pool, n_parts, seed)
+        out, verdict = distributed(parts, n_parts, method, budget, SAMPLED, seed)
+        assert np.array_equal(verdict.centroids, centroids)
+        assert_same(out, reference, verdict)
+        assert_chosen(parts, n_parts, verdict, reference)
+        received = verdict.rows_received
+        assert received["sample"] == 1000  # rows with embeddings in round 1: the sample's alone
+        assert received["draws"] == sum(min(len(rows), 1000) for rows in parts.rows)
+        assert received["shortlists"] < 0.3 * 4000, received
+        assert verdict.recut == 0  # the margin holds (a cut comes too soon about once in 1e3 clusters)
+
+
+@pytest.mark.parametrize("method", ["optidel", "hard"])
+def test_without_cuts_the_parts_send_most_of_the_pool(method, monkeypatch):
+    """What the cuts save, on the pool above in 40 parts: with none (as before them), the parts
+    send most eligible rows; with them, the same
+    selection from a few of those."""
+    pool = random_pool(0, n=4000)
+    parts = Parts(pool, 40, 0)
+    out, verdict = distributed(parts, 40, method, 40, SAMPLED, 0)
+    monkeypatch.setattr(select_parts, "CUT_SLACK", 10**9)  # every cut beyond the sample: none
+    uncut, before = distributed(parts, 40, method, 40, SAMPLED, 0)
+    for name in out:
+        assert np.array_equal(out[name], uncut[name]), name
+    assert before.rows_received["shortlists"] > 0.6 * 4000
+    assert verdict.rows_received["shortlists"] < 0.3 * before.rows_received["shortlists"]
+    assert verdict.rows_received["sample"] == 1000 and before.rows_received["sample"] == 1000
+
+
+@pytest.mark.parametrize("method", ["optidel", "hard"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_cuts_that_come_too_soon_are_fetched_again(method, seed, monkeypatch):
+    """A margin far too small cuts every shortlist short: those clusters are fetched again,
+    cut further each time, until the merged shortlists are the uncut ones."""
+    monkeypatch.setattr(select_parts, "CUT_MARGIN", 0.05)
+    monkeypatch.setattr(select_parts, "CUT_SLACK", 0)
+    pool = random_pool(seed, n=3000)
+    reference, _ = sampled_reference(pool, 60, SAMPLED, method, seed, monkeypatch)
+    for n_parts in (5, 30):
+        parts = Parts(pool, n_parts, seed)
+        out, verdict = distributed(parts, n_parts, method, 60, SAMPLED, seed)
+        assert_same(out, reference, verdict)
+        assert_chosen(parts, n_parts, verdict, reference)
+        assert verdict.recut > 1 and verdict.fetches > verdict.recut
+
+
+@pytest.mark.parametrize("margin,slack", [(select_parts.CUT_MARGIN, select_parts.CUT_SLACK), (0.2, 1)])
+def test_cut_keys_inside_runs_of_tied_scores(margin, slack, monkeypatch):
+    """Scores of three values: every cut key falls inside a run of ties, where the rows at or
+    before it are told from the others by id alone."""
+    monkeypatch.setattr(select_parts, "CUT_MARGIN", margin)
+    monkeypatch.setattr(select_parts, "CUT_SLACK", slack)
+    cut = select_parts._cut
+    cuts = []
+    monkeypatch.setattr(select_parts, "_cut", lambda *args: cuts.append(cut(*args)) or cuts[-1])
+    pool = random_pool(4, n=3000)
+    pool["score"] = np.random.default_rng(4).choice(np.float32([0.5, 1.0, 1.5]), 3000)
+    reference, _ = sampled_reference(pool, 50, SAMPLED, "optidel", 4, monkeypatch)
+    parts = Parts(pool, 20, 4)
+    out, verdict = distributed(parts, 20, "optidel", 50, SAMPLED, 4)
+    assert_same(out, reference, verdict)
+    assert_chosen(parts, 20, verdict, reference)
+    primary, ids = -pool["score"].astype(np.float64), pool["patch_id"].astype(str)
+    inside = [(primary == p) & (ids > i) for p, i in filter(None, cuts)]
+    assert inside and all(rows.any() for rows in inside)  # rows of the cut's score come after it
+    assert (verdict.recut > 0) == (margin < 1)
