@@ -97,6 +97,7 @@ def main() -> None:
             "selected_mean_score": round(float(columns["score"][rows].astype(np.float64).mean()), 5),
             "overlap_with_exact": None if exact is None else round(len(exact & set(chosen)) / max(len(exact), 1), 4),
             "shortlist_fetches": verdict.fetches,
+            "rows_received": verdict.rows_received,
             "seconds": round(seconds, 1),
         }
         exact = exact or set(chosen)
