@@ -19,9 +19,10 @@ Rounds (patch selectors):
    about the sample's rows in all, of which the first `kmeans_sample` by (hash, id) are the
    sample. When the sample covers the pool it is the pool, in id order, as in memory: the same
    centroids, the same clusters.
-2. head: each part's first n_trim + budget keys of the hardness order (score desc, id asc),
-   merged, give the last trimmed key (the noise tail) and the last key a hardness-only pick of
-   the budget would reach (the `cluster_quota` reason).
+2. head: each part's first n_trim + budget keys of the hardness order (score desc, id asc), up
+   to a cut read off the sample (as in round 3, below; fetched again with a cut twice as far
+   when it came too soon: Verdict.head_fetches), merged, give the last trimmed key (the noise
+   tail) and the last key a hardness-only pick of the budget would reach (`cluster_quota`).
 3. shortlists: per part and cluster, the hardest eligible rows, merged per cluster; the
    round-robin runs on them as in memory. A part sends a cluster's rows only up to a cut key,
    read off the sample (a uniform sample, clustered in the driver): the key a little past where
@@ -90,6 +91,7 @@ class Verdict:
     score_sum: int = 0  # exact sum of the scores (exact_mean units): the pool's mean hardness
     fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again), recuts included
     recut: int = 0  # of those, rounds that fetched again clusters whose cut came too soon
+    head_fetches: int = 0  # round 2's rounds of tasks (1 unless its cut came too soon)
     # Rows the driver received, per round: "draws" (round 1, a hash each), "sample" (round 1,
     # with embeddings), "head" (round 2, a key each), "shortlists" (round 3, with embeddings).
     rows_received: dict[str, int] = field(default_factory=dict)
@@ -130,8 +132,7 @@ def select_patches_in_parts(
         return verdict
     n_trim = int(config.trim_top_frac * verdict.n) if method == "optidel" else 0
     if method == "optidel":
-        heads = run(_head, [(load, part, method, "hardness", n_trim + budget) for part in parts])
-        _, primary, ids = _first_keys(_tally(heads, verdict.rows_received, "head", lambda head: len(head[2])), n_trim + budget)
+        primary, ids = _pool_head(load, parts, run, verdict, sample, n_trim + budget)
         if n_trim:
             verdict.last_trimmed = (primary[n_trim - 1], ids[n_trim - 1])
         if budget and len(ids) > n_trim:
@@ -276,12 +277,33 @@ def _sample_draws(ids: np.ndarray, seed: int) -> np.ndarray:
     return np.array([seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()], dtype=np.uint64)
 
 
-def _head(load, part, method: str, by, count: int):
-    """A part's row count and its first `count` keys in the `by` order."""
+def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round 2: the pool's first `count` keys in hardness order. Parts send their keys only up
+    to a cut read off the sample, as the shortlists do (_cut): a head that came back shorter
+    than `count` (and than the pool) was cut too soon, and is fetched again with a cut twice as
+    far."""
+    order = _key_order(sample.primary, sample.ids)
+    queue = (sample.primary[order], sample.ids[order])
+    reach = 1
+    while True:
+        cut = _cut(queue, sample.share, reach * count)
+        verdict.head_fetches += 1
+        heads = run(_head, [(load, part, verdict.method, "hardness", count, cut) for part in parts])
+        _, primary, ids = _first_keys(_tally(heads, verdict.rows_received, "head", lambda head: len(head[2])), count)
+        if cut is None or len(ids) >= min(count, verdict.n):
+            return primary, ids
+        reach *= 2
+
+
+def _head(load, part, method: str, by, count: int, cut: Key | None = None):
+    """A part's row count and its first `count` keys in the `by` order, at or before `cut`
+    (None: no cut)."""
     rows = load(part)
     ids = _ids(rows, method)
     primary = _primary(rows, ids, by)
     first = _key_order(primary, ids)[:count]
+    if cut is not None:
+        first = first[_at_or_before(primary[first], ids[first], cut)]
     return len(ids), primary[first], ids[first]
 
 

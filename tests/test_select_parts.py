@@ -305,7 +305,10 @@ def test_a_sample_smaller_than_the_pool_cuts_the_shortlists_and_keeps_the_select
         assert received["sample"] == 1000  # rows with embeddings in round 1: the sample's alone
         assert received["draws"] == sum(min(len(rows), 1000) for rows in parts.rows)
         assert received["shortlists"] < 0.3 * 4000, received
+        if method == "optidel":  # its head: the noise tail (1%) and the budget, about
+            assert received["head"] < 0.1 * 4000, received
         assert verdict.recut == 0  # the margin holds (a cut comes too soon about once in 1e3 clusters)
+        assert verdict.head_fetches == (method == "optidel")
 
 
 @pytest.mark.parametrize("method", ["optidel", "hard"])
@@ -322,6 +325,8 @@ def test_without_cuts_the_parts_send_most_of_the_pool(method, monkeypatch):
         assert np.array_equal(out[name], uncut[name]), name
     assert before.rows_received["shortlists"] > 0.6 * 4000
     assert verdict.rows_received["shortlists"] < 0.3 * before.rows_received["shortlists"]
+    if method == "optidel":
+        assert verdict.rows_received["head"] < 0.3 * before.rows_received["head"]
     assert verdict.rows_received["sample"] == 1000 and before.rows_received["sample"] == 1000
 
 
@@ -340,6 +345,7 @@ def test_cuts_that_come_too_soon_are_fetched_again(method, seed, monkeypatch):
         assert_same(out, reference, verdict)
         assert_chosen(parts, n_parts, verdict, reference)
         assert verdict.recut > 1 and verdict.fetches > verdict.recut
+        assert (verdict.head_fetches > 1) == (method == "optidel")  # its head too was cut too soon
 
 
 @pytest.mark.parametrize("margin,slack", [(select_parts.CUT_MARGIN, select_parts.CUT_SLACK), (0.2, 1)])
