@@ -230,13 +230,14 @@ def _clustered(load, parts, run: Run, config, method: str, seed: int) -> tuple[V
     # smallest, and some of those of that draw (more rows than one may share it).
     last_draw = draws.max() if n > size else None
     sample = None
-    for part_sample in _tally(run(_sample_rows, [(load, part, seed, last_draw) for part in parts]), received, "sample", lambda rows: len(rows[1])):
-        if not len(part_sample[1]):  # none drawn (its embeddings may have no width)
+    drawn = _tally(run(_sample_rows, [(load, part, seed, last_draw) for part in parts]), received, "sample", lambda rows: len(rows[1]))
+    for batch in _batched(drawn, lambda rows: len(rows[1]), size):
+        batch = [rows for rows in batch if len(rows[1])]  # a part with none drawn: its embeddings may have no width
+        if not batch:
             continue
-        if sample is not None:
-            part_sample = tuple(np.concatenate(pair) for pair in zip(sample, part_sample))
-        draws, ids, _, _ = part_sample
-        sample = tuple(column[_key_order(draws, ids)[:size]] for column in part_sample)
+        columns = tuple(np.concatenate(column) for column in zip(*([sample] if sample is not None else []), *batch))
+        draws, ids, _, _ = columns
+        sample = tuple(column[_key_order(draws, ids)[:size]] for column in columns)
     # A single row is left uncentred, as in memory: it would be its own mean.
     mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
     _, ids, emb, primary = sample
@@ -310,13 +311,29 @@ def _head(load, part, method: str, by, count: int, cut: Key | None = None):
 def _first_keys(heads: Iterable, count: int) -> tuple[int, np.ndarray, np.ndarray]:
     """The parts' heads folded as they arrive: the rows in all, and the pool's first `count` keys."""
     n, primary, ids = 0, None, None
-    for rows, part_primary, part_ids in heads:
-        n += rows
-        if primary is not None:
-            part_primary, part_ids = np.r_[primary, part_primary], np.r_[ids, part_ids]
-        first = _key_order(part_primary, part_ids)[:count]
-        primary, ids = part_primary[first], part_ids[first]
+    for batch in _batched(heads, lambda head: len(head[2]), count):
+        n += sum(rows for rows, _, _ in batch)
+        kept = [] if primary is None else [(primary, ids)]  # keeps the keys' dtype (uint64 draws)
+        primary, ids = (np.concatenate(column) for column in zip(*kept, *((p, i) for _, p, i in batch)))
+        first = _key_order(primary, ids)[:count]
+        primary, ids = primary[first], ids[first]
     return n, primary, ids
+
+
+def _batched(results: Iterable, rows: Callable, capacity: int) -> Iterator[list]:
+    """The results in batches of at least `capacity` rows (the last may hold fewer). A merge
+    that keeps `capacity` rows, folded a batch at a time, sorts O(rows received) in all; folded
+    a result at a time, it would sort its `capacity` rows once per part: O(parts x capacity),
+    quadratic in the pool when the capacity is a share of it (the budget)."""
+    batch, held = [], 0
+    for result in results:
+        batch.append(result)
+        held += rows(result)
+        if held >= capacity:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
 
 
 def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None]):
@@ -353,17 +370,19 @@ def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dic
 
 
 def _merge_shortlists(results: Iterable, lengths: dict[int, int], merged: dict | None = None) -> tuple[dict, dict[int, int]]:
-    """The parts' shortlists folded as they arrive into `merged` (the groups not fetched), each
-    group cut to its length, in hardness order; and each group's eligible rows in all."""
+    """The parts' shortlists folded as they arrive (a batch at a time, _batched) into `merged`
+    (the groups not fetched), each group cut to its length, in hardness order; and each group's
+    eligible rows in all."""
     totals: dict[int, int] = {}
-    for columns, part_totals in results:
-        if merged is not None:
-            columns = {name: np.concatenate([merged[name], values]) for name, values in columns.items()}
+    for batch in _batched(results, lambda result: len(result[0]["id"]), sum(lengths.values())):
+        pieces = ([merged] if merged is not None else []) + [columns for columns, _ in batch]
+        columns = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
         order = _key_order(columns["primary"], columns["id"])
         order = order[_first_per_group(columns["group"][order], lengths)]
         merged = {name: values[order] for name, values in columns.items()}
-        for g, count in part_totals.items():
-            totals[g] = totals.get(g, 0) + count
+        for _, part_totals in batch:
+            for g, count in part_totals.items():
+                totals[g] = totals.get(g, 0) + count
     return merged, totals
 
 
@@ -421,14 +440,13 @@ def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, in
 
 def _first_per_group(groups: np.ndarray, lengths: dict[int, int]) -> np.ndarray:
     """Positions (in the given order) of each group's first lengths[group] rows."""
-    seen: dict[int, int] = {}
-    keep = np.zeros(len(groups), dtype=bool)
-    for position, g in enumerate(groups.tolist()):
-        count = seen.get(g, 0)
-        if count < lengths[g]:
-            keep[position] = True
-        seen[g] = count + 1
-    return np.flatnonzero(keep)
+    by_group = np.argsort(groups, kind="stable")
+    ordered = groups[by_group]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(groups) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(groups)])
+    within = np.arange(len(groups)) - np.repeat(starts, sizes)  # each row's place in its group
+    limit = np.repeat([lengths[g] for g in ordered[starts].tolist()], sizes)
+    return np.sort(by_group[within < limit])
 
 
 def _first_length(budget: int, groups: int) -> int:
