@@ -4,8 +4,9 @@ a time. A list file of 10^8 lines never becomes 10^8 Python objects (about 20 GB
 holds one row group (ROWS_PER_GROUP references) whatever the pool's size.
 
 A source's listing position is its row number; partitions (pipeline/partitions.py) are spans
-of positions. The file lives in a local scratch folder for the run's length: only the driver
-reads it (pass 1 hands Ray the rows of a wave of partitions at a time, pipeline/pass1.py).
+of positions. The file lives in a scratch folder under the temp folder (`TMPDIR`) for the
+run's length: only the driver reads it (pass 1 hands Ray a wave of listing rows at a time,
+pipeline/pass1.py).
 """
 
 from __future__ import annotations

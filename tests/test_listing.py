@@ -11,7 +11,7 @@ import pytest
 
 from optidel import seeding
 from optidel.pipeline import config as config_mod, listing as listing_mod, pass1
-from optidel.pipeline.inputs import SourceRef, iter_sources, list_sources
+from optidel.pipeline.inputs import InputError, SourceRef, iter_sources, list_sources
 from optidel.pipeline.listing import Listing
 from optidel.pipeline.runner import run
 
@@ -110,3 +110,12 @@ def test_pass1_in_several_waves_writes_the_same_bytes(tmp_path, kvasir, ray_loca
     assert sum(name.startswith("work/pass1/part-") for name in one) == 4
     assert sorted(one) == sorted(waves)
     assert [name for name in one if one[name] != waves[name]] == []
+
+
+def test_a_list_file_unreadable_half_way_is_an_input_error_naming_it(tmp_path):
+    """Read as a stream, a list file can fail after some entries were listed: still one error,
+    naming the file, before any OUT exists (the run lists before it creates OUT)."""
+    list_file = tmp_path / "pool.txt"
+    list_file.write_bytes(b"a.jpg\nb.jpg\n" + b"c\xff\xfe.jpg\n")
+    with pytest.raises(InputError, match=r"pool\.txt: cannot read list file"):
+        Listing.write(iter_sources([str(list_file)]), str(tmp_path / "l.parquet"))
