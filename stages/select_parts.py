@@ -99,8 +99,8 @@ class Verdict:
 
 @dataclass
 class _Sample:
-    """The k-means sample's keys in the driver, for the shortlists' cuts: hardness keys and
-    clusters, and the sample's share of the pool."""
+    """The k-means sample's keys in the driver, for the head's and the shortlists' cuts: its
+    rows in hardness order (their keys and clusters), and its share of the pool."""
 
     primary: np.ndarray
     ids: np.ndarray
@@ -245,7 +245,10 @@ def _clustered(load, parts, run: Run, config, method: str, seed: int) -> tuple[V
     k = min(config.clusters, n, len(ids))
     unit = reference.centred_unit_rows(emb[by_id], mean)
     centroids = reference.train_centroids(unit, k, seed)
-    keys = _Sample(primary[by_id], ids[by_id], reference.assign_clusters(unit, centroids), len(ids) / n)
+    cluster = np.empty(len(ids), dtype=np.int32)
+    cluster[by_id] = reference.assign_clusters(unit, centroids)
+    hardest = _key_order(primary, ids)  # the order both cuts read the sample in
+    keys = _Sample(primary[hardest], ids[hardest], cluster[hardest], len(ids) / n)
     return Verdict(method, n, k=k, mean=mean, centroids=centroids, score_sum=score_sum, rows_received=received), keys
 
 
@@ -283,8 +286,7 @@ def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample, count: 
     to a cut read off the sample, as the shortlists do (_cut): a head that came back shorter
     than `count` (and than the pool) was cut too soon, and is fetched again with a cut twice as
     far."""
-    order = _key_order(sample.primary, sample.ids)
-    queue = (sample.primary[order], sample.ids[order])
+    queue = (sample.primary, sample.ids)
     reach = 1
     while True:
         cut = _cut(queue, sample.share, reach * count)
@@ -396,9 +398,9 @@ def _without(merged: dict | None, groups: list[int]) -> dict | None:
 
 def _sample_queues(sample: _Sample, verdict: Verdict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per group, the keys of the sample's eligible rows (past the noise tail) in hardness order."""
-    order = _key_order(sample.primary, sample.ids)
+    order = np.arange(len(sample.ids))  # the sample is in hardness order
     if verdict.last_trimmed is not None:
-        order = order[~_at_or_before(sample.primary[order], sample.ids[order], verdict.last_trimmed)]
+        order = order[~_at_or_before(sample.primary, sample.ids, verdict.last_trimmed)]
     group = sample.cluster[order] if verdict.method == "optidel" else np.zeros(len(order), dtype=np.int32)
     return {int(g): (sample.primary[order[group == g]], sample.ids[order[group == g]]) for g in np.unique(group).tolist()}
 
