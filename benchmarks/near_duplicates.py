@@ -77,7 +77,8 @@ def take_round_robin_global(eligible, cluster, sources, emb, budget, config, sel
         queues.setdefault(int(cluster[i]), []).append(i)
     position = dict.fromkeys(queues, 0)
     active = list(queues)
-    guard = _GlobalNearDuplicates(emb.shape[1], budget, config.near_duplicate_cosine)
+    # The project's guard, sized for the whole budget as the old rule sized it: it never grows.
+    guard = select._NearDuplicates(emb.shape[1], budget, config.near_duplicate_cosine)
     taken = Counter()
     n_selected = 0
     while active and n_selected < budget:
@@ -106,25 +107,6 @@ def take_round_robin_global(eligible, cluster, sources, emb, budget, config, sel
             owing = still_owing
         active = [c for c in active if position[c] < len(queues[c])]
     return position
-
-
-class _GlobalNearDuplicates:
-    def __init__(self, dim: int, capacity: int, threshold: float):
-        self.kept = np.empty((max(capacity, 0), dim), dtype=np.float32)
-        self.count = 0
-        self.threshold = threshold
-
-    def near(self, e: np.ndarray, since: int = 0) -> bool:
-        return self.count > since and float((self.kept[since : self.count] @ e).max()) > self.threshold
-
-    def max_cosine(self, batch: np.ndarray) -> np.ndarray:
-        if self.count == 0:
-            return np.full(len(batch), -np.inf, dtype=np.float32)
-        return (self.kept[: self.count] @ batch.T).max(axis=0)
-
-    def add(self, e: np.ndarray) -> None:
-        self.kept[self.count] = e
-        self.count += 1
 
 
 RULES = {"global": take_round_robin_global, "per_cluster": select.take_round_robin}
