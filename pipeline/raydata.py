@@ -212,7 +212,7 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
     CPUs (default one): the selection barrier's map steps over the pass-1 parts
     (stages/select_parts.py). Results wait in the object store until the caller takes them, one
     at a time, so it can fold them without holding them all."""
-    remote = ray.remote(num_cpus=config.cpus_per_task or 1.0, max_retries=config.max_retries)(fn)
+    remote = ray.remote(**_task_options(config))(fn)
     refs = [remote.remote(*call) for call in calls]
     try:
         for i in range(len(refs)):
@@ -229,10 +229,8 @@ def shuffle(map_fn, calls: list[tuple], reduce_fn, buckets: int, config: RayConf
     Returns (the notes in call order, the reduce results in bucket order). The pieces go from
     map to reduce through the object store, never through this process, which holds only
     their references (calls x buckets)."""
-    options = {"num_cpus": config.cpus_per_task or 1.0, "max_retries": config.max_retries}
-    mapper = ray.remote(**options, num_returns=buckets + 1)(_pieces_then_note)
-    reducer = ray.remote(**options)(reduce_fn)
-    maps = [mapper.remote(map_fn, buckets, *call) for call in calls]
+    maps = _mapped(map_fn, calls, buckets, config)
+    reducer = ray.remote(**_task_options(config))(reduce_fn)
     reduced = [reducer.remote(*(refs[b] for refs in maps)) for b in range(buckets)]
     try:
         return ray.get([refs[buckets] for refs in maps]), ray.get(reduced)
@@ -247,19 +245,29 @@ def shuffle_kept(map_fn, calls: list[tuple], reduce_fn, reduce_args, buckets: in
     and bucket b's task runs reduce_fn(*args, *pieces) on its piece of every map, which returns
     `returns` pieces. Returns their references, [bucket][piece]: this process holds references
     alone (calls x buckets, then buckets x returns), and the notes."""
-    options = {"num_cpus": config.cpus_per_task or 1.0, "max_retries": config.max_retries}
-    mapper = ray.remote(**options, num_returns=buckets + 1)(_pieces_then_note)
-    maps = [mapper.remote(map_fn, buckets, *call) for call in calls]
+    maps = _mapped(map_fn, calls, buckets, config)
     try:
         notes = ray.get([refs[buckets] for refs in maps])
     except ray.exceptions.RayError as exc:
         raise StageFailure(_cause(exc)) from exc
-    reducer = ray.remote(**options, num_returns=returns)(_returned)
+    reducer = ray.remote(**_task_options(config), num_returns=returns)(_returned)
     reduced = [
         reducer.remote(reduce_fn, returns, *args, *(refs[b] for refs in maps))
         for b, args in enumerate(reduce_args(notes))
     ]
     return [[refs] if returns == 1 else list(refs) for refs in reduced]
+
+
+def _task_options(config: RayConfig) -> dict:
+    """A task of the steps over the parts: ray.cpus_per_task CPUs (default one), retried."""
+    return {"num_cpus": config.cpus_per_task or 1.0, "max_retries": config.max_retries}
+
+
+def _mapped(map_fn, calls: list[tuple], buckets: int, config: RayConfig) -> list:
+    """A shuffle's map tasks, submitted: per call, the references of its buckets' pieces and,
+    last, of its note."""
+    mapper = ray.remote(**_task_options(config), num_returns=buckets + 1)(_pieces_then_note)
+    return [mapper.remote(map_fn, buckets, *call) for call in calls]
 
 
 def _returned(reduce_fn, returns: int, *args):
