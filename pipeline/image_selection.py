@@ -6,6 +6,7 @@ for the plan (all the driver holds of the pool), and patches.parquet's pieces.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import numpy as np
@@ -84,10 +85,7 @@ def choose_images(store: PartStore, duplicates: Duplicates, budget: int, config:
     """`random` by Ray tasks over the parts: the first `budget` images of the seeded draw."""
     load = CompetingImages(store, duplicates)
     parts = list(range(store.n_partitions))
-
-    def run(fn, calls):
-        return raydata.run_tasks(fn, calls, config.ray)
-
+    run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
     verdict = select_parts.select_images_in_parts(load, parts, run, budget=budget, method=config.selector, seed=config.seed)
     drawn = np.asarray(verdict.chosen["id"], dtype=object)  # the parts' ids are Python strings too
     found = list(run(_chosen_in_parts, [(load, group, drawn) for group in part_groups(len(parts))]))

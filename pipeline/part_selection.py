@@ -7,6 +7,7 @@ which chooses whole images: image_selection.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import numpy as np
@@ -75,7 +76,7 @@ class ChosenPatches:
 def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config: Config) -> ChosenPatches:
     load = CompetingPatches(store, duplicates)
     parts = list(range(store.n_partitions))
-    run = _runner(config)
+    run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
     verdict = select_parts.select_patches_in_parts(
         load, parts, run, budget=budget, config=config.select, method=config.selector, seed=config.seed
     )
@@ -118,7 +119,7 @@ class PatchLabels:
         chosen = self.chosen
         calls = [(store, chosen.load, chosen.verdict, self.plan_rows, group, *chosen.ranks.of(g))
                  for g, group in enumerate(chosen.ranks.groups)]
-        for pieces in _runner(self.config)(_labelled_pieces, calls):
+        for pieces in raydata.run_tasks(_labelled_pieces, calls, self.config.ray):
             yield from pieces
 
 
@@ -152,9 +153,3 @@ def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_p
         pieces.append(schema.to_table("patches", rows))
     return pieces
 
-
-def _runner(config: Config):
-    def run(fn, calls):
-        return raydata.run_tasks(fn, calls, config.ray)
-
-    return run
