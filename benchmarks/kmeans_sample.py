@@ -44,6 +44,11 @@ def run_here(fn, calls):
     return [fn(*call) for call in calls]
 
 
+def split_here(map_fn, calls, buckets):
+    maps = [map_fn(*call) for call in calls]
+    return [pieces for pieces, _ in maps], [note for _, note in maps]
+
+
 def pool(n: int, dim: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(64, dim))
@@ -80,7 +85,7 @@ def main() -> None:
         config = SelectConfig(kmeans_sample=sample)
         start = time.perf_counter()
         verdict = select_parts.select_patches_in_parts(
-            parts, list(range(args.parts)), run_here, budget=budget, config=config, method="optidel", seed=seed
+            parts, list(range(args.parts)), run_here, split_here, budget=budget, config=config, method="optidel", seed=seed
         )
         seconds = time.perf_counter() - start
         chosen = sorted(i for i, reason in verdict.decided.items() if reason == "")

@@ -19,7 +19,7 @@ from ..stages import select_parts
 from . import raydata
 from .config import Config
 from .duplicates import Duplicates
-from .partitions import MASK_COLUMNS, PartStore, patch_masks
+from .partitions import MASK_COLUMNS, PartStore, part_groups, patch_masks
 from .ranks import PoolRanks, pool_ranks
 
 
@@ -77,8 +77,10 @@ def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config
     load = CompetingPatches(store, duplicates)
     parts = list(range(store.n_partitions))
     run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
+    split = partial(raydata.split, config=config.ray)  # and its split(map_fn, calls, buckets)
     verdict = select_parts.select_patches_in_parts(
-        load, parts, run, budget=budget, config=config.select, method=config.selector, seed=config.seed
+        load, parts, run, split, budget=budget, config=config.select, method=config.selector, seed=config.seed,
+        groups=part_groups(len(parts)),
     )
     ranks = pool_ranks(load, parts, config.selector, "hardness", config.ray)
     chosen = verdict.chosen

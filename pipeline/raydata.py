@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -213,7 +214,7 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
     (stages/select_parts.py). Results wait in the object store until the caller takes them, one
     at a time, so it can fold them without holding them all."""
     remote = ray.remote(**_task_options(config))(fn)
-    refs = [remote.remote(*call) for call in calls]
+    refs = [remote.remote(*call) for call in _shared_once(calls)]
     try:
         for i in range(len(refs)):
             result = ray.get(refs[i])
@@ -245,17 +246,26 @@ def shuffle_kept(map_fn, calls: list[tuple], reduce_fn, reduce_args, buckets: in
     and bucket b's task runs reduce_fn(*args, *pieces) on its piece of every map, which returns
     `returns` pieces. Returns their references, [bucket][piece]: this process holds references
     alone (calls x buckets, then buckets x returns), and the notes."""
+    pieces, notes = split(map_fn, calls, buckets, config)
+    reducer = ray.remote(**_task_options(config), num_returns=returns)(_returned)
+    reduced = [
+        reducer.remote(reduce_fn, returns, *args, *(of_map[b] for of_map in pieces))
+        for b, args in enumerate(reduce_args(notes))
+    ]
+    return [[refs] if returns == 1 else list(refs) for refs in reduced]
+
+
+def split(map_fn, calls: list[tuple], buckets: int, config: RayConfig) -> tuple[list[list], list]:
+    """A shuffle's map half: map_fn(*call) for each call returns (pieces, note), pieces[b] for
+    bucket b. Returns the pieces' references, [call][bucket], which later tasks take as their
+    arguments (run_tasks resolves them there), and the notes in call order: this process never
+    fetches a piece."""
     maps = _mapped(map_fn, calls, buckets, config)
     try:
         notes = ray.get([refs[buckets] for refs in maps])
     except ray.exceptions.RayError as exc:
         raise StageFailure(_cause(exc)) from exc
-    reducer = ray.remote(**_task_options(config), num_returns=returns)(_returned)
-    reduced = [
-        reducer.remote(reduce_fn, returns, *args, *(refs[b] for refs in maps))
-        for b, args in enumerate(reduce_args(notes))
-    ]
-    return [[refs] if returns == 1 else list(refs) for refs in reduced]
+    return [refs[:buckets] for refs in maps], notes
 
 
 def _task_options(config: RayConfig) -> dict:
@@ -267,7 +277,23 @@ def _mapped(map_fn, calls: list[tuple], buckets: int, config: RayConfig) -> list
     """A shuffle's map tasks, submitted: per call, the references of its buckets' pieces and,
     last, of its note."""
     mapper = ray.remote(**_task_options(config), num_returns=buckets + 1)(_pieces_then_note)
-    return [mapper.remote(map_fn, buckets, *call) for call in calls]
+    return [mapper.remote(map_fn, buckets, *call) for call in _shared_once(calls)]
+
+
+def _shared_once(calls: list[tuple]) -> list[tuple]:
+    """The calls, with each argument that more than one call passes (the same object: a loader,
+    a verdict, a plan's rows) put in the object store once and passed as its reference, which
+    the task receives resolved. Passed as itself, Ray would serialise and store it again for
+    every task: O(tasks x budget) for a verdict the size of the budget."""
+    calls = [tuple(call) for call in calls]
+    args = {id(arg): arg for call in calls for arg in call if not isinstance(arg, _PASSED_AS_IS)}
+    uses = Counter(id(arg) for call in calls for arg in call)
+    refs = {key: ray.put(arg) for key, arg in args.items() if uses[key] > 1}
+    return [tuple(refs.get(id(arg), arg) for arg in call) for call in calls]
+
+
+# Small immutable values (and references already) gain nothing from a put of their own.
+_PASSED_AS_IS = (ray.ObjectRef, int, float, str, bool, type(None), tuple)
 
 
 def _returned(reduce_fn, returns: int, *args):

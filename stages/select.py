@@ -339,7 +339,7 @@ def take_hardest(hardest_first, sources, budget, cap, selected, reason) -> int:
     return looked
 
 
-def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason) -> dict[int, int]:
+def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, reason, guard=None) -> dict[int, int]:
     """Balanced cluster quotas, water-filled: each round every cluster with candidates left takes
     its hardest acceptable one, so all clusters get equal shares and a cluster that runs out
     leaves the rest of the budget to the others. Clusters take turns in the order of their
@@ -358,6 +358,12 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
     is padded, so a selection over the parts (whose queues are prefixes of these) makes the same
     products.
 
+    `guard(c, queue, capacity)` gives cluster c's guard over its queue (row indices), room for
+    `capacity` kept rows at first: near_at(position), then keep(position) or, for a row the
+    per-source cap refused unchecked, skip(position). By default a _QueueGuard over `emb`;
+    the selection over the parts passes guards whose answers tasks worked out
+    (select_parts._Speculated).
+
     Returns how far it went down each cluster's queue (a cluster whose queue was cut short and
     that got to its end could have gone on)."""
     queues: dict[int, list[int]] = {}
@@ -367,7 +373,10 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
     active = list(queues)
     # Each guard starts at an even share of the budget (at most its queue) and grows as needed.
     share = -(-budget // max(len(queues), 1))
-    guards = {c: _QueueGuard(q, emb, min(len(q), share), config.near_duplicate_cosine) for c, q in queues.items()}
+    if guard is None:
+        def guard(c, queue, capacity):
+            return _QueueGuard(queue, emb, capacity, config.near_duplicate_cosine)
+    guards = {c: guard(c, q, min(len(q), share)) for c, q in queues.items()}
     taken = Counter()
     n_selected = 0
     while active and n_selected < budget:
@@ -381,10 +390,11 @@ def take_round_robin(eligible, cluster, sources, emb, budget, config, selected, 
                 position[c] += 1
                 if taken[sources[i]] >= config.per_source_cap:
                     reason[i] = schema.DROP_SOURCE_CAP
+                    guards[c].skip(position[c] - 1)
                 elif guards[c].near_at(position[c] - 1):
                     reason[i] = schema.DROP_DUPLICATE
                 else:
-                    guards[c].add(emb[i])
+                    guards[c].keep(position[c] - 1)
                     taken[sources[i]] += 1
                     selected[i], reason[i] = True, ""
                     n_selected += 1
@@ -442,15 +452,75 @@ class _QueueGuard(_NearDuplicates):
 
     def near_at(self, position: int) -> bool:
         """Is the queue's row at `position` near a kept vector?"""
+        return self.cosine_at(position) > self.threshold
+
+    def cosine_at(self, position: int) -> float:
+        """The largest cosine of the queue's row at `position` to a kept vector (-inf when none
+        is kept); once its window's value passes the threshold, that value."""
         start = position - position % _LOOKAHEAD
         if start != self.start:
             rows = self.queue[start : start + _LOOKAHEAD]
             batch = np.zeros((_LOOKAHEAD, self.emb.shape[1]), dtype=np.float32)
             batch[: len(rows)] = self.emb[rows]
             self.start, self.kept_then, self.window = start, self.count, self.max_cosine(batch)
-        if self.window[position - start] > self.threshold:
-            return True
-        return self.near(self.emb[self.queue[position]], since=self.kept_then)
+        best = float(self.window[position - start])
+        if best > self.threshold or self.count == self.kept_then:
+            return best
+        return max(best, float((self.kept[self.kept_then : self.count] @ self.emb[self.queue[position]]).max()))
+
+    def keep(self, position: int) -> None:
+        self.add(self.emb[self.queue[position]])
+
+    def skip(self, position: int) -> None:
+        """The per-source cap refused the row at `position`: it is neither checked nor kept."""
+
+
+# How close to the threshold a later refused row must come to a kept one for speculate_queue
+# to call the kept one blocking: far wider than float32's rounding of a cosine (about 1e-6 at
+# these widths), so that two products of the same rows in another order never disagree on it.
+BLOCKS_MARGIN = 1e-4
+
+
+def speculate_queue(emb: np.ndarray, threshold: float, capacity: int, skipped=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One cluster's near-duplicate decisions down its whole queue (`emb`: the queue's unit rows,
+    in order), as take_round_robin makes them when every row found near no kept one is kept,
+    but for those at the `skipped` positions (refused by the per-source cap: neither checked nor
+    kept). Returns `near` per position, and `blocks`: per position kept here, whether some later
+    row refused as near comes within BLOCKS_MARGIN of the threshold to it; and `borderline` per
+    position, whether its largest cosine to the rows kept before it is within BLOCKS_MARGIN of
+    the threshold.
+
+    The round-robin may refuse, by the per-source cap, a row kept here. A blocking one can change
+    a later decision, so the queue must be worked out again with that row among the skipped. A
+    row that blocks none leaves every later row near what else was kept, or not near: the same
+    decisions, but from products with one row more than the round-robin's own, whose rounding
+    may differ in the last bit, so a borderline row's answer must be worked out again too.
+    Otherwise the checks are made by the same _QueueGuard, at the same positions, against the
+    same kept rows, as the round-robin's own: the answers are its answers, to the bit."""
+    n = len(emb)
+    guard = _QueueGuard(list(range(n)), emb, capacity, threshold)
+    near = np.zeros(n, dtype=bool)
+    kept = np.zeros(n, dtype=bool)
+    borderline = np.zeros(n, dtype=bool)
+    skipped = set(skipped)
+    for position in range(n):
+        if position in skipped:
+            continue
+        cosine = guard.cosine_at(position)
+        borderline[position] = abs(cosine - threshold) < BLOCKS_MARGIN
+        if cosine > threshold:
+            near[position] = True
+        else:
+            guard.keep(position)
+            kept[position] = True
+    blocks = np.zeros(n, dtype=bool)
+    refused = np.flatnonzero(near)
+    for rows in _chunks(n, _CHUNK * 4096 // max(len(refused), 1) or 1):  # about 16 MB of products
+        keepers = np.flatnonzero(kept[rows]) + rows.start
+        if len(keepers) and len(refused):
+            close = (emb[keepers] @ emb[refused].T) > threshold - BLOCKS_MARGIN
+            blocks[keepers] = (close & (refused[None, :] > keepers[:, None])).any(axis=1)
+    return near, blocks, borderline
 
 
 def _interleave(queues: list[list[int]]) -> list[int]:

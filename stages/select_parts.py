@@ -5,11 +5,12 @@ The caller hands over the parts as opaque handles, `load(part, columns=None)` gi
 competing rows (PART_COLUMNS, or those of `columns`: ids, sources, scores, embeddings;
 whole-image selectors: one row per ok source, its source id and score when scored),
 and `run(fn, calls)`, which yields fn(*call) for each call in order, in this process or as Ray
-tasks (pipeline/raydata.py). Every fn here is a module-level function, so it pickles. Each
-part's result is folded into a running merge as it arrives (the sample, the head of the
-hardness order, the shortlists each cut to their length), so the caller holds
-O(budget + clusters x dim + sample x dim) whatever the number of parts. What it receives is
-counted per round (Verdict.rows_received).
+tasks (pipeline/raydata.py), and `split`, a shuffle's map half (Split, below). Every fn here is
+a module-level function, so it pickles. Each part's result is folded into a running merge as
+it arrives (the sample, the head of the hardness order, the shortlists each cut to their
+length), so the caller holds O(budget + clusters x dim + sample x dim) whatever the number of
+parts, and no embedding of the shortlists. What it receives is counted per round
+(Verdict.rows_received).
 
 Rounds (patch selectors):
 1. summary: rows, exact embedding sums (the pool mean, stages/exact_mean.py) and the seeded
@@ -23,17 +24,25 @@ Rounds (patch selectors):
    to a cut read off the sample (as in round 3, below; fetched again with a cut twice as far
    when it came too soon: Verdict.head_fetches), merged, give the last trimmed key (the noise
    tail) and the last key a hardness-only pick of the budget would reach (`cluster_quota`).
-3. shortlists: per part and cluster, the hardest eligible rows, merged per cluster; the
-   round-robin runs on them as in memory. A part sends a cluster's rows only up to a cut key,
-   read off the sample (a uniform sample, clustered in the driver): the key a little past where
-   the cluster's shortlist should end (_cut), so the driver receives about CUT_MARGIN times the
-   shortlists, not every part's every eligible row. A cluster that came back shorter than its
-   shortlist (and than its eligible rows) was cut too soon: it alone is fetched again with a
-   cut twice as far, until none was. A cluster cut short that the round-robin ran to the end
-   of could have gone on: it alone is fetched again, twice as long, until none did. Then every
-   row the round-robin looked at, and every decision, is the in-memory one.
-   Verdict.fetches counts these rounds of tasks, the refetches of clusters cut too soon
-   included (Verdict.recut of them).
+3. shortlists: per cluster, the hardest eligible rows of the pool, gathered by a shuffle: a map
+   task per group of parts sends each cluster's hardest rows (with their embeddings) to that
+   cluster's task, never to the driver; the cluster's task merges them into its shortlist and
+   works out the near-duplicate decisions down all of it (select.speculate_queue), as if every
+   row found near no kept one were kept. The driver receives the shortlists without embeddings,
+   with those decisions, and runs the round-robin on them as in memory: only the per-source cap
+   and the budget join the clusters. When the cap skips a row its cluster's task kept, and that
+   row could have changed a later decision, the cluster's task works its queue out again
+   without it (_Speculated; Verdict.worked_again). A map sends a cluster's rows only up to a
+   cut key, read off the sample (a uniform sample, clustered in the driver): the key a little
+   past where the cluster's shortlist should end (_cut), so the cluster tasks receive about
+   CUT_MARGIN times the shortlists (Verdict.rows_to_groups), not every part's every eligible
+   row. A cluster that came back shorter than its shortlist (and than its eligible rows) was
+   cut too soon: it alone is fetched again with a cut twice as far, until none was. A cluster
+   cut short that the round-robin ran to the end of could have gone on: it alone is fetched
+   again, twice as long, until none did. Then every row the round-robin looked at, and every
+   decision, is the in-memory one. Verdict.fetches counts these rounds of tasks, the refetches
+   of clusters cut too soon included (Verdict.recut of them). `hard` runs the same with one
+   group and no near-duplicate rule.
 4. the verdict names the chosen rows (Verdict.chosen); parts_selection labels every row of
    some parts (cluster, rank, selected, reason) from the verdict and the parts' ranks.
 
@@ -56,6 +65,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -72,6 +82,10 @@ DISTRIBUTED = ("optidel", "hard", "random")  # selectors with a form here (dedup
 IMAGE_ID = SOURCE_ID  # whole-image selectors: a row is an ok source, its id the source id
 
 Run = Callable[[Callable, list[tuple]], Iterable]
+# split(map_fn, calls, buckets): a shuffle's map half. Runs map_fn(*call) -> (pieces, note) for
+# each call, pieces[b] for bucket b; returns (per call, its pieces, as handles `run` takes for
+# arguments: on Ray, object references the driver never fetches) and (the notes, in call order).
+Split = Callable[[Callable, list[tuple], int], tuple[list[list], list]]
 Key = tuple  # (primary, id): rows sort ascending by primary, then id
 
 
@@ -92,8 +106,10 @@ class Verdict:
     fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again), recuts included
     recut: int = 0  # of those, rounds that fetched again clusters whose cut came too soon
     head_fetches: int = 0  # round 2's rounds of tasks (1 unless its cut came too soon)
+    worked_again: int = 0  # clusters' near-duplicate decisions worked out again (_Speculated)
+    rows_to_groups: int = 0  # round 3's rows (with embeddings) the maps sent the group tasks, every fetch
     # Rows the driver received, per round: "draws" (round 1, a hash each), "sample" (round 1,
-    # with embeddings), "head" (round 2, a key each), "shortlists" (round 3, with embeddings).
+    # with embeddings), "head" (round 2, a key each), "shortlists" (round 3, without embeddings).
     rows_received: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,10 +137,12 @@ CUT_SLACK = 8
 
 
 def select_patches_in_parts(
-    load, parts: Sequence, run: Run, *, budget: int, config, method: str, seed: int, shortlist: int | None = None
+    load, parts: Sequence, run: Run, split: Split, *, budget: int, config, method: str, seed: int,
+    groups: Sequence[Sequence] | None = None, shortlist: int | None = None,
 ) -> Verdict:
-    """Round 1 to 3 for the patch selector `method` (optidel or hard); `shortlist` (default:
-    sized by the budget) is each cluster's first fetch length."""
+    """Round 1 to 3 for the patch selector `method` (optidel or hard). Round 3's map tasks each
+    read a group of parts (`groups`, default: one part each); `shortlist` (default: sized by the
+    budget) is each cluster's first fetch length."""
     if method not in ("optidel", "hard"):
         raise ValueError(f"selector {method!r} has no distributed form over parts")
     verdict, sample = _clustered(load, parts, run, config, method, seed)
@@ -137,28 +155,35 @@ def select_patches_in_parts(
             verdict.last_trimmed = (primary[n_trim - 1], ids[n_trim - 1])
         if budget and len(ids) > n_trim:
             verdict.last_in_reach = (primary[-1], ids[-1])
-    groups = max(verdict.k, 1) if method == "optidel" else 1
-    lengths = dict.fromkeys(range(groups), shortlist or _first_length(budget, groups))
+    n_groups = max(verdict.k, 1) if method == "optidel" else 1
+    lengths = dict.fromkeys(range(n_groups), shortlist or _first_length(budget, n_groups))
+    shortlists = _Shortlists(run, config.near_duplicate_cosine if method == "optidel" else None, -(-budget // n_groups))
     queues = _sample_queues(sample, verdict)
     reach = dict.fromkeys(lengths, 1)  # how far past the estimate each cluster's cut goes
-    merged, pending = None, list(lengths)
+    pending = list(lengths)
+    calls = [[part] for part in parts] if groups is None else [list(group) for group in groups]
     while True:
         cuts = {g: _cut(queues.get(g), sample.share, reach[g] * lengths[g]) for g in pending}
         verdict.fetches += 1
-        results = run(_shortlists, [(load, part, verdict, {g: lengths[g] for g in pending}, cuts) for part in parts])
-        results = _tally(results, verdict.rows_received, "shortlists", lambda result: len(result[0]["id"]))
-        merged, totals = _merge_shortlists(results, lengths, _without(merged, pending))
-        fetched = Counter(merged["group"].tolist())
-        too_soon = [g for g in pending if fetched[g] < min(lengths[g], totals.get(g, 0))]
+        fetch = {g: lengths[g] for g in pending}
+        pieces, notes = split(_shortlist_pieces, [(load, group, verdict, fetch, cuts, n_groups) for group in calls], n_groups)
+        totals = Counter()
+        for note, sent in notes:
+            totals.update(note)
+            verdict.rows_to_groups += sent
+        shortlists.merge(fetch, pieces, verdict.rows_received)
+        too_soon = [g for g in pending if shortlists.length(g) < min(lengths[g], totals[g])]
         if too_soon:  # cut before the end of its shortlist: only a cut key can do that
             verdict.recut += 1
             reach.update({g: 2 * reach[g] for g in too_soon})
             pending = too_soon
             continue
-        looked, decided = _decide(merged, budget, config, method)
+        merged = shortlists.in_hardness_order()
+        looked, decided = _decide(merged, budget, config, method, shortlists.guard)
         short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
         if not short:
             verdict.decided = decided
+            verdict.worked_again = shortlists.worked_again
             chosen = np.array([decided.get(i) == "" for i in merged["id"].tolist()], dtype=bool)
             verdict.chosen = {name: merged[name][chosen] for name in ("id", "source", "cluster", "primary")}
             return verdict
@@ -338,10 +363,27 @@ def _batched(results: Iterable, rows: Callable, capacity: int) -> Iterator[list]
         yield batch
 
 
-def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None]):
-    """Round 3 in one part: per group fetched (a cluster for optidel, one group for hard; the
-    keys of `lengths`), its first lengths[group] rows in hardness order past the noise tail and
-    at or before cuts[group] (None: no cut); and how many eligible rows it has in each group."""
+def _shortlist_pieces(load, parts: Sequence, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None], n_groups: int):
+    """Round 3's map, over a group of parts: per group (a cluster for optidel, one group for hard),
+    the piece of the group's shortlist these parts hold (_shortlist_rows); and, as the note, how
+    many eligible rows they have in each group, and how many rows the pieces hold."""
+    rows, totals = [], Counter()
+    for part in parts:
+        part_rows, part_totals = _shortlist_rows(load, part, verdict, lengths, cuts)
+        rows.append(part_rows)
+        totals.update(part_totals)
+    columns = {name: np.concatenate([piece[name] for piece in rows]) for name in rows[0]}
+    order = _key_order(columns["primary"], columns["id"])
+    order = order[_first_per_group(columns["group"][order], lengths)]
+    group = columns["group"][order]
+    pieces = [{name: values[order[group == g]] for name, values in columns.items()} for g in range(n_groups)]
+    return pieces, (dict(totals), len(order))
+
+
+def _shortlist_rows(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None]):
+    """A part's piece of the shortlists: per group fetched (the keys of `lengths`), its first
+    lengths[group] rows in hardness order past the noise tail and at or before cuts[group] (None:
+    no cut), with their unit embeddings (optidel); and how many eligible rows it has per group."""
     rows = load(part)
     ids = _ids(rows, verdict.method)
     primary = _primary(rows, ids, "hardness")
@@ -366,34 +408,102 @@ def _shortlists(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dic
         "primary": primary[rows_kept],
         "cluster": cluster[rows_kept],
         "group": group[rows_kept],
-        "unit": unit[rows_kept],
     }
+    if verdict.method == "optidel":  # hard needs no embedding: it has no near-duplicate rule
+        columns["unit"] = unit[rows_kept]
     return columns, {int(g): int(c) for g, c in totals.items()}
 
 
-def _merge_shortlists(results: Iterable, lengths: dict[int, int], merged: dict | None = None) -> tuple[dict, dict[int, int]]:
-    """The parts' shortlists folded as they arrive (a batch at a time, _batched) into `merged`
-    (the groups not fetched), each group cut to its length, in hardness order; and each group's
-    eligible rows in all."""
-    totals: dict[int, int] = {}
-    for batch in _batched(results, lambda result: len(result[0]["id"]), sum(lengths.values())):
-        pieces = ([merged] if merged is not None else []) + [columns for columns, _ in batch]
-        columns = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+def group_queue(length: int, threshold: float | None, capacity: int, skipped: Sequence[int], *pieces: dict) -> dict:
+    """Round 3's reduce, one group: its pieces merged, in hardness order, cut to `length` rows;
+    for optidel, with each row's near-duplicate decisions (select.speculate_queue: near, blocks,
+    borderline) in place of the embeddings, which stay here. Run again by _Speculated with the
+    rows the per-source cap skipped."""
+    pieces = [piece for piece in pieces if len(piece["id"])]
+    if not pieces:
+        return {}
+    columns = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+    order = _key_order(columns["primary"], columns["id"])[:length]
+    queue = {name: values[order] for name, values in columns.items()}
+    if threshold is not None:
+        queue["near"], queue["blocks"], queue["borderline"] = reference.speculate_queue(
+            queue.pop("unit"), threshold, capacity, skipped
+        )
+    return queue
+
+
+class _Shortlists:
+    """Round 3 in the driver: each group's shortlist without its embeddings (group_queue's
+    result), the references of the pieces it was merged from (for its queue to be worked out
+    again), and the guards the round-robin asks."""
+
+    def __init__(self, run: Run, threshold: float | None, capacity: int):
+        self.run, self.threshold, self.capacity = run, threshold, capacity
+        self.lengths: dict[int, int] = {}
+        self.queues: dict[int, dict] = {}
+        self.pieces: dict[int, list] = {}
+        self.worked_again = 0
+
+    def merge(self, lengths: dict[int, int], pieces: list[list], received: dict[str, int]) -> None:
+        """The groups of `lengths`, fetched again: each merged from its pieces of every map."""
+        groups = list(lengths)
+        self.pieces.update({g: [of_map[g] for of_map in pieces] for g in groups})
+        self.lengths.update(lengths)
+        calls = [(lengths[g], self.threshold, self.capacity, (), *self.pieces[g]) for g in groups]
+        for g, queue in zip(groups, _tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get("id", ())))):
+            self.queues[g] = queue
+
+    def length(self, group: int) -> int:
+        return len(self.queues[group].get("id", ()))
+
+    def in_hardness_order(self) -> dict:
+        """Every group's shortlist, merged in hardness order (as the in-memory selector reads its
+        eligible rows)."""
+        queues = [queue for queue in self.queues.values() if queue]
+        names = ("id", "source", "primary", "cluster", "group")
+        columns = {name: np.concatenate([queue[name] for queue in queues]) for name in names}
         order = _key_order(columns["primary"], columns["id"])
-        order = order[_first_per_group(columns["group"][order], lengths)]
-        merged = {name: values[order] for name, values in columns.items()}
-        for _, part_totals in batch:
-            for g, count in part_totals.items():
-                totals[g] = totals.get(g, 0) + count
-    return merged, totals
+        return {name: values[order] for name, values in columns.items()}
+
+    def guard(self, cluster: int, queue, capacity: int) -> _Speculated:
+        return _Speculated(self.queues[cluster], partial(self._again, cluster))
+
+    def _again(self, group: int, skipped: list[int]) -> dict:
+        self.worked_again += 1
+        call = (self.lengths[group], self.threshold, self.capacity, tuple(skipped), *self.pieces[group])
+        return next(iter(self.run(group_queue, [call])))
 
 
-def _without(merged: dict | None, groups: list[int]) -> dict | None:
-    """The merged shortlists less the rows of `groups` (which are fetched again)."""
-    if merged is None:
-        return None
-    kept = ~np.isin(merged["group"], groups)
-    return {name: values[kept] for name, values in merged.items()}
+class _Speculated:
+    """A cluster's near-duplicate guard in the round-robin over the parts: the answers a task
+    worked out down its whole shortlist (group_queue), worked out again, with the rows the
+    per-source cap skipped so far, whenever a skip may have changed the next one asked
+    (select.speculate_queue says when)."""
+
+    def __init__(self, queue: dict, again: Callable[[list[int]], dict]):
+        self.queue, self.again = queue, again
+        self.skipped: list[int] = []
+        self.stale = False  # a skipped row blocked a later one: every later answer may differ
+        self.shifted = False  # a skipped row blocked none: later borderline answers may differ
+
+    def near_at(self, position: int) -> bool:
+        if self.stale or self.shifted and self.queue["borderline"][position]:
+            self.queue = self.again(self.skipped)
+            self.stale = self.shifted = False
+        return bool(self.queue["near"][position])
+
+    def keep(self, position: int) -> None:
+        """As the task assumed."""
+
+    def skip(self, position: int) -> None:
+        self.skipped.append(position)
+        if self.stale:
+            return  # worked out again before the next answer anyway
+        if self.shifted and self.queue["borderline"][position]:
+            self.stale = True  # whether the task kept it is itself in doubt
+        elif not self.queue["near"][position]:  # the task kept it: the round-robin does not
+            self.stale = bool(self.queue["blocks"][position])
+            self.shifted = not self.stale
 
 
 def _sample_queues(sample: _Sample, verdict: Verdict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -423,7 +533,7 @@ def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callabl
         yield result
 
 
-def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, int], dict[str, str]]:
+def _decide(short: dict, budget: int, config, method: str, guard) -> tuple[dict[int, int], dict[str, str]]:
     """The in-memory selector's choice on the merged shortlist (in hardness order): how far it
     read each group, and the reason of every row it decided."""
     n = len(short["id"])
@@ -432,7 +542,7 @@ def _decide(short: dict, budget: int, config, method: str) -> tuple[dict[int, in
     hardest_first = np.arange(n)
     if method == "optidel":
         looked = reference.take_round_robin(
-            hardest_first, short["cluster"], short["source"], short["unit"], budget, config, selected, reason
+            hardest_first, short["cluster"], short["source"], None, budget, config, selected, reason, guard
         )
     else:
         looked = {0: reference.take_hardest(hardest_first, short["source"], budget, config.per_source_cap, selected, reason)}

@@ -37,6 +37,13 @@ def run_here(fn, calls):
     return [fn(*call) for call in calls]
 
 
+def split_here(map_fn, calls, buckets):
+    """A shuffle's map half, in turn: the pieces stay values here."""
+    maps = [map_fn(*call) for call in calls]
+    assert all(len(pieces) == buckets for pieces, _ in maps)
+    return [pieces for pieces, _ in maps], [note for _, note in maps]
+
+
 def random_pool(seed: int, n: int = 600, dim: int = 12, n_centres: int = 10):
     """Patches around a few directions, those of the first much harder (so hardness alone
     would crowd one cluster); scores from a short list of values (many ties); some embeddings
@@ -71,14 +78,16 @@ def ranks_here(load, parts: list, groups: list[list[int]], method: str, by, rang
     return [ranks[i] for i in range(len(parts))], sum(counts for _, counts in maps)
 
 
-def distributed(parts: Parts, n_parts: int, method: str, budget: int, config, seed: int, shortlist=None):
-    """Selection over the parts, reassembled into pool row order."""
+def distributed(parts: Parts, n_parts: int, method: str, budget: int, config, seed: int, shortlist=None, maps: int = 3):
+    """Selection over the parts, reassembled into pool row order; round 3's map tasks read
+    `maps` groups of parts."""
     part_ids = list(range(n_parts))
     if method == "random":
         verdict = select_parts.select_images_in_parts(parts, part_ids, run_here, budget=budget, method=method, seed=seed)
     else:
         verdict = select_parts.select_patches_in_parts(
-            parts, part_ids, run_here, budget=budget, config=config, method=method, seed=seed, shortlist=shortlist
+            parts, part_ids, run_here, split_here, budget=budget, config=config, method=method, seed=seed,
+            groups=[part_ids[i::maps] for i in range(min(maps, n_parts))], shortlist=shortlist,
         )
     scored = "score" in parts.columns
     n = len(parts.columns["source_id"])
@@ -305,6 +314,7 @@ def test_a_sample_smaller_than_the_pool_cuts_the_shortlists_and_keeps_the_select
         assert received["sample"] == 1000  # rows with embeddings in round 1: the sample's alone
         assert received["draws"] == sum(min(len(rows), 1000) for rows in parts.rows)
         assert received["shortlists"] < 0.3 * 4000, received
+        assert verdict.rows_to_groups < 0.3 * 4000
         if method == "optidel":  # its head: the noise tail (1%) and the budget, about
             assert received["head"] < 0.1 * 4000, received
         assert verdict.recut == 0  # the margin holds (a cut comes too soon about once in 1e3 clusters)
@@ -318,13 +328,13 @@ def test_without_cuts_the_parts_send_most_of_the_pool(method, monkeypatch):
     selection from a few of those."""
     pool = random_pool(0, n=4000)
     parts = Parts(pool, 40, 0)
-    out, verdict = distributed(parts, 40, method, 40, SAMPLED, 0)
+    out, verdict = distributed(parts, 40, method, 40, SAMPLED, 0, maps=40)
     monkeypatch.setattr(select_parts, "CUT_SLACK", 10**9)  # every cut beyond the sample: none
-    uncut, before = distributed(parts, 40, method, 40, SAMPLED, 0)
+    uncut, before = distributed(parts, 40, method, 40, SAMPLED, 0, maps=40)
     for name in out:
         assert np.array_equal(out[name], uncut[name]), name
-    assert before.rows_received["shortlists"] > 0.6 * 4000
-    assert verdict.rows_received["shortlists"] < 0.3 * before.rows_received["shortlists"]
+    assert before.rows_to_groups > 0.6 * 4000
+    assert verdict.rows_to_groups < 0.3 * before.rows_to_groups
     if method == "optidel":
         assert verdict.rows_received["head"] < 0.3 * before.rows_received["head"]
     assert verdict.rows_received["sample"] == 1000 and before.rows_received["sample"] == 1000
@@ -368,3 +378,30 @@ def test_cut_keys_inside_runs_of_tied_scores(margin, slack, monkeypatch):
     inside = [(primary == p) & (ids > i) for p, i in filter(None, cuts)]
     assert inside and all(rows.any() for rows in inside)  # rows of the cut's score come after it
     assert (verdict.recut > 0) == (margin < 1)
+
+
+@pytest.mark.parametrize("twin", [True, False])
+def test_a_kept_row_the_cap_skips_is_worked_out_again_when_it_blocked_one(twin):
+    """The group tasks work out each cluster's near-duplicate decisions as if every row not
+    near a kept one were kept. Cluster 1's row a takes source s's one place; cluster 0's x, of
+    source s, is then skipped by the cap. When x's twin follows it, the task had refused the
+    twin as near x: only working cluster 0 out again, without x, keeps the twin, as in memory.
+    When no row is near x, nothing is worked out again."""
+    e = np.eye(4, dtype=np.float32)
+    unit = np.stack([e[2], e[0], e[0] + 0.01 * e[1] if twin else e[1], e[3]])
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    rows = {"id": np.array(["a", "x", "x2", "y"], dtype=object), "source": np.array(["s", "s", "t", "u"], dtype=object),
+            "primary": np.array([-4.0, -3.0, -2.0, -1.0]), "cluster": np.array([1, 0, 0, 0], dtype=np.int32)}
+    config = SelectConfig(near_duplicate_cosine=0.95, per_source_cap=1)
+    selected, reason = np.zeros(4, dtype=bool), np.full(4, schema.DROP_BUDGET, dtype=object)
+    select.take_round_robin(np.arange(4), rows["cluster"], rows["source"], unit, 4, config, selected, reason)
+    assert reason.tolist() == ["", schema.DROP_SOURCE_CAP, "", ""]
+    pieces = [{**{name: values[rows["cluster"] == g] for name, values in rows.items()}, "group": rows["cluster"][rows["cluster"] == g],
+               "unit": unit[rows["cluster"] == g]} for g in (0, 1)]
+    shortlists = select_parts._Shortlists(run_here, config.near_duplicate_cosine, 2)
+    shortlists.merge({0: 3, 1: 1}, [pieces], {})
+    assert shortlists.queues[0]["near"].tolist() == [False, twin, False]  # the task's guess: x kept
+    merged = shortlists.in_hardness_order()
+    _, decided = select_parts._decide(merged, 4, config, "optidel", shortlists.guard)
+    assert [decided[i] for i in merged["id"].tolist()] == reason.tolist()
+    assert shortlists.worked_again == int(twin)
