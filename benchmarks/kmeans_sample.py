@@ -88,7 +88,7 @@ def main() -> None:
             parts, list(range(args.parts)), run_here, split_here, budget=budget, config=config, method="optidel", seed=seed
         )
         seconds = time.perf_counter() - start
-        chosen = sorted(i for i, reason in verdict.decided.items() if reason == "")
+        chosen = sorted(verdict.chosen["id"].tolist())
         rows = np.searchsorted(columns["patch_id"].astype(str), chosen)
         unit = centred_unit_rows(columns["embedding"][rows], verdict.mean)
         stats = diversity_stats(assign_clusters(unit, verdict.centroids), verdict.k)

@@ -18,6 +18,7 @@ from ..manifests import schema
 from ..stages import columns as C
 from ..stages import exact_mean
 from ..stages.compose import group_patches, sample_key
+from ..stages.id_table import IdTable
 from ..stages.select import diversity_stats, select_images, select_patches, selector
 from ..stages.select_parts import DISTRIBUTED
 from . import duplicates, image_selection, part_selection
@@ -201,8 +202,7 @@ def _plan_patches_over_parts(found: Duplicates, parts: PartStore, n_samples: int
     accounting = _accounting(patches, verdict.k)
     pool = exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0] if verdict.n else None
     accounting["pool_mean_entropy_nats"] = float(pool) if pool is not None else None
-    plan_rows = dict(zip(patches[C.PATCH_ID].tolist(), zip(selected.tolist(), reason.tolist(),
-                                                           patches["sample_key"].tolist(), patches["slot"].tolist())))
+    plan_rows = IdTable(patches[C.PATCH_ID], selected=selected, reason=reason, sample_key=patches["sample_key"], slot=patches["slot"])
     labels = part_selection.PatchLabels(chosen, plan_rows, config)
     return Plan(chosen.sources, patches, groups, grid=config.grid, accounting=accounting, labels=labels)
 

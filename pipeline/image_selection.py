@@ -16,6 +16,7 @@ from ..manifests import schema
 from ..stages import columns as C
 from ..stages import select_parts
 from ..stages.compose import sample_key
+from ..stages.id_table import IdTable
 from . import raydata
 from .config import Config
 from .duplicates import Duplicates
@@ -76,7 +77,8 @@ class ChosenImages:
         task; an image's rank is its place in the seeded draw, from a sort by ranges (ranks.py)."""
         parts = list(range(store.n_partitions))
         ranks = pool_ranks(self.load, parts, self.verdict.method, ("draw", self.config.seed), self.config.ray)
-        calls = [(self.load, group, self.verdict, *ranks.of(g)) for g, group in enumerate(ranks.groups)]
+        verdict = self.verdict.for_labels()
+        calls = [(self.load, group, verdict, *ranks.of(g)) for g, group in enumerate(ranks.groups)]
         for pieces in raydata.run_tasks(_labelled_pieces, calls, self.config.ray):
             yield from pieces
 
@@ -88,7 +90,8 @@ def choose_images(store: PartStore, duplicates: Duplicates, budget: int, config:
     run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
     verdict = select_parts.select_images_in_parts(load, parts, run, budget=budget, method=config.selector, seed=config.seed)
     drawn = np.asarray(verdict.chosen["id"], dtype=object)  # the parts' ids are Python strings too
-    found = list(run(_chosen_in_parts, [(load, group, drawn) for group in part_groups(len(parts))]))
+    table = IdTable(drawn)  # one object, put in the object store once for every task
+    found = list(run(_chosen_in_parts, [(load, group, table) for group in part_groups(len(parts))]))
     rows = C.concat([rows for rows, _ in found])
     sources = C.concat([sources for _, sources in found])
     # Unscored (random needs no scores), an image's rank is its place in the seeded draw.
@@ -100,12 +103,12 @@ def choose_images(store: PartStore, duplicates: Duplicates, budget: int, config:
     return ChosenImages(load, verdict, rows, sources, config)
 
 
-def _chosen_in_parts(load: CompetingImages, group: list[int], drawn: np.ndarray) -> tuple[dict, dict]:
+def _chosen_in_parts(load: CompetingImages, group: list[int], drawn: IdTable) -> tuple[dict, dict]:
     """The image rows of the chosen images in the parts of `group`, and their source rows."""
     rows, sources = [], []
     for partition in group:
         images = load(partition, C.SOURCE_COLUMNS)  # one read gives both: an image is its source row
-        chosen = C.take(images, np.isin(images[C.SOURCE_ID], drawn))
+        chosen = C.take(images, drawn.find(images[C.SOURCE_ID]) >= 0)
         rows.append(image_rows(*(chosen[name] for name in (C.SOURCE_ID, C.WIDTH, C.HEIGHT))))
         sources.append(chosen)
     return C.concat(rows), C.concat(sources)

@@ -16,6 +16,7 @@ import pyarrow as pa
 from ..manifests import schema
 from ..stages import columns as C
 from ..stages import select_parts
+from ..stages.id_table import IdTable
 from . import raydata
 from .config import Config
 from .duplicates import Duplicates
@@ -84,12 +85,12 @@ def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config
     )
     ranks = pool_ranks(load, parts, config.selector, "hardness", config.ray)
     chosen = verdict.chosen
-    clusters = dict(zip(chosen.get("id", ()), chosen.get("cluster", ())))
+    clusters = IdTable(chosen.get("id", []), cluster=chosen.get("cluster", np.zeros(0, np.int32)))
     rows, sources = zip(*run(_chosen_rows, [(load, group, clusters, *ranks.of(g)) for g, group in enumerate(ranks.groups)]))
     return ChosenPatches(load, verdict, ranks, C.concat(list(rows)), C.concat(list(sources)))
 
 
-def _chosen_rows(load: CompetingPatches, group: list[int], clusters: dict, *rank_pieces) -> tuple[dict, dict]:
+def _chosen_rows(load: CompetingPatches, group: list[int], clusters: IdTable, *rank_pieces) -> tuple[dict, dict]:
     """The plan columns of the chosen patches of the parts in `group`, with their cluster and
     rank (from the group's ranked pieces), and the source rows they come from: one read of each
     part."""
@@ -97,9 +98,10 @@ def _chosen_rows(load: CompetingPatches, group: list[int], clusters: dict, *rank
     rows, sources = [], []
     for partition, rank in zip(group, select_parts.part_ranks(len(group), *rank_pieces)):
         part, found = load.with_sources(partition, (*columns, C.INPUT_INDEX), C.SOURCE_COLUMNS)
-        keep = np.array([i in clusters for i in part[C.PATCH_ID].tolist()], dtype=bool)
+        found = clusters.find(part[C.PATCH_ID])
+        keep = found >= 0
         chosen = {name: part[name][keep] for name in columns}
-        chosen["cluster"] = np.array([clusters[i] for i in chosen[C.PATCH_ID].tolist()], dtype=np.int32)
+        chosen["cluster"] = clusters.columns["cluster"][found[keep]].astype(np.int32)
         chosen["rank"] = rank[keep]
         rows.append(chosen)
         sources.append(C.take(found, np.isin(found[C.INPUT_INDEX], part[C.INPUT_INDEX][keep])))
@@ -112,20 +114,21 @@ class PatchLabels:
     choice, and the plan's word on the chosen rows (id -> selected, reason, sample_key, slot)."""
 
     chosen: ChosenPatches
-    plan_rows: dict[str, tuple]
+    plan_rows: IdTable  # the chosen rows: selected, reason, sample_key, slot
     config: Config
 
     def manifest_pieces(self, store: PartStore) -> Iterator[pa.Table]:
         """patches.parquet's rows, one table per part in part order, each group of parts
         labelled by a task: the driver holds one group's pieces at a time."""
         chosen = self.chosen
-        calls = [(store, chosen.load, chosen.verdict, self.plan_rows, group, *chosen.ranks.of(g))
+        verdict = chosen.verdict.for_labels()
+        calls = [(store, chosen.load, verdict, self.plan_rows, group, *chosen.ranks.of(g))
                  for g, group in enumerate(chosen.ranks.groups)]
         for pieces in raydata.run_tasks(_labelled_pieces, calls, self.config.ray):
             yield from pieces
 
 
-def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_parts.Verdict, plan_rows: dict,
+def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_parts.Verdict, plan_rows: IdTable,
                      group: list[int], *rank_pieces) -> list[pa.Table]:
     """The patches.parquet rows of the parts in `group`, as the in-memory barrier labels them."""
     selections = select_parts.parts_selection(load, group, verdict, select_parts.part_ranks(len(group), *rank_pieces))
@@ -148,9 +151,12 @@ def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_p
         )
         sample_key = np.full(n, "", dtype=object)
         slot = np.full(n, -1, np.int64)
-        for i, patch_id in enumerate(rows[C.PATCH_ID].tolist()):
-            if competing[i] and patch_id in plan_rows:
-                selected[i], reason[i], sample_key[i], slot[i] = plan_rows[patch_id]
+        found = plan_rows.find(rows[C.PATCH_ID])
+        planned = competing & (found >= 0)
+        at = found[planned]
+        selected[planned], slot[planned] = plan_rows.columns["selected"][at], plan_rows.columns["slot"][at]
+        reason[planned] = plan_rows.columns["reason"][at].tolist()
+        sample_key[planned] = plan_rows.columns["sample_key"][at].tolist()
         rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
         pieces.append(schema.to_table("patches", rows))
     return pieces

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -76,6 +76,7 @@ from ..manifests import schema
 from . import exact_mean
 from . import select as reference
 from .columns import EMBEDDING, PATCH_ID, SCORE, SOURCE_ID
+from .id_table import IdTable
 
 PART_COLUMNS = (PATCH_ID, SOURCE_ID, SCORE, EMBEDDING)
 DISTRIBUTED = ("optidel", "hard", "random")  # selectors with a form here (dedup: not yet)
@@ -100,7 +101,7 @@ class Verdict:
     centroids: np.ndarray | None = None
     last_trimmed: Key | None = None  # rows up to this key are the noise tail (optidel)
     last_in_reach: Key | None = None  # rows up to this key a hardness-only pick would take
-    decided: dict[str, str] = field(default_factory=dict)  # id -> reason ("" = selected)
+    decided: IdTable = field(default_factory=lambda: IdTable([], reason=[]))  # the rows decided: reason ("" = selected)
     chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, source, cluster, primary (random: id, in draw order)
     score_sum: int = 0  # exact sum of the scores (exact_mean units): the pool's mean hardness
     fetches: int = 0  # shortlist rounds it took (1 when no cluster was fetched again), recuts included
@@ -111,6 +112,11 @@ class Verdict:
     # Rows the driver received, per round: "draws" (round 1, a hash each), "sample" (round 1,
     # with embeddings), "head" (round 2, a key each), "shortlists" (round 3, without embeddings).
     rows_received: dict[str, int] = field(default_factory=dict)
+
+    def for_labels(self) -> Verdict:
+        """What parts_selection reads, for the tasks that label the parts: the verdict without
+        its chosen rows, which every task would unpickle whole."""
+        return replace(self, chosen={})
 
 
 @dataclass
@@ -179,12 +185,13 @@ def select_patches_in_parts(
             pending = too_soon
             continue
         merged = shortlists.in_hardness_order()
-        looked, decided = _decide(merged, budget, config, method, shortlists.guard)
+        looked, reason = _decide(merged, budget, config, method, shortlists.guard)
         short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
         if not short:
-            verdict.decided = decided
+            decided = reason != schema.DROP_BUDGET
+            verdict.decided = IdTable(merged["id"][decided], reason=reason[decided])
             verdict.worked_again = shortlists.worked_again
-            chosen = np.array([decided.get(i) == "" for i in merged["id"].tolist()], dtype=bool)
+            chosen = reason == ""
             verdict.chosen = {name: merged[name][chosen] for name in ("id", "source", "cluster", "primary")}
             return verdict
         lengths.update({g: 2 * length for g, length in short.items()})
@@ -198,7 +205,7 @@ def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, meth
         raise ValueError(f"selector {method!r} has no distributed form over parts")
     n, _, ids = _first_keys(run(_head, [(load, part, method, ("draw", seed), budget) for part in parts]), budget)
     verdict = Verdict(method, n)
-    verdict.decided = dict.fromkeys(ids.tolist(), "")
+    verdict.decided = IdTable(ids, reason=np.full(len(ids), "", dtype=object))
     verdict.chosen = {"id": ids}  # in draw order
     return verdict
 
@@ -227,9 +234,9 @@ def _labelled(rows: dict, ids: np.ndarray, rank: np.ndarray, verdict: Verdict) -
         cluster = reference.assign_clusters(_unit(rows, ids, verdict), verdict.centroids)
         if verdict.last_in_reach is not None:
             reason[_at_or_before(primary, ids, verdict.last_in_reach)] = schema.DROP_QUOTA
-    for row, i in enumerate(ids.tolist()):
-        if i in verdict.decided:
-            reason[row] = verdict.decided[i]
+    found = verdict.decided.find(ids)
+    mine = found >= 0
+    reason[mine] = verdict.decided.columns["reason"][found[mine]].tolist()
     if verdict.last_trimmed is not None:
         reason[_at_or_before(primary, ids, verdict.last_trimmed)] = schema.DROP_OUTLIER
     return reference.Selection(reason == "", cluster, rank, reason, verdict.k)
@@ -533,9 +540,9 @@ def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callabl
         yield result
 
 
-def _decide(short: dict, budget: int, config, method: str, guard) -> tuple[dict[int, int], dict[str, str]]:
+def _decide(short: dict, budget: int, config, method: str, guard) -> tuple[dict[int, int], np.ndarray]:
     """The in-memory selector's choice on the merged shortlist (in hardness order): how far it
-    read each group, and the reason of every row it decided."""
+    read each group, and each row's reason (DROP_BUDGET: not decided)."""
     n = len(short["id"])
     selected = np.zeros(n, dtype=bool)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
@@ -546,8 +553,7 @@ def _decide(short: dict, budget: int, config, method: str, guard) -> tuple[dict[
         )
     else:
         looked = {0: reference.take_hardest(hardest_first, short["source"], budget, config.per_source_cap, selected, reason)}
-    decided = reason != schema.DROP_BUDGET
-    return looked, dict(zip(short["id"][decided].tolist(), reason[decided].tolist()))
+    return looked, reason
 
 
 def _first_per_group(groups: np.ndarray, lengths: dict[int, int]) -> np.ndarray:

@@ -403,5 +403,5 @@ def test_a_kept_row_the_cap_skips_is_worked_out_again_when_it_blocked_one(twin):
     assert shortlists.queues[0]["near"].tolist() == [False, twin, False]  # the task's guess: x kept
     merged = shortlists.in_hardness_order()
     _, decided = select_parts._decide(merged, 4, config, "optidel", shortlists.guard)
-    assert [decided[i] for i in merged["id"].tolist()] == reason.tolist()
+    assert decided.tolist() == reason.tolist()
     assert shortlists.worked_again == int(twin)
