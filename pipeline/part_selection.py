@@ -98,10 +98,10 @@ def _chosen_rows(load: CompetingPatches, group: list[int], clusters: IdTable, *r
     rows, sources = [], []
     for partition, rank in zip(group, select_parts.part_ranks(len(group), *rank_pieces)):
         part, found = load.with_sources(partition, (*columns, C.INPUT_INDEX), C.SOURCE_COLUMNS)
-        found = clusters.find(part[C.PATCH_ID])
-        keep = found >= 0
+        at = clusters.find(part[C.PATCH_ID])
+        keep = at >= 0
         chosen = {name: part[name][keep] for name in columns}
-        chosen["cluster"] = clusters.columns["cluster"][found[keep]].astype(np.int32)
+        chosen["cluster"] = clusters.columns["cluster"][at[keep]].astype(np.int32)
         chosen["rank"] = rank[keep]
         rows.append(chosen)
         sources.append(C.take(found, np.isin(found[C.INPUT_INDEX], part[C.INPUT_INDEX][keep])))
