@@ -4,10 +4,12 @@ beside the actor pools."""
 
 from __future__ import annotations
 
+import heapq
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import ray
 
@@ -56,3 +58,18 @@ def test_a_local_rays_workers_are_not_deprioritised_against_other_processes():
     assert done.returncode == 0, done.stderr[-2000:]
     worker, driver = done.stdout.split()[-2:]
     assert worker == driver == "0"
+
+
+def test_an_argument_several_tasks_share_is_put_in_the_object_store_once(ray_local):
+    """Passed as itself to each task, Ray would store a shared argument (a verdict, a plan's
+    rows) again for every task. The tasks still get the value, and small values go as they are."""
+    from optidel.pipeline import raydata
+
+    shared = np.arange(10**5)
+    calls = [(offset, shared) for offset in range(3)]
+    sent = raydata._shared_once(calls)
+    refs = {call[1] for call in sent}
+    assert len(refs) == 1 and isinstance(next(iter(refs)), ray.ObjectRef)
+    assert [call[0] for call in sent] == [0, 1, 2]  # an int is passed as itself
+    assert raydata._shared_once([(1, np.arange(3))])[0][1].tolist() == [0, 1, 2]  # used once: as itself
+    assert list(raydata.run_tasks(heapq.nsmallest, calls, RayConfig())) == [[], [0], [0, 1]]
