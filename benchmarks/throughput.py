@@ -1,7 +1,8 @@
 """Throughput of every stage against the whole run, on kvasir-seg, default CPU path.
 
-One command, one process: each stage's kernel is timed alone, in sequence, on the same pool
-(decode, propose, crop, score, select, compose+encode, write), then the whole `optidel run` on
+One command, one process: each stage's kernel is timed alone, in sequence, on the same pool and
+on one core, torch on one thread (decode, propose, key patches, crop, score, select,
+compose+encode, write), then the whole `optidel run` on
 a local Ray, then pass 1 with 1 and 2 Ray workers. Printed: images/s and share of time per
 stage, the run's wall time and wall / sum-of-kernels (orchestration overhead), the fraction of
 the pool read again in pass 2, and the speed-up of 2 workers over 1 on pass 1 (a worker is a
@@ -16,6 +17,7 @@ same work. The last line reads `overhead=<ratio> scaling=<ratio> pass2_fraction=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,7 +39,7 @@ from optidel.stages import mae, score
 from optidel.stages.compose import Compose
 from optidel.stages.crops import crop_resize
 from optidel.stages.ingest import Ingest
-from optidel.stages.keypatch import key_patches
+from optidel.stages.keypatch import key_patches, mask_to_rle
 from optidel.stages.propose import PROPOSERS, Propose
 from optidel.stages.score import Score
 from optidel.stages.write import ShardWriter
@@ -137,7 +139,9 @@ def _pinned_pass1(workers: int, listing: Path, sets: list[str], out: Path) -> fl
 
 
 def _local_ray(cpus: int) -> None:
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    # Workers at the kernels' priority, as `optidel run` starts a local Ray (raydata.connect):
+    # at Ray's default niceness 15 any other process on the machine comes first.
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -155,7 +159,31 @@ def _listing(list_file: Path, tmp: Path) -> Listing:
 
 
 def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
-    """Each stage's work alone, in this process, on the whole pool."""
+    """Each stage's work alone, in this process, on the whole pool, on one core."""
+    with _one_core():
+        return _timed_kernels(listing, config, tmp)
+
+
+@contextlib.contextmanager
+def _one_core():
+    """This thread on the first core, torch on one thread: the kernels are single-core seconds,
+    as the runs' Ray workers compute them (Ray starts a task or an actor of under one CPU,
+    the default ray.cpus_per_actor, with OMP_NUM_THREADS=1). Left to itself, torch scored on
+    both cores: a kernel not single-core, and one that took 13.8 s, not 1.8 s, on 64 images
+    while another process kept a core busy."""
+    import torch
+
+    everything, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, sorted(everything)[:1])
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, everything)
+
+
+def _timed_kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
     seconds = {}
 
     def timed(name, fn, *args):
@@ -172,7 +200,16 @@ def _kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
     propose.setup()
     images = list(ingested[C.IMAGE])
     masks = timed("propose", propose.masks, images)
-    patches = [key_patches(m, image.shape, config.propose, pixels=image) for m, image in zip(masks, images)]
+
+    def key_patch_rows():
+        # What the propose stage does between masks and crops: pick the key patches, then
+        # read each one's mask for its RLE (the regions proposer's masks are built then).
+        found = [key_patches(m, image.shape, config.propose, pixels=image) for m, image in zip(masks, images)]
+        for patch in (p for patches in found for p in patches):
+            mask_to_rle(np.asarray(patch.mask, dtype=bool))
+        return found
+
+    patches = timed("key patches", key_patch_rows)
 
     def crop_all():
         size = config.score.image_size
