@@ -19,3 +19,8 @@ class Execution:
 
 TASK = Execution()
 MODEL_ACTOR = Execution(actor=True)
+
+# Rows per forward pass of the Score stage, which computes in micro-batches of this one shape,
+# padding the last with blank crops (stages/score.py says why). Here, torch-free, so that the
+# driver can size the Score step's batches to a multiple of it (pipeline/pass1.py).
+ROWS_PER_FORWARD = 32

@@ -34,11 +34,10 @@ from optidel import seeding
 
 from ..manifests import schema
 from . import columns
-from .execution import MODEL_ACTOR
+from .execution import MODEL_ACTOR, ROWS_PER_FORWARD
 from .mae import MAE, MAESpec, load_proxy, read_checkpoint, to_input, train_proxy
 
 _MSE_FLOOR = 1e-12  # a pixel-perfect reconstruction would otherwise score -inf
-ROWS_PER_FORWARD = 32  # rows per fixed-shape micro-batch (x R masked copies)
 
 
 def proxy_spec(config) -> MAESpec:
