@@ -90,7 +90,7 @@ def plan_over_parts(parts: PartStore, config: Config) -> Plan:
     n_ok = by_status.get(schema.OK, 0)
     n_samples = config.budget(n_ok) if n_ok else 0
     if selector(config.selector).whole_images:
-        result = _plan_images_over_parts(found, parts, n_samples, config)
+        result = _plan_images_over_parts(found, parts, n_ok, n_samples, config)
     else:
         result = _plan_patches_over_parts(found, parts, n_samples, config)
     result.duplicates, result.by_status = found, by_status
@@ -132,10 +132,10 @@ def _plan_images(sources, n_samples: int, config: Config) -> Plan:
     return Plan(sources, patches, samples, grid=1, accounting=_accounting(patches, selection.n_clusters))
 
 
-def _plan_images_over_parts(found: Duplicates, parts: PartStore, n_samples: int, config: Config) -> Plan:
+def _plan_images_over_parts(found: Duplicates, parts: PartStore, n_ok: int, n_samples: int, config: Config) -> Plan:
     """_plan_images for `random` by Ray tasks over the parts: the plan holds the chosen images
     and their sources only, in rank order (patches.parquet: the same bytes)."""
-    chosen = image_selection.choose_images(parts, found, n_samples, config)
+    chosen = image_selection.choose_images(parts, found, n_ok, n_samples, config)
     samples = [[i] for i in range(len(chosen.rows[C.PATCH_ID]))]
     _assign_samples(chosen.rows, samples)
     # No scores (random needs none): the pool's mean is None, as in memory.

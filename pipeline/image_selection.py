@@ -83,12 +83,15 @@ class ChosenImages:
             yield from pieces
 
 
-def choose_images(store: PartStore, duplicates: Duplicates, budget: int, config: Config) -> ChosenImages:
-    """`random` by Ray tasks over the parts: the first `budget` images of the seeded draw."""
+def choose_images(store: PartStore, duplicates: Duplicates, competing: int, budget: int, config: Config) -> ChosenImages:
+    """`random` by Ray tasks over the parts: the first `budget` of the `competing` images (ok,
+    no duplicate) in the seeded draw."""
     load = CompetingImages(store, duplicates)
     parts = list(range(store.n_partitions))
     run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
-    verdict = select_parts.select_images_in_parts(load, parts, run, budget=budget, method=config.selector, seed=config.seed)
+    verdict = select_parts.select_images_in_parts(
+        load, parts, run, budget=budget, method=config.selector, seed=config.seed, pool=competing
+    )
     drawn = np.asarray(verdict.chosen["id"], dtype=object)  # the parts' ids are Python strings too
     table = IdTable(drawn)  # one object, put in the object store once for every task
     found = list(run(_chosen_in_parts, [(load, group, table) for group in part_groups(len(parts))]))

@@ -198,13 +198,26 @@ def select_patches_in_parts(
         pending = list(short)
 
 
-def select_images_in_parts(load, parts: Sequence, run: Run, *, budget: int, method: str, seed: int) -> Verdict:
+def select_images_in_parts(
+    load, parts: Sequence, run: Run, *, budget: int, method: str, seed: int, pool: int | None = None
+) -> Verdict:
     """`random` over parts: the first `budget` rows of the seeded draw order (a streaming top-k
-    of hashes)."""
+    of hashes). Given the `pool`'s row count, each part sends its rows only up to a draw value
+    where about CUT_MARGIN x budget + CUT_SLACK of the pool's rows should end (the draws are
+    uniform 64-bit hashes): the driver receives about 1.5 x the budget, not every part's first
+    `budget` rows. A merge that came back short is fetched again with a cut twice as far."""
     if method != "random":
         raise ValueError(f"selector {method!r} has no distributed form over parts")
-    n, _, ids = _first_keys(run(_head, [(load, part, method, ("draw", seed), budget) for part in parts]), budget)
-    verdict = Verdict(method, n)
+    received: dict[str, int] = {}
+    fetches = 0
+    while True:
+        cut = _draw_cut(2**fetches * (CUT_MARGIN * budget + CUT_SLACK), pool)
+        fetches += 1
+        heads = run(_head, [(load, part, method, ("draw", seed), budget, cut) for part in parts])
+        n, _, ids = _first_keys(_tally(heads, received, "head", lambda head: len(head[2])), budget)
+        if cut is None or len(ids) >= min(budget, n):
+            break
+    verdict = Verdict(method, n, head_fetches=fetches, rows_received=received)
     verdict.decided = IdTable(ids, reason=np.full(len(ids), "", dtype=object))
     verdict.chosen = {"id": ids}  # in draw order
     return verdict
@@ -530,6 +543,15 @@ def _cut(queue: tuple[np.ndarray, np.ndarray] | None, share: float, length: int)
     primary, ids = queue
     at = math.ceil(CUT_MARGIN * share * length) + CUT_SLACK
     return (primary[at], ids[at]) if at < len(ids) else None
+
+
+def _draw_cut(rows: float, pool: int | None) -> Key | None:
+    """The draw key at or before which about `rows` of a pool of `pool` uniform 64-bit draws
+    fall (None: no cut, the pool unknown or no larger)."""
+    if not pool or rows >= pool:
+        return None
+    # With the id "": the draws below the value (no id is empty, so none equal to it passes).
+    return (np.uint64(min(int(rows / pool * 2**64), 2**64 - 1)), "")
 
 
 def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:

@@ -83,7 +83,8 @@ def distributed(parts: Parts, n_parts: int, method: str, budget: int, config, se
     `maps` groups of parts."""
     part_ids = list(range(n_parts))
     if method == "random":
-        verdict = select_parts.select_images_in_parts(parts, part_ids, run_here, budget=budget, method=method, seed=seed)
+        pool = len(parts.columns["source_id"])
+        verdict = select_parts.select_images_in_parts(parts, part_ids, run_here, budget=budget, method=method, seed=seed, pool=pool)
     else:
         verdict = select_parts.select_patches_in_parts(
             parts, part_ids, run_here, split_here, budget=budget, config=config, method=method, seed=seed,
@@ -178,6 +179,30 @@ def test_random_images_over_parts_are_the_in_memory_draw(seed, scored):
     for name in ("selected", "rank", "reason"):
         assert np.array_equal(out[name], getattr(reference, name)), name
     assert np.all(out["cluster"] == -1) and verdict.k == reference.n_clusters == 0
+
+
+@pytest.mark.parametrize("too_small", [False, True])
+def test_random_parts_send_their_draws_only_up_to_a_cut(too_small, monkeypatch):
+    """Given the pool's size, each part sends its draws only up to where about 1.5 x the budget
+    of the pool's should end: the driver receives a few of the rows an uncut head sends (each
+    part's first `budget`); a margin far too small is fetched again, further, until the merge
+    is the uncut one."""
+    if too_small:
+        monkeypatch.setattr(select_parts, "CUT_MARGIN", 0.05)
+        monkeypatch.setattr(select_parts, "CUT_SLACK", 0)
+    pool = random_pool(2, n=3000)
+    columns = {"source_id": pool["patch_id"]}
+    reference = select_images(source_ids=columns["source_id"], scores=None, embeddings=None,
+                              budget=60, config=CONFIG, method="random", seed=2)
+    parts = Parts(columns, 40, 2)
+    out, verdict = distributed(parts, 40, "random", 60, CONFIG, 2)
+    for name in ("selected", "rank", "reason"):
+        assert np.array_equal(out[name], getattr(reference, name)), name
+    uncut = sum(min(len(rows), 60) for rows in parts.rows)
+    if too_small:
+        assert verdict.head_fetches > 1
+    else:
+        assert verdict.head_fetches == 1 and verdict.rows_received["head"] < 0.15 * uncut, verdict.rows_received
 
 
 def test_a_sample_smaller_than_the_pool_gives_a_valid_selection():
