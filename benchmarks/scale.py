@@ -138,15 +138,22 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "driver_peak_rss_by_stage_mib": peaks,
         "patches_sha256": _sha256_tree(scratch / "manifests"),
-        "selected_ids": sorted(plan.patches[C.PATCH_ID][plan.patches["selected"]].tolist()),  # the parent compares, then drops
     }
+
+
+def selected_ids(scratch: Path) -> set[str]:
+    """The chosen patches' ids, read by the parent from the manifests a child wrote (in the
+    child they would count in the driver's peak)."""
+    table = Output(str(scratch)).read_manifest("patches", columns=[C.PATCH_ID], filters=[("selected", "==", True)])
+    return set(table.column(C.PATCH_ID).to_pylist())
 
 
 def _sha256_tree(directory: Path) -> str:
     """One digest of every file under `directory` (names and bytes), to compare two paths."""
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        with path.open("rb") as f:  # in chunks: a whole read would count the file in the driver's peak
+            digest.update(str(path.relative_to(directory)).encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
 
 
@@ -222,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
             written = time.perf_counter() - start
             result = {"patches_asked": n_patches, "sources": n_sources, "pool_written_s": round(written, 1)}
             result.update(measure(pool, n_sources, Path(tmp) / f"manifests-{n_patches}", args.sets))
-            chosen = set(result.pop("selected_ids"))
             results.append(result)
             print(json.dumps(result), flush=True)
             if len(results) == 1 and not args.no_exact:
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 # byte? Not when the k-means sample is smaller than the pool: then, how many of the
                 # same patches are chosen.
                 in_memory = measure(pool, n_sources, Path(tmp) / "manifests-in-memory", args.sets, over_parts=False)
-                in_memory["overlap_with_over_parts"] = round(len(chosen & set(in_memory.pop("selected_ids"))) / max(len(chosen), 1), 4)
+                chosen, again = (selected_ids(Path(tmp) / name) for name in (f"manifests-{n_patches}", "manifests-in-memory"))
+                in_memory["overlap_with_over_parts"] = round(len(chosen & again) / max(len(chosen), 1), 4)
                 print(json.dumps({"in_memory": in_memory}), flush=True)
             # Written after every size: a run stopped before the largest keeps what it measured.
             summary = summarize(command, results, in_memory, args.sets)

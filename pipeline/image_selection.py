@@ -17,7 +17,7 @@ from ..stages import columns as C
 from ..stages import select_parts
 from ..stages.compose import sample_key
 from ..stages.id_table import IdTable
-from . import raydata
+from . import raydata, spool
 from .config import Config
 from .duplicates import Duplicates
 from .partitions import PartStore, part_groups
@@ -79,8 +79,7 @@ class ChosenImages:
         ranks = pool_ranks(self.load, parts, self.verdict.method, ("draw", self.config.seed), self.config.ray)
         verdict = self.verdict.for_labels()
         calls = [(self.load, group, verdict, *ranks.of(g)) for g, group in enumerate(ranks.groups)]
-        for pieces in raydata.run_tasks(_labelled_pieces, calls, self.config.ray):
-            yield from pieces
+        yield from spool.run_spooled(_labelled_pieces, calls, store.output, self.config.ray)
 
 
 def choose_images(store: PartStore, duplicates: Duplicates, competing: int, budget: int, config: Config) -> ChosenImages:

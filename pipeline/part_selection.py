@@ -17,7 +17,7 @@ from ..manifests import schema
 from ..stages import columns as C
 from ..stages import select_parts
 from ..stages.id_table import IdTable
-from . import raydata
+from . import raydata, spool
 from .config import Config
 from .duplicates import Duplicates
 from .partitions import MASK_COLUMNS, PartStore, part_groups, patch_masks
@@ -119,13 +119,12 @@ class PatchLabels:
 
     def manifest_pieces(self, store: PartStore) -> Iterator[pa.Table]:
         """patches.parquet's rows, one table per part in part order, each group of parts
-        labelled by a task: the driver holds one group's pieces at a time."""
+        labelled by a task, through the spool: the driver holds one part's piece at a time."""
         chosen = self.chosen
         verdict = chosen.verdict.for_labels()
         calls = [(store, chosen.load, verdict, self.plan_rows, group, *chosen.ranks.of(g))
                  for g, group in enumerate(chosen.ranks.groups)]
-        for pieces in raydata.run_tasks(_labelled_pieces, calls, self.config.ray):
-            yield from pieces
+        yield from spool.run_spooled(_labelled_pieces, calls, store.output, self.config.ray)
 
 
 def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_parts.Verdict, plan_rows: IdTable,

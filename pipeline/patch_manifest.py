@@ -1,9 +1,10 @@
 """patches.parquet, written in pieces. When the selection ran over the parts, Ray tasks label each
-part's rows (pipeline/part_selection.py, image_selection.py) and the driver writes one piece at a time. Otherwise
-the barrier's plan holds every patch column but the mask, which is read back from pass 1's
-parts one partition at a time, so the driver never holds the whole pool's masks (~650 B a
-patch as RLE). A part keeps a mask as its COCO counts alone; partitions.patch_masks adds its
-size, the source image's, from the source row in the same part."""
+part's rows (pipeline/part_selection.py, image_selection.py) and the driver writes one piece at a
+time, read from the spool (spool.py). Otherwise the barrier's plan holds every patch column but
+the mask, which is read back from pass 1's parts one partition at a time, so the driver never
+holds the whole pool's masks (~650 B a patch as RLE). A part keeps a mask as its COCO counts
+alone; partitions.patch_masks adds its size, the source image's, from the source row in the same
+part."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """sources.parquet. When the plan holds every source (the in-memory barrier), one write of its
 table; when it was made over the parts, in pieces: Ray tasks read each part's source rows and
-mark the duplicates found by pipeline/duplicates.py, and the driver writes one group's pieces at
-a time, never holding the pool's sources. Both give the same bytes (Output.write_manifest_pieces
+mark the duplicates found by pipeline/duplicates.py, and the driver writes one part's piece at
+a time, taken from the spool (spool.py), never holding the pool's sources. Both give the same bytes (Output.write_manifest_pieces
 cuts row groups as one write would)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from ..manifests import schema
 from ..manifests.layout import Output
-from . import raydata
+from . import spool
 from .barrier import Plan
 from .config import Config
 from .duplicates import Duplicates, marked
@@ -36,8 +36,7 @@ def _pieces(store: PartStore, duplicates: Duplicates, config: Config) -> Iterato
     for group in part_groups(store.n_partitions):
         span = range(store.sources_of(group[0]).start, store.sources_of(group[-1]).stop)
         calls.append((store, group, duplicates.within(span)))
-    for pieces in raydata.run_tasks(_marked_pieces, calls, config.ray):
-        yield from pieces
+    yield from spool.run_spooled(_marked_pieces, calls, store.output, config.ray)
 
 
 def _marked_pieces(store: PartStore, group: list[int], duplicates: Duplicates) -> list[pa.Table]:
