@@ -1,8 +1,8 @@
 """sources.parquet. When the plan holds every source (the in-memory barrier), one write of its
 table; when it was made over the parts, in pieces: Ray tasks read each part's source rows and
 mark the duplicates found by pipeline/duplicates.py, and the driver writes one part's piece at
-a time, taken from the spool (spool.py), never holding the pool's sources. Both give the same bytes (Output.write_manifest_pieces
-cuts row groups as one write would)."""
+a time, taken from the spool (spool.py), never holding the pool's sources. Both give the same
+bytes (Output.write_manifest_pieces cuts row groups as one write would)."""
 
 from __future__ import annotations
 
