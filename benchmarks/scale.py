@@ -53,6 +53,7 @@ from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifes
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages.keypatch import mask_to_rle
+from optidel.stages.weights import file_sha256
 from sampling import run_sampled  # benchmarks/sampling.py: run as a script, its folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +153,8 @@ def _sha256_tree(directory: Path) -> str:
     """One digest of every file under `directory` (names and bytes), to compare two paths."""
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        with path.open("rb") as f:  # in chunks: a whole read would count the file in the driver's peak
-            digest.update(str(path.relative_to(directory)).encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
+        # file_sha256 reads in chunks: a whole read would count the file in the driver's peak.
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + bytes.fromhex(file_sha256(str(path))))
     return digest.hexdigest()
 
 
