@@ -17,7 +17,7 @@ from ..stages import columns as C
 from ..stages import select_parts
 from ..stages.compose import sample_key
 from ..stages.id_table import IdTable
-from . import raydata, spool
+from . import spool
 from .config import Config
 from .duplicates import Duplicates
 from .partitions import PartStore, part_groups
@@ -62,8 +62,8 @@ class CompetingImages:
 
 @dataclass
 class ChosenImages:
-    """`random`'s choice over the parts: the verdict, the chosen images' plan rows in rank order
-    (image_rows, with cluster, rank, selected and reason), and their sources' rows
+    """`random`'s choice over the parts: the verdict (for_labels), the chosen images' plan rows
+    in rank order (image_rows, with cluster, rank, selected and reason), and their sources' rows
     (C.SOURCE_COLUMNS: what pass 2 reads). Its manifest_pieces label every image of the pool."""
 
     load: CompetingImages
@@ -77,8 +77,7 @@ class ChosenImages:
         task; an image's rank is its place in the seeded draw, from a sort by ranges (ranks.py)."""
         parts = list(range(store.n_partitions))
         ranks = pool_ranks(self.load, parts, self.verdict.method, ("draw", self.config.seed), self.config.ray)
-        verdict = self.verdict.for_labels()
-        calls = [(self.load, group, verdict, *ranks.of(g)) for g, group in enumerate(ranks.groups)]
+        calls = [(self.load, group, self.verdict, *ranks.of(g)) for g, group in enumerate(ranks.groups)]
         yield from spool.run_spooled(_labelled_pieces, calls, store.output, self.config.ray)
 
 
@@ -87,7 +86,8 @@ def choose_images(store: PartStore, duplicates: Duplicates, competing: int, budg
     no duplicate) in the seeded draw."""
     load = CompetingImages(store, duplicates)
     parts = list(range(store.n_partitions))
-    run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
+    # select_parts' run(fn, calls): its results, the size of the budget together, through files.
+    run = partial(spool.run_through_files, output=store.output, config=config.ray)
     verdict = select_parts.select_images_in_parts(
         load, parts, run, budget=budget, method=config.selector, seed=config.seed, pool=competing
     )
@@ -102,7 +102,7 @@ def choose_images(store: PartStore, duplicates: Duplicates, competing: int, budg
     rows = C.take(rows, np.argsort(rank))
     n = len(rank)
     rows.update(cluster=np.full(n, -1, np.int32), rank=np.sort(rank), selected=np.ones(n, bool), reason=np.full(n, "", object))
-    return ChosenImages(load, verdict, rows, sources, config)
+    return ChosenImages(load, verdict.for_labels(), rows, sources, config)
 
 
 def _chosen_in_parts(load: CompetingImages, group: list[int], drawn: IdTable) -> tuple[dict, dict]:

@@ -62,8 +62,8 @@ COMPETES_COLUMNS = (C.PATCH_INDEX, C.INPUT_INDEX, C.STATUS)
 
 @dataclass
 class ChosenPatches:
-    """A patch selector's choice over the parts: the verdict, every competing row's rank (kept
-    in the object store, for the labels), the chosen rows' plan columns
+    """A patch selector's choice over the parts: the verdict (for_labels), every competing row's
+    rank (kept in the object store, for the labels), the chosen rows' plan columns
     (select.columns.BARRIER_PATCH_COLUMNS less the embedding, plus cluster and rank), and their
     sources' rows (C.SOURCE_COLUMNS: what pass 2 reads), each in part order."""
 
@@ -77,7 +77,8 @@ class ChosenPatches:
 def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config: Config) -> ChosenPatches:
     load = CompetingPatches(store, duplicates)
     parts = list(range(store.n_partitions))
-    run = partial(raydata.run_tasks, config=config.ray)  # select_parts' run(fn, calls)
+    # select_parts' run(fn, calls): its results, the size of the budget together, through files.
+    run = partial(spool.run_through_files, output=store.output, config=config.ray)
     split = partial(raydata.split, config=config.ray)  # and its split(map_fn, calls, buckets)
     verdict = select_parts.select_patches_in_parts(
         load, parts, run, split, budget=budget, config=config.select, method=config.selector, seed=config.seed,
@@ -87,7 +88,7 @@ def choose_patches(store: PartStore, duplicates: Duplicates, budget: int, config
     chosen = verdict.chosen
     clusters = IdTable(chosen.get("id", []), cluster=chosen.get("cluster", np.zeros(0, np.int32)))
     rows, sources = zip(*run(_chosen_rows, [(load, group, clusters, *ranks.of(g)) for g, group in enumerate(ranks.groups)]))
-    return ChosenPatches(load, verdict, ranks, C.concat(list(rows)), C.concat(list(sources)))
+    return ChosenPatches(load, verdict.for_labels(), ranks, C.concat(list(rows)), C.concat(list(sources)))
 
 
 def _chosen_rows(load: CompetingPatches, group: list[int], clusters: IdTable, *rank_pieces) -> tuple[dict, dict]:
@@ -101,7 +102,7 @@ def _chosen_rows(load: CompetingPatches, group: list[int], clusters: IdTable, *r
         at = clusters.find(part[C.PATCH_ID])
         keep = at >= 0
         chosen = {name: part[name][keep] for name in columns}
-        chosen["cluster"] = clusters.columns["cluster"][at[keep]].astype(np.int32)
+        chosen["cluster"] = clusters.column("cluster", at[keep]).astype(np.int32)
         chosen["rank"] = rank[keep]
         rows.append(chosen)
         sources.append(C.take(found, np.isin(found[C.INPUT_INDEX], part[C.INPUT_INDEX][keep])))
@@ -121,8 +122,7 @@ class PatchLabels:
         """patches.parquet's rows, one table per part in part order, each group of parts
         labelled by a task, through the spool: the driver holds one part's piece at a time."""
         chosen = self.chosen
-        verdict = chosen.verdict.for_labels()
-        calls = [(store, chosen.load, verdict, self.plan_rows, group, *chosen.ranks.of(g))
+        calls = [(store, chosen.load, chosen.verdict, self.plan_rows, group, *chosen.ranks.of(g))
                  for g, group in enumerate(chosen.ranks.groups)]
         yield from spool.run_spooled(_labelled_pieces, calls, store.output, self.config.ray)
 
@@ -153,9 +153,9 @@ def _labelled_pieces(store: PartStore, load: CompetingPatches, verdict: select_p
         found = plan_rows.find(rows[C.PATCH_ID])
         planned = competing & (found >= 0)
         at = found[planned]
-        selected[planned], slot[planned] = plan_rows.columns["selected"][at], plan_rows.columns["slot"][at]
-        reason[planned] = plan_rows.columns["reason"][at].tolist()
-        sample_key[planned] = plan_rows.columns["sample_key"][at].tolist()
+        selected[planned], slot[planned] = plan_rows.column("selected", at), plan_rows.column("slot", at)
+        reason[planned] = plan_rows.column("reason", at).tolist()
+        sample_key[planned] = plan_rows.column("sample_key", at).tolist()
         rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
         pieces.append(schema.to_table("patches", rows))
     return pieces

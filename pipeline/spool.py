@@ -1,5 +1,6 @@
-"""Tables that Ray tasks hand the driver through files under OUT/work/spool, not through the
-object store: the manifests' pieces, which together are as large as the pool.
+"""What Ray tasks hand the driver through files under OUT/work/spool, not through the object
+store: the manifests' pieces, which together are as large as the pool (run_spooled), and the
+selection's results, which together are the size of the budget (run_through_files).
 
 The driver maps every object it takes from the object store, and the shared pages it touched
 stay in its RSS after the object is freed, up to the store's size. Taking patches.parquet's
@@ -10,6 +11,8 @@ every task can already write."""
 
 from __future__ import annotations
 
+import pickle
+import uuid
 from typing import Callable, Iterator
 
 import pyarrow as pa
@@ -49,7 +52,34 @@ def _spool(fn, output: Output, index: int, *args) -> list[str]:
 
 
 def _take(output: Output, path: str) -> pa.Table:
+    return pa.ipc.open_file(pa.py_buffer(_read_and_delete(output, path))).read_all()
+
+
+def _read_and_delete(output: Output, path: str) -> bytes:
     with output.fs.open(output.path(path), "rb") as f:
         data = f.read()
     output.fs.rm(output.path(path))
-    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+    return data
+
+
+def run_through_files(fn: Callable, calls: list[tuple], output: Output, config: RayConfig) -> Iterator:
+    """Yield fn(*call) for each call, in call order, as raydata.run_tasks does, each result
+    pickled by its task to a file of this run's own folder in the spool (other runs' files stay
+    apart), read by the driver into its own memory and deleted: the selection's heads,
+    shortlists and chosen rows, which would otherwise leave the object-store pages they came
+    from in the driver's RSS, about 200 MiB at 16M candidate patches (benchmarks/scale.py)."""
+    folder = f"{SPOOL_DIR}/{uuid.uuid4().hex}"  # a name no output holds: free to be random
+    pickled = [(fn, output, f"{folder}/{index:06d}.pickle", *call) for index, call in enumerate(calls)]
+    try:
+        for path in raydata.run_tasks(_pickled, pickled, config):
+            yield pickle.loads(_read_and_delete(output, path))
+    finally:  # also when the caller stops early (zip over fewer calls, next() of the first)
+        if output.exists(folder):
+            output.fs.rm(output.path(folder), recursive=True)
+
+
+def _pickled(fn, output: Output, path: str, *args) -> str:
+    """The task: fn's result, written; returns its path."""
+    with output.open_atomic(path) as f:
+        pickle.dump(fn(*args), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path

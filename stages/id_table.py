@@ -4,7 +4,12 @@ clusters, the plan's word on them).
 
 A dict of the budget's ids, passed to every task, is unpickled whole by each: O(tasks x budget)
 work and memory. Fixed-width numpy arrays reach a Ray task zero-copy from the object store, and
-a task finds its rows in them by binary search: O(its rows x log budget)."""
+a task finds its rows in them by binary search: O(its rows x log budget).
+
+Text (the ids, and any text column) is held as UTF-8 bytes of fixed width (numpy "S"), not as
+numpy's unicode, which takes 4 bytes a character: the driver holds a table the size of the
+budget (the plan's rows), so that is a quarter of the memory for ASCII ids. UTF-8 sorts in code
+point order, so the ids sort and are searched as their text would be."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ class IdTable:
     """Columns aligned with `ids` (unique), found by id."""
 
     def __init__(self, ids, **columns):
-        ids = np.asarray(ids, dtype=str)  # fixed width: the longest id's
+        ids = _utf8(ids)  # fixed width: the longest id's
         order = np.argsort(ids, kind="stable")
         if len(ids) > 1 and (ids[order][1:] == ids[order][:-1]).any():
             raise ValueError("IdTable: an id occurs twice")
@@ -31,28 +36,37 @@ class IdTable:
 
     def find(self, ids) -> np.ndarray:
         """Per id, its row here, or -1."""
-        ids = np.asarray(ids, dtype=object)
         found = np.full(len(ids), -1, dtype=np.int64)
         if not len(self.ids) or not len(ids):
             return found
-        width = self.ids.dtype.itemsize // np.dtype("U1").itemsize
+        asked = _utf8(ids)
         # A longer id cannot be here; cast to this width it would be cut, and might match.
-        fits = np.fromiter((len(i) <= width for i in ids.tolist()), dtype=bool, count=len(ids))
-        wanted = ids.astype(self.ids.dtype)
+        fits = np.char.str_len(asked) <= self.ids.dtype.itemsize
+        wanted = asked.astype(self.ids.dtype)
         at = np.searchsorted(self.ids, wanted).clip(max=len(self.ids) - 1)
         hit = fits & (self.ids[at] == wanted)
         found[hit] = at[hit]
         return found
 
+    def column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Column `name` at `rows` (positions find gave), text as Python strings (objects)."""
+        values = self.columns[name][rows]
+        return np.char.decode(values, "utf-8").astype(object) if values.dtype.kind == "S" else values
+
     def get(self, name: str, ids, default) -> np.ndarray:
         """Column `name` for `ids` (object values), `default` where an id is not here."""
         found = self.find(ids)
         out = np.full(len(found), default, dtype=object)
-        out[found >= 0] = self.columns[name][found[found >= 0]].tolist()
+        out[found >= 0] = self.column(name, found[found >= 0]).tolist()
         return out
 
 
+def _utf8(text) -> np.ndarray:
+    """Text as fixed-width UTF-8 bytes, the longest one's width."""
+    return np.char.encode(np.asarray(text, dtype=str), "utf-8")
+
+
 def _fixed(values) -> np.ndarray:
-    """A column as a fixed-width array (strings: unicode of the longest one's width)."""
+    """A column as a fixed-width array (text: _utf8)."""
     values = np.asarray(values)
-    return values.astype(str) if values.dtype == object else values
+    return _utf8(values) if values.dtype == object or values.dtype.kind == "U" else values

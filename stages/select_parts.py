@@ -115,7 +115,8 @@ class Verdict:
 
     def for_labels(self) -> Verdict:
         """What parts_selection reads, for the tasks that label the parts: the verdict without
-        its chosen rows, which every task would unpickle whole."""
+        its chosen rows, which every task would unpickle whole, and which the plan's rows hold
+        once the caller has them."""
         return replace(self, chosen={})
 
 
@@ -249,7 +250,7 @@ def _labelled(rows: dict, ids: np.ndarray, rank: np.ndarray, verdict: Verdict) -
             reason[_at_or_before(primary, ids, verdict.last_in_reach)] = schema.DROP_QUOTA
     found = verdict.decided.find(ids)
     mine = found >= 0
-    reason[mine] = verdict.decided.columns["reason"][found[mine]].tolist()
+    reason[mine] = verdict.decided.column("reason", found[mine]).tolist()
     if verdict.last_trimmed is not None:
         reason[_at_or_before(primary, ids, verdict.last_trimmed)] = schema.DROP_OUTLIER
     return reference.Selection(reason == "", cluster, rank, reason, verdict.k)

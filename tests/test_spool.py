@@ -1,10 +1,13 @@
-"""The manifests' pieces reach the driver through files in OUT/work/spool, not the object store:
-every table comes back whole and in call order, only paths cross the object store, and no
-file outlives the run of pieces, nor what an interrupted run left."""
+"""The manifests' pieces, and the selection's results, reach the driver through files in
+OUT/work/spool, not the object store: every table or result comes back whole and in call
+order, only paths cross the object store, and no file outlives the run of pieces, nor what an
+interrupted run left, nor a run of results its caller stopped early."""
 
 from __future__ import annotations
 
 import sys
+
+import numpy as np
 
 import pyarrow as pa
 import ray
@@ -42,3 +45,28 @@ def test_a_task_hands_on_paths_alone_and_the_driver_deletes_each_file_it_reads(t
     first = spool._take(output, paths[0])
     assert first.equals(_tables(0, 1)[0])
     assert not output.exists(paths[0]) and output.exists(paths[1])
+
+
+def _result(n: int) -> tuple[dict, str]:
+    """A result of the kind the selection's tasks return: columns of numbers and of text."""
+    return {"id": np.array([f"p-{i}" for i in range(n)], dtype=object), "rank": np.arange(n, dtype=np.int32)}, f"note {n}"
+
+
+def test_results_come_back_through_files_in_order_and_leave_none_behind(ray_local, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    output = Output(str(tmp_path))
+    calls = [(3,), (0,), (5,)]
+    taken = list(spool.run_through_files(_result, calls, output, RayConfig()))
+    assert [note for _, note in taken] == ["note 3", "note 0", "note 5"]
+    for (rows, _), (n,) in zip(taken, calls):
+        assert rows["id"].tolist() == [f"p-{i}" for i in range(n)] and rows["rank"].dtype == np.int32
+    assert output.fs.ls(output.path(spool.SPOOL_DIR)) == []
+    # A caller that stops early (zip over fewer names than calls) leaves no folder either.
+    assert [n for n, _ in zip("ab", spool.run_through_files(_result, calls, output, RayConfig()))] == ["a", "b"]
+    assert output.fs.ls(output.path(spool.SPOOL_DIR)) == []
+
+
+def test_a_result_task_hands_on_its_path_alone(tmp_path):
+    output = Output(str(tmp_path))
+    path = spool._pickled(_result, output, f"{spool.SPOOL_DIR}/run/000004.pickle", 2)
+    assert path == f"{spool.SPOOL_DIR}/run/000004.pickle" and output.exists(path)
