@@ -65,9 +65,10 @@ def _read_and_delete(output: Output, path: str) -> bytes:
 def run_through_files(fn: Callable, calls: list[tuple], output: Output, config: RayConfig) -> Iterator:
     """Yield fn(*call) for each call, in call order, as raydata.run_tasks does, each result
     pickled by its task to a file of this run's own folder in the spool (other runs' files stay
-    apart), read by the driver into its own memory and deleted: the selection's heads,
-    shortlists and chosen rows, which would otherwise leave the object-store pages they came
-    from in the driver's RSS, about 200 MiB at 16M candidate patches (benchmarks/scale.py)."""
+    apart), read by the driver into its own memory and deleted: the selection's sample,
+    heads, shortlists and chosen rows. Taken from the object store, they left 309 MiB of its
+    pages mapped in the driver at the end of the selection at 16M candidate patches
+    (benchmarks/scale.py; 18 MiB through files)."""
     folder = f"{SPOOL_DIR}/{uuid.uuid4().hex}"  # a name no output holds: free to be random
     pickled = [(fn, output, f"{folder}/{index:06d}.pickle", *call) for index, call in enumerate(calls)]
     try:
