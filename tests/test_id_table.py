@@ -21,6 +21,9 @@ def test_finds_each_id_and_only_those_it_holds():
     assert table.get("slot", asked, -9).tolist() == [7, -9, -1, -9, 3, 0, -9]
     assert all(type(v) is str for v in table.get("reason", ids, None).tolist())
     assert table.columns["slot"].dtype == np.int64  # numeric columns keep their type
+    # Text is held as UTF-8 bytes, the longest's width ("p-ccc"; "p-é" is 4 bytes), not as
+    # numpy's unicode of 4 bytes a character: the plan's rows are the size of the budget.
+    assert table.ids.dtype == np.dtype("S5") and table.columns["reason"].dtype == np.dtype("S10")
 
 
 def test_an_empty_table_finds_nothing_and_a_repeated_id_is_refused():
