@@ -37,22 +37,38 @@ def clip_length(seed: int, name: str, max_clip: int) -> int:
     return min(max_clip, int(math.exp(draw)))
 
 
+def clips(pairs: list[Pair], frame_size: int, max_clip: int, seed: int):
+    """(pair, its clip's frames as uint8 RGB arrays) for every pair, in order."""
+    for pair in pairs:
+        n = clip_length(seed, pair.name, max_clip)
+        path = camera_path(load_image(pair.image), n, frame_size, seeding.rng(seed, "camera", pair.name))
+        yield pair, [np.ascontiguousarray(frame) for frame in path]
+
+
+def frame_name(pair: Pair, index: int) -> str:
+    return f"{pair.name}-{index:03d}.jpg"
+
+
+def save_frame(frame: np.ndarray, path: Path) -> None:
+    Image.fromarray(frame).save(path, quality=92)
+
+
+def write_record(directory: Path, pairs: list[Pair], **settings) -> None:
+    """POOL_RECORD: the settings, and the sha256 of every image the frames derive from."""
+    derived_from = [{"image": p.image.name, "sha256": imageio.sha256_hex(p.image.read_bytes())} for p in pairs]
+    record = {**settings, "derived_from": derived_from}
+    (directory / POOL_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
 def write_video_pool(train: list[Pair], directory: str | Path, frame_size: int, max_clip: int, seed: int) -> int:
     """Write every train image's clip as JPEG frames `{name}-{index:03d}.jpg` under
     `directory`; returns the number of frames. Same inputs and seed, same bytes."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = 0
-    derived_from = []
-    for pair in train:
-        data = pair.image.read_bytes()
-        derived_from.append({"image": pair.image.name, "sha256": imageio.sha256_hex(data)})
-        image = load_image(pair.image)
-        n = clip_length(seed, pair.name, max_clip)
-        path = camera_path(image, n, frame_size, seeding.rng(seed, "camera", pair.name))
-        for index, frame in enumerate(path):
-            Image.fromarray(np.ascontiguousarray(frame)).save(directory / f"{pair.name}-{index:03d}.jpg", quality=92)
+    for pair, frames in clips(train, frame_size, max_clip, seed):
+        for index, frame in enumerate(frames):
+            save_frame(frame, directory / frame_name(pair, index))
             written += 1
-    record = {"frame_size": frame_size, "max_clip": max_clip, "seed": seed, "derived_from": derived_from}
-    (directory / POOL_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    write_record(directory, train, frame_size=frame_size, max_clip=max_clip, seed=seed)
     return written
