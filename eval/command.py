@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--arm", action="append", default=[], metavar="NAME=OUT", help="an `optidel run` output to pre-train on (repeat)"
     )
     parser.add_argument(
-        "--labeled", required=True, metavar="DIR",
+        "--labeled", metavar="DIR",
         help="folder with images/ and masks/ (same names; mask >= 128 is foreground)",
     )
     parser.add_argument(
@@ -62,6 +62,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-size", type=int, default=192, help="video pool frame side in pixels (default 192)")
     parser.add_argument(
         "--max-clip", type=int, default=16, help="video pool clip lengths are log-uniform on 1..N frames (default 16)"
+    )
+    parser.add_argument(
+        "--artefacts", type=float, default=0.0, metavar="SHARE",
+        help="video pool: the share of frames that carry one endoscopy artefact, with truth.csv beside the frames "
+        "(default 0: a clean pool)",
+    )
+    parser.add_argument(
+        "--pool-seed", type=int, default=0, help="video pool: the seed of its camera paths and artefacts (default 0)"
+    )
+    parser.add_argument(
+        "--pool-from", choices=("train", "held-out"), default="train",
+        help="video pool: film the train split (a pre-training pool, the default), or the validation and test "
+        "images (a composition-only pool that the leak guard refuses to pre-train on)",
+    )
+    parser.add_argument(
+        "--write-peer-list", metavar="PEER=FILE",
+        help="only write the frames a peer keeps from the dirty pool --frames DIR, at optidel's budget, as a list "
+        "for `optidel run FILE --selector random --keep 1.0`; PEER: cleanvision, lightly (needs --scored), oracle",
+    )
+    parser.add_argument("--frames", metavar="DIR", help="the dirty pool that --write-peer-list chooses from")
+    parser.add_argument("--keep", type=float, default=0.05, help="--write-peer-list's budget share (default 0.05)")
+    parser.add_argument(
+        "--composition", action="store_true",
+        help="only measure what each arm's selection contains on its dirty pool (its truth.csv): clean and "
+        "artefact shares, clip coverage, mean proxy score; no pre-training, no --labeled",
+    )
+    parser.add_argument(
+        "--scored", metavar="OUT",
+        help="a scored `optidel run` output on the same pool (e.g. the optidel arm): the whole-frame proxy "
+        "scores of arms whose selector scores nothing",
     )
     for f in fields(EvalConfig):
         if f.name in _NOT_FLAGS:
@@ -93,27 +123,23 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from . import labeled
 
+    if args.composition:
+        return _composition(args)
+    if args.write_peer_list:
+        return _write_peer_list(args)
+    if not args.labeled:
+        raise EvalError("--labeled DIR is required (unless --composition)")
     if args.write_pool_list or args.write_video_pool:
         split = labeled.split(args.labeled, args.test_fraction, args.validation_fraction, args.test_only)
         if args.write_pool_list:
             n = labeled.write_pool_list(split, args.write_pool_list)
             print(f"wrote {n} pre-training pool paths (train split only) to {args.write_pool_list}")
         if args.write_video_pool:
-            from .pools import write_video_pool
-
-            if args.frame_size < 8 or args.max_clip < 1:
-                raise EvalError("--frame-size must be at least 8 and --max-clip at least 1")
-            n = write_video_pool(split.train, args.write_video_pool, args.frame_size, args.max_clip, seed=0)
-            print(f"wrote {n} video frames from {len(split.train)} train images to {args.write_video_pool}")
+            _write_video_pool(args, split)
         return 0
     if not args.out:
         raise EvalError("--out RESULTS_DIR is required (unless --write-pool-list / --write-video-pool)")
-    arms = []
-    for item in args.arm:
-        name, sep, out = item.partition("=")
-        if not sep or not name or not out:
-            raise EvalError(f"--arm {item!r}: expected NAME=OUT")
-        arms.append((name, out))
+    arms = _arm_specs(args)
     from .harness import evaluate
     from .pretrain import model_spec
     from .report import RESULTS_JSON, RESULTS_MD, RESULTS_PNG
@@ -126,10 +152,74 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. a size that is not a multiple of the model's patch
         raise EvalError(f"--size {args.size} / --model {args.model}: {exc}") from exc
 
-    evaluate(arms, args.labeled, args.out, config, args.test_only, args.encoders)
+    evaluate(arms, args.labeled, args.out, config, args.test_only, args.encoders, args.scored)
     print((Path(args.out) / RESULTS_MD).read_text())
     print(f"results: {args.out}/{RESULTS_JSON}, {RESULTS_MD}, {RESULTS_PNG}")
     return 0
+
+
+def _arm_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    arms = []
+    for item in args.arm:
+        name, sep, out = item.partition("=")
+        if not sep or not name or not out:
+            raise EvalError(f"--arm {item!r}: expected NAME=OUT")
+        arms.append((name, out))
+    return arms
+
+
+def _composition(args: argparse.Namespace) -> int:
+    from .composition import evaluate
+    from .report import RESULTS_JSON, RESULTS_MD
+
+    if not args.out:
+        raise EvalError("--out RESULTS_DIR is required")
+    evaluate(_arm_specs(args), args.out, args.scored)
+    print((Path(args.out) / RESULTS_MD).read_text())
+    print(f"results: {args.out}/{RESULTS_JSON}, {RESULTS_MD}")
+    return 0
+
+
+def _write_peer_list(args: argparse.Namespace) -> int:
+    from .peers import choose, write_list
+
+    name, sep, path = args.write_peer_list.partition("=")
+    if not sep or not path:
+        raise EvalError(f"--write-peer-list {args.write_peer_list!r}: expected PEER=FILE")
+    if not args.frames:
+        raise EvalError("--write-peer-list needs --frames DIR, the dirty pool to choose from")
+    if not 0.0 < args.keep <= 1.0:
+        raise EvalError(f"--keep {args.keep}: a share of the pool, above 0 and at most 1")
+    chosen = choose(name, args.frames, args.keep, 0, args.scored)  # seed 0, as `optidel run`'s default
+    write_list(chosen, path)
+    print(f"wrote the {len(chosen)} frames {name} keeps from {args.frames} to {path}")
+    return 0
+
+
+def _write_video_pool(args: argparse.Namespace, split) -> None:
+    if args.frame_size < 8 or args.max_clip < 1:
+        raise EvalError("--frame-size must be at least 8 and --max-clip at least 1")
+    if not 0.0 <= args.artefacts <= 1.0:
+        raise EvalError(f"--artefacts {args.artefacts}: a share of frames, from 0 to 1")
+    pairs = split.train if args.pool_from == "train" else split.validation + split.test
+    what = f"{len(pairs)} {'train' if args.pool_from == 'train' else 'validation and test'} images"
+    if args.artefacts == 0.0:
+        from .pools import write_video_pool
+
+        n = write_video_pool(pairs, args.write_video_pool, args.frame_size, args.max_clip, seed=args.pool_seed)
+        print(f"wrote {n} video frames from {what} to {args.write_video_pool}")
+        return
+    from .dirty_pool import TRUTH_CSV, write_dirty_video_pool
+
+    truth = write_dirty_video_pool(
+        pairs, args.write_video_pool, args.frame_size, args.max_clip, args.pool_seed, args.artefacts
+    )
+    dirty = sum(row.kind != "clean" for row in truth)
+    frozen = sum(bool(row.frozen_of) for row in truth)
+    print(
+        f"wrote {len(truth)} video frames from {what} to {args.write_video_pool}: {dirty} with an artefact, "
+        f"{frozen} frozen repeats; truth in {TRUTH_CSV}"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> EvalConfig:

@@ -30,7 +30,7 @@ import torch
 
 from optidel import __version__, imageio
 from . import labeled as labeled_mod
-from . import report, units as units_mod
+from . import composition, report, units as units_mod
 from .arms import Arm, check_no_held_out_images, open_arm
 from .labeled import EvalError
 from .metrics import del_score, normdel
@@ -57,17 +57,19 @@ def evaluate(
     config: EvalConfig,
     test_only: str | None = None,
     encoders: str | None = None,
+    scored: str | None = None,
 ) -> dict:
     """Run every unit not already in OUT, write results.json, results.md and results.png under
     OUT; returns results.json's content. `encoders` (default OUT/encoders) caches pre-trained
-    encoders, so a test run pointed at the validation run's cache trains nothing again."""
+    encoders, so a test run pointed at the validation run's cache trains nothing again. Arms
+    drawn from one dirty pool also get their composition (composition.py; `scored` as there)."""
     before = torch.get_num_threads()
     if config.threads:
         # On a shared CPU, fewer threads than torch's default avoids OpenMP threads spinning
         # against each other (a tiny MAE on 2 busy cores ran 20x slower at 2 threads than at 1).
         torch.set_num_threads(config.threads)
     try:
-        return _evaluate(arm_specs, labeled, out, config, test_only, encoders)
+        return _evaluate(arm_specs, labeled, out, config, test_only, encoders, scored)
     finally:
         torch.set_num_threads(before)
 
@@ -79,6 +81,7 @@ def _evaluate(
     config: EvalConfig,
     test_only: str | None,
     encoders: str | None,
+    scored: str | None,
 ) -> dict:
     started = time.perf_counter()
     device = _device(config.device)
@@ -144,6 +147,7 @@ def _evaluate(
         units[job.name][job.seed] = unit
 
     summaries = {name: _summary(by_name.get(name), units[name], config.alpha) for name in names}
+    pool_composition = composition.add_to(summaries, arms, scored)
     _compare(summaries, units, "counts", "")
     _compare(summaries, units, "finetune_counts", "finetune_")
     results = {
@@ -176,6 +180,7 @@ def _evaluate(
         "positive_control": _positive_control(summaries),
         "headroom": _headroom(summaries),
         "arms": summaries,
+        **({"pool_composition": pool_composition} if pool_composition else {}),
         "seconds": round(time.perf_counter() - started, 1),
     }
     report.write(out, results)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from .artefacts import KINDS
+
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
@@ -71,7 +73,46 @@ def markdown(results: dict) -> str:
         f"device {results['device']}; {results['seconds']:.0f} s.",
         "",
     ]
-    return "\n".join(lines)
+    table = composition_markdown(results)
+    return "\n".join(lines) + ("\n" + table if table else "")
+
+
+def composition_markdown(results: dict) -> str:
+    """What each arm's selection contains on a dirty pool (composition.py): the clean share, each
+    artefact family and kind, clip and frame coverage, the mean proxy score beside the pool's.
+    Empty when no arm has a composition."""
+    rows = {name: arm["composition"] for name, arm in results["arms"].items() if arm.get("composition")}
+    if not rows:
+        return ""
+    pool = results["pool_composition"]
+    kinds = list(KINDS)
+    head = ["arm", "unit", "patches", "clean [95% CI]", "clean vs random", "easy", "hard", *kinds, "clips", "frames",
+            "score (pool)"]
+    lines = [
+        f"**Composition** on the dirty pool ({results['pool']}): the share of "
+        "selected patches by what they show (a patch missing a local artefact's mask is clean)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- | --- |" + " ---: |" * (len(head) - 2),
+        "| pool (distinct frames) | frame | " + f"{pool['frames']} | {pool['clean']:.3f} | — | "
+        + " | ".join(f"{pool[k]:.3f}" for k in ("easy", "hard", *kinds))
+        + f" | {pool['clips']} | {pool['frames']} | — |",
+    ]
+    for name, c in rows.items():
+        score = "—" if c["score"] is None else f"{c['score']:.4f} ({c['pool_score']:.4f})"
+        low, high = c["clean_ci95"]
+        lines.append(
+            f"| {name} | {c['unit']} | {c['patches']} | {c['clean']:.3f} [{low:.3f}, {high:.3f}] | "
+            f"{_diff(c.get('clean_vs_random'))} | "
+            + " | ".join(f"{c[k]:.3f}" for k in ("easy", "hard", *kinds))
+            + f" | {c['clips']} | {c['frames']} | {score} |"
+        )
+    lines += [
+        "",
+        "Intervals: a bootstrap over the pool's clips, paired across arms (every arm's share over the same "
+        "drawn clips); the selections themselves are deterministic.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _headroom_verdict(headroom: dict) -> str:

@@ -272,6 +272,7 @@ def test_eval_end_to_end(arms, kvasir, kvasir_names, tmp_path, capsys):
     control = results["positive_control"]
     assert control["diff"] == full["vs_scratch"]["diff"] and control["holds"] == (control["ci95"][0] > 0)
     assert results["headroom"]["holds"] is None  # no random arm to measure it against
+    assert "pool_composition" not in results and "composition" not in full  # a pool without truth.csv
     for arm in (full, quarter):
         assert arm["normdel"] == pytest.approx(
             [normdel(m, arm["retained_fraction"], results["alpha"]) for m in arm["miou"]]
