@@ -86,6 +86,16 @@ class ProposeConfig(Section):
         0.25, ge=0.0, le=1.0, description="drop a patch whose crop has more near-black pixels than this (1 keeps all)"
     )
     dark_level: int = Field(20, ge=0, le=255, description="a pixel is near-black when no channel exceeds this")
+    # An MAE cannot learn to reconstruct glare or sensor noise, so a loss-based hardness score
+    # ranks such crops hardest (docs/quality.md); these gates drop them on physical measures.
+    max_bright_frac: float = Field(
+        1.0, ge=0.0, le=1.0, description="drop a patch whose crop has more blown-out pixels than this (1 keeps all)"
+    )
+    bright_level: int = Field(250, ge=0, le=255, description="a pixel is blown out when every channel reaches this")
+    max_noise_sigma: float | None = Field(
+        None, ge=0.0,
+        description="drop a patch whose estimated noise (Immerkaer 1996) is above this many grey levels (null: keep all)",
+    )
 
     @field_validator("proposer")
     @classmethod

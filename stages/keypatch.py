@@ -38,11 +38,12 @@ def key_patches(masks: list[dict], image_shape: tuple[int, ...], config, pixels:
     so a mask's pixels are read only for the patches kept, when their RLE is written.
 
     `config` is a ProposeConfig (min/max_area_frac, patch_nms_thresh, max_patches_per_image,
-    margin, min_patch_side, max_dark_frac, dark_level). With the image's `pixels`, a square crop
-    with more than max_dark_frac near-black pixels is dropped before NMS and the cap."""
+    margin, min_patch_side and the artefact gates). With the image's `pixels`, a square crop is
+    dropped before NMS and the cap when it has more than max_dark_frac near-black pixels, more
+    than max_bright_frac blown-out ones, or an estimated noise above max_noise_sigma grey levels."""
     height, width = image_shape[:2]
     image_area = height * width
-    dark = _dark_map(pixels, config) if pixels is not None and config.max_dark_frac < 1 else None
+    gates = _gates(pixels, config) if pixels is not None else []
     candidates = []
     for index, record in enumerate(masks):
         mask = record["segmentation"]
@@ -53,7 +54,7 @@ def key_patches(masks: list[dict], image_shape: tuple[int, ...], config, pixels:
             continue
         x, y, w, h = record["bbox"]  # XYWH, w and h being (last - first) pixel
         box = square_box((x, y, x + w + 1, y + h + 1), width, height, config.margin, config.min_patch_side)
-        if dark is not None and _box_fraction(dark, box) > config.max_dark_frac:
+        if any(measure(box) > limit for measure, limit in gates):
             continue
         quality = float(record["predicted_iou"]) * float(record["stability_score"])
         # The index only breaks exact ties, so equal inputs always rank the same way.
@@ -97,15 +98,52 @@ def greedy_nms(boxes: np.ndarray, iou_thresh: float, limit: int) -> list[int]:
     return kept
 
 
-def _dark_map(pixels: np.ndarray, config) -> np.ndarray:
-    """bool (H, W): near-black pixels. A frame has a few dozen candidate boxes, so counting each
-    box's share directly is as fast as a summed-area table, at 1 byte a pixel instead of 8."""
-    return np.asarray(pixels).max(axis=2) <= config.dark_level
+def _gates(pixels: np.ndarray, config) -> list[tuple]:
+    """(measure of a box, the most it may be) for each gate that is on. A frame has a few dozen
+    candidate boxes, so measuring each box directly is as fast as a summed-area table, at 1
+    byte a pixel instead of 8."""
+    pixels = np.asarray(pixels)
+    gates = []
+    if config.max_dark_frac < 1:
+        # The black frame, text and overlay boxes around an endoscope's view.
+        dark = pixels.max(axis=2) <= config.dark_level
+        gates.append((lambda box: _box_fraction(dark, box), config.max_dark_frac))
+    if config.max_bright_frac < 1:
+        # Specular glare and over-exposure: every channel clipped at the sensor's top.
+        bright = pixels.min(axis=2) >= config.bright_level
+        gates.append((lambda box: _box_fraction(bright, box), config.max_bright_frac))
+    if config.max_noise_sigma is not None:
+        residual = noise_residual(pixels)
+        gates.append((lambda box: noise_sigma(residual, box), config.max_noise_sigma))
+    return gates
 
 
-def _box_fraction(dark: np.ndarray, box: tuple[int, int, int, int]) -> float:
+def _box_fraction(flags: np.ndarray, box: tuple[int, int, int, int]) -> float:
     x0, y0, x1, y1 = box
-    return np.count_nonzero(dark[y0:y1, x0:x1]) / ((x1 - x0) * (y1 - y0))
+    return np.count_nonzero(flags[y0:y1, x0:x1]) / ((x1 - x0) * (y1 - y0))
+
+
+def noise_residual(pixels: np.ndarray) -> np.ndarray:
+    """|I * N| over the grey image's interior, N Immerkaer's 3x3 mask [[1,-2,1],[-2,4,-2],[1,-2,1]]
+    (J. Immerkaer, "Fast Noise Variance Estimation", CVIU 1996): the difference of two
+    Laplacians, blind to flat and linearly shaded surfaces, so what remains is mostly noise.
+    float32 (H-2, W-2); entry (i, j) is centred on pixel (i+1, j+1)."""
+    grey = np.asarray(pixels, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    n = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    h, w = grey.shape
+    out = np.zeros((h - 2, w - 2), np.float32)
+    for dy in range(3):
+        for dx in range(3):
+            out += n[dy, dx] * grey[dy : dy + h - 2, dx : dx + w - 2]
+    return np.abs(out)
+
+
+def noise_sigma(residual: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Immerkaer's estimate of the noise standard deviation, in grey levels, over the box's
+    interior pixels: sqrt(pi / 2) / 6 x the mean of |I * N|."""
+    x0, y0, x1, y1 = box
+    inner = residual[y0 : max(y0, y1 - 2), x0 : max(x0, x1 - 2)]
+    return float(np.sqrt(np.pi / 2) / 6 * inner.mean()) if inner.size else 0.0
 
 
 def square_box(

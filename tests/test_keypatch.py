@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from optidel.pipeline.config import ProposeConfig
-from optidel.stages.keypatch import greedy_nms, key_patches, mask_to_rle
+from optidel.stages.keypatch import greedy_nms, key_patches, mask_to_rle, noise_residual, noise_sigma
 
 from masks import rle_to_mask
 
@@ -153,3 +153,38 @@ def test_rle_is_coco_column_major():
     mask[:, 1] = True  # column-major runs: 3 off, 3 on, 6 off
     expected = mask_utils.frPyObjects({"size": [3, 4], "counts": [3, 3, 6]}, 3, 4)["counts"].decode()
     assert mask_to_rle(mask) == expected
+
+
+def test_glare_and_noise_gates_drop_crops_by_physical_measures():
+    rng = np.random.default_rng(0)
+    pixels = np.full((H, W, 3), (180, 90, 70), np.uint8)
+    pixels[45:75, 75:105] = 255  # a blown-out highlight, 30 x 30
+    noisy = np.clip(pixels[:, :40].astype(float) + rng.normal(0, 20, (H, 40, 3)), 0, 255)
+    pixels[:, :40] = noisy.astype(np.uint8)
+    masks = [
+        record(70, 40, 110, 80, iou=0.99),  # crop [70, 110) x [40, 80): 900 / 1600 px blown out
+        record(2, 5, 32, 35, iou=0.95),  # all in the noisy band
+        record(50, 5, 80, 35, iou=0.9),  # clean tissue
+    ]
+    assert len(key_patches(masks, (H, W, 3), config(), pixels=pixels)) == 3  # the gates are off by default
+    kept = key_patches(masks, (H, W, 3), config(max_bright_frac=0.5, max_noise_sigma=8.0), pixels=pixels)
+    assert [p.box for p in kept] == [(50, 5, 80, 35)]
+    assert len(key_patches(masks, (H, W, 3), config(max_bright_frac=0.6), pixels=pixels)) == 3  # 0.5625 <= 0.6
+    assert len(key_patches(masks, (H, W, 3), config(max_bright_frac=0.5, bright_level=256 - 1), pixels=pixels)) == 2
+
+
+def test_noise_estimate_against_a_hand_computation():
+    rng = np.random.default_rng(1)
+    ramp = np.add.outer(np.arange(80.0), np.arange(90.0)) + 40  # a linear shading: no noise
+    flat = np.repeat(ramp[..., None], 3, axis=2)
+    assert noise_sigma(noise_residual(flat.astype(np.uint8)), (0, 0, 90, 80)) == pytest.approx(0.0, abs=1e-4)
+    noisy = flat + rng.normal(0, 6.0, flat.shape[:2])[..., None]  # grey noise of sigma 6
+    estimate = noise_sigma(noise_residual(noisy), (0, 0, 90, 80))
+    assert estimate == pytest.approx(6.0, rel=0.05)
+    # by hand on one 3 x 3 box: the residual's single value is |sum(N * I)|
+    patch = rng.integers(0, 255, (3, 3)).astype(np.float32)
+    n = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]])
+    grey = np.repeat(patch[..., None], 3, axis=2)
+    assert noise_sigma(noise_residual(grey), (0, 0, 3, 3)) == pytest.approx(
+        np.sqrt(np.pi / 2) / 6 * abs((n * patch).sum()), rel=1e-4
+    )
