@@ -20,6 +20,14 @@
 #   SPLIT=test benchmarks/eval_kvasir.sh                       # the same arms and encoders, test split (once)
 #   ARMS="dedup hard optidel-window optidel-mosaic1" benchmarks/eval_kvasir.sh   # more rows, same cache
 #   POOL=plain benchmarks/eval_kvasir.sh                       # the plain 700-image pool
+#   POOL=dirty COMPOSITION=1 ARMS="random optidel cleanvision lightly oracle" benchmarks/eval_kvasir.sh
+#                         # what each selection contains on the dirty pool (truth.csv), no pre-training
+#   POOL=dirty SPLIT=test ARMS="full random oracle optidel optidel-gates cleanvision lightly" \
+#       benchmarks/eval_kvasir.sh --seeds 3          # the dirty pool's downstream table, CPU-sized
+#   POOL=dirty SPLIT=test ARMS="full random oracle optidel optidel-gates cleanvision lightly" \
+#       RESULTS=benchmarks/results/eval/dirty-test-gpu WORK=/tmp/optidel-eval-gpu \
+#       benchmarks/eval_kvasir.sh --device cuda --model small --size 224 --steps 5000 --batch-size 256 --jobs 1 --seeds 3
+#                         # the same table on a GPU (--jobs 1: one unit at a time on the one device)
 #
 # Arguments after the script name go to `optidel eval` as they are. Environment: KVASIR (the
 # dataset), WORK (pools, arms and the encoder cache; a rerun resumes them), RESULTS (where the
@@ -47,43 +55,84 @@ case "$POOL" in
         input="$WORK/plain.txt"
         description="kvasir-seg train images, 700"
         ;;
-    *) echo "eval_kvasir.sh: unknown POOL $POOL (video, plain)" >&2; exit 2 ;;
+    dirty | dirty-heldout)
+        # The video pool with 45% artefact frames and frozen clips (truth.csv beside the frames):
+        # `dirty` from the train images (settings are chosen on it), `dirty-heldout` from the
+        # validation and test images with another seed (composition only: the leak guard refuses
+        # to pre-train on it; no setting is chosen on it).
+        from=train seed=0
+        [ "$POOL" = dirty-heldout ] && from=held-out seed=1
+        [ -d "$WORK/$POOL" ] || optidel eval --write-video-pool "$WORK/$POOL.tmp" --artefacts 0.45 \
+            --pool-from "$from" --pool-seed "$seed" --labeled "$KVASIR" >/dev/null
+        [ -d "$WORK/$POOL" ] || mv "$WORK/$POOL.tmp" "$WORK/$POOL"
+        input="$WORK/$POOL"
+        description="kvasir-seg dirty video frames, $(find "$input" -name '*.jpg' | wc -l) ($from images, 45% artefacts)"
+        ;;
+    *) echo "eval_kvasir.sh: unknown POOL $POOL (video, plain, dirty, dirty-heldout)" >&2; exit 2 ;;
 esac
 
-# Arms that differ from optidel only after pass 1: their selection settings.
+# The proposer's artefact gates: at most 1% blown-out pixels, at most 10 grey levels of noise.
+GATES=(--set propose.max_bright_frac=0.01 --set propose.max_noise_sigma=10)
+
+# Arms that differ from another arm only after pass 1: that arm, then their selection settings.
 reselected() {
     case "$1" in
-        hard | dedup) echo "selector=$1" ;;
-        optidel-window) echo "select.trim_top_frac=0.5" ;;     # skip the hardest half: a hardness window
-        optidel-mosaic1) echo "mosaic=1" ;;                     # one patch per output image
-        optidel-clusters8) echo "select.clusters=8" ;;         # less diversity pressure
-        optidel-loose) echo "select.near_duplicate_cosine=0.99 select.per_source_cap=16" ;;
-        optidel-window-mosaic1) echo "select.trim_top_frac=0.5 mosaic=1" ;;   # both levers that won alone
-        optidel-easy-mosaic1) echo "select.trim_top_frac=0.9 mosaic=1" ;;     # only the easiest tenth is eligible
+        hard | dedup) echo "optidel selector=$1" ;;
+        optidel-window) echo "optidel select.trim_top_frac=0.5" ;;     # skip the hardest half: a hardness window
+        optidel-mosaic1) echo "optidel mosaic=1" ;;                     # one patch per output image
+        optidel-clusters8) echo "optidel select.clusters=8" ;;         # less diversity pressure
+        optidel-loose) echo "optidel select.near_duplicate_cosine=0.99 select.per_source_cap=16" ;;
+        optidel-window-mosaic1) echo "optidel select.trim_top_frac=0.5 mosaic=1" ;;   # both levers that won alone
+        optidel-easy-mosaic1) echo "optidel select.trim_top_frac=0.9 mosaic=1" ;;     # only the easiest tenth is eligible
+        optidel-gates-window) echo "optidel-gates select.trim_top_frac=0.5" ;;
+        optidel-gates-mosaic1) echo "optidel-gates mosaic=1" ;;
+        optidel-gates-window-mosaic1) echo "optidel-gates select.trim_top_frac=0.5 mosaic=1" ;;
+        # Tried on the dirty train pool after the gates, none better than the gates alone:
+        optidel-gates-trim10 | optidel-gates-trim20 | optidel-gates-trim30)   # a narrower hardness window
+            echo "optidel-gates select.trim_top_frac=0.${1#optidel-gates-trim}" ;;
+        optidel-gates-clusters64) echo "optidel-gates select.clusters=64" ;;
+        optidel-gates-nd90) echo "optidel-gates select.near_duplicate_cosine=0.9" ;;
+        optidel-gates-mosaic1-clusters64) echo "optidel-gates mosaic=1 select.clusters=64" ;;
+        optidel-gates-mosaic1-nd90) echo "optidel-gates mosaic=1 select.near_duplicate_cosine=0.9" ;;
         *) return 1 ;;
     esac
 }
 
 build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished one is left as it is)
-    local arm=$1 out="$WORK/arms-$POOL/$1" settings sets=()
+    local arm=$1 out="$WORK/arms-$POOL/$1" settings sets=() input_override=""
     if [ -f "$out/run.json" ] && grep -q '"status": "complete"' "$out/run.json"; then
         return
     fi
     if settings=$(reselected "$arm"); then
-        build optidel
+        local base=${settings%% *}
+        settings=${settings#* }
+        build "$base"
         for kv in $settings; do sets+=(--set "$kv"); done
-        [ -d "$out" ] || python "$REPO/benchmarks/reselect.py" "$WORK/arms-$POOL/optidel" "$out" $settings >/dev/null
+        case "$base" in optidel-gates) sets+=("${GATES[@]}") ;; esac
+        [ -d "$out" ] || python "$REPO/benchmarks/reselect.py" "$WORK/arms-$POOL/$base" "$out" $settings >/dev/null
     else
         case "$arm" in
             full) sets=(--selector random --keep 1.0) ;;
             random | optidel) sets=(--selector "$arm") ;;
             optidel-proxy1200) sets=(--selector optidel --set score.mae.train_steps=1200) ;;  # a 4x longer-trained proxy
             optidel-shared-masks) sets=(--selector optidel --set score.shared_masks=true) ;;  # every patch scored under the same masks
+            # Artefact gates in the proposer (pass 1), thresholds from benchmarks/gate_measures.py on
+            # the dirty train pool: glare, sensor noise, both.
+            optidel-glare) sets=(--selector optidel "${GATES[@]:0:2}") ;;
+            optidel-noise) sets=(--selector optidel "${GATES[@]:2:2}") ;;
+            optidel-gates) sets=(--selector optidel "${GATES[@]}") ;;
+            # The tools a user would pick instead: a list of frames, every one a sample.
+            cleanvision | lightly | oracle)
+                local scored=()
+                [ "$arm" = lightly ] && { build optidel; scored=(--scored "$WORK/arms-$POOL/optidel"); }
+                optidel eval --write-peer-list "$arm=$out.txt" --frames "$input" "${scored[@]}" >/dev/null
+                input_override="$out.txt"
+                sets=(--selector random --keep 1.0) ;;
             *) echo "eval_kvasir.sh: unknown arm $arm" >&2; exit 2 ;;
         esac
     fi
     local start=$SECONDS
-    optidel run "$input" -o "$out" --seed 0 "${sets[@]}" >"$out.log" 2>&1 \
+    optidel run "${input_override:-$input}" -o "$out" --seed 0 "${sets[@]}" >"$out.log" 2>&1 \
         || { echo "eval_kvasir.sh: building arm $arm failed; see $out.log" >&2; exit 1; }
     echo "arm $arm built in $((SECONDS - start)) s (log: $out.log)"
 }
@@ -96,6 +145,13 @@ for arm in $ARMS; do
 done
 built=$SECONDS
 
+if [ "${COMPOSITION:-0}" = 1 ]; then  # what each selection contains, by the pool's truth.csv: seconds
+    build optidel
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), code at $(git -C "$REPO" describe --always --dirty)" >> "$RESULTS/command.txt"
+    echo "POOL=$POOL COMPOSITION=1 ARMS=\"$ARMS\" benchmarks/eval_kvasir.sh $*" >> "$RESULTS/command.txt"
+    optidel eval --composition "${arm_flags[@]}" --scored "$WORK/arms-$POOL/optidel" --out "$RESULTS" "$@"
+    exit
+fi
 eval_flags=(--labeled "$KVASIR" --out "$RESULTS" --encoders "$WORK/encoders-$POOL" --split "$SPLIT"
             --pool "$description" --jobs 2 --threads 1)
 {
