@@ -87,7 +87,7 @@ class ProposeConfig(Section):
     )
     dark_level: int = Field(20, ge=0, le=255, description="a pixel is near-black when no channel exceeds this")
     # An MAE cannot learn to reconstruct glare or sensor noise, so a loss-based hardness score
-    # ranks such crops hardest (docs/quality.md); these gates drop them on physical measures.
+    # ranks such crops hardest (docs/dirty-pool.md); these gates drop them on physical measures.
     max_bright_frac: float = Field(
         1.0, ge=0.0, le=1.0, description="drop a patch whose crop has more blown-out pixels than this (1 keeps all)"
     )
