@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from optidel import seeding
+from ..manifests.masks import decode_mask
+from ..stages.keypatch import mask_to_rle
 from . import artefacts
 from .labeled import Pair
 from .pools import clips, frame_name, save_frame, write_record
@@ -92,7 +93,7 @@ def _dirty_frame(frame: np.ndarray, pair: Pair, index: int, seed: int, share: fl
     kind = artefacts.KINDS[int(draws.integers(len(artefacts.KINDS)))]
     severity = int(draws.integers(1, 6))
     dirty, mask = artefacts.apply(kind, frame, severity, draws)
-    rle = "" if mask is None else mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))["counts"].decode("ascii")
+    rle = "" if mask is None else mask_to_rle(mask)
     return FrameTruth(name, pair.name, index, kind, artefacts.family(kind), severity, "", rle), dirty
 
 
@@ -115,4 +116,4 @@ def decode_truth_mask(row: FrameTruth, height: int, width: int) -> np.ndarray | 
     """A local artefact's boolean mask over the frame, or None for a global one or a clean frame."""
     if not row.mask_rle:
         return None
-    return mask_utils.decode({"size": [height, width], "counts": row.mask_rle.encode("ascii")}).astype(bool)
+    return decode_mask({"mask_rle": {"size": [height, width], "counts": row.mask_rle}})

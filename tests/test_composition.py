@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from optidel import seeding
 from optidel.eval import artefacts, composition, labeled, peers
@@ -21,14 +20,11 @@ from optidel.eval.pools import write_record
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
 from optidel.pipeline.runner import run
+from optidel.stages.keypatch import mask_to_rle
 
 SIDE = 96
 # Each hand-made frame: (clip, kind). "e-1" repeats "e-0" byte for byte (a frozen clip).
 FRAMES = [("a", "clean"), ("a", "clean"), ("b", "noise"), ("b", "specular"), ("c", "dark"), ("c", "low_contrast")]
-
-
-def _rle(mask: np.ndarray) -> str:
-    return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))["counts"].decode("ascii")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +44,7 @@ def hand_pool(kvasir, tmp_path_factory):
         name = f"{clip}-{i:03d}.jpg"
         Image.fromarray(frame).save(folder / name, quality=92)
         severity = 0 if kind == artefacts.CLEAN else 4
-        truth.append(FrameTruth(name, clip, i, kind, artefacts.family(kind), severity, "", "" if mask is None else _rle(mask)))
+        truth.append(FrameTruth(name, clip, i, kind, artefacts.family(kind), severity, "", "" if mask is None else mask_to_rle(mask)))
     frozen = truth[4]
     (folder / "c-006.jpg").write_bytes((folder / frozen.frame).read_bytes())
     truth.append(FrameTruth("c-006.jpg", "c", 6, frozen.kind, frozen.family, frozen.severity, frozen.frame, ""))
@@ -60,7 +56,7 @@ def hand_pool(kvasir, tmp_path_factory):
 def test_a_patch_missing_a_local_artefact_is_clean():
     mask = np.zeros((SIDE, SIDE), bool)
     mask[10:20, 10:20] = True
-    row = FrameTruth("f.jpg", "a", 0, "specular", "hard", 3, "", _rle(mask))
+    row = FrameTruth("f.jpg", "a", 0, "specular", "hard", 3, "", mask_to_rle(mask))
     truth = {"f.jpg": row}
     source = {"uri": "/pool/f.jpg", "height": SIDE, "width": SIDE}
 
