@@ -44,9 +44,9 @@ BASELINES = ("random", "cleanvision", "lightly")  # each arm's clean share is co
 BOOTSTRAP_DRAWS = 4000
 
 
-def pool_truth(out: str) -> tuple[Path, dict[str, FrameTruth]] | None:
-    """The truth of the dirty pool the arm's sources come from: (its folder, truth by frame),
-    or None when they do not all come from one folder that holds a truth.csv."""
+def pool_folder(out: str) -> Path | None:
+    """The dirty pool's folder the arm's sources all come from, or None when they do not all
+    come from one folder that holds a truth.csv."""
     uris = layout.Output(out).read_manifest("sources", columns=["uri"]).column("uri").to_pylist()
     folders = {posixpath.dirname(uri) for uri in uris}
     if len(folders) != 1:
@@ -54,7 +54,13 @@ def pool_truth(out: str) -> tuple[Path, dict[str, FrameTruth]] | None:
     folder = Path(folders.pop())
     if not (folder / TRUTH_CSV).is_file() or not (folder / POOL_RECORD).is_file():
         return None
-    return folder, read_truth(folder / TRUTH_CSV)
+    return folder
+
+
+def pool_truth(out: str) -> tuple[Path, dict[str, FrameTruth]] | None:
+    """(the arm's dirty pool's folder, its truth by frame), or None (pool_folder)."""
+    folder = pool_folder(out)
+    return None if folder is None else (folder, read_truth(folder / TRUTH_CSV))
 
 
 @dataclass(frozen=True)
@@ -69,14 +75,15 @@ class Selected:
 
 def arm_composition(out: str, scored: str | None = None) -> dict:
     """The composition of one `optidel run` output over a dirty pool (see the module's doc)."""
-    return selected(out, scored).composition
-
-
-def selected(out: str, scored: str | None = None) -> Selected:
     found = pool_truth(out)
     if found is None:
         raise EvalError(f"{out}: its sources are not the frames of one dirty pool with a {TRUTH_CSV}")
-    _, truth = found
+    return selected(out, found[1], whole_image_scores(scored) if scored else None).composition
+
+
+def selected(out: str, truth: dict[str, FrameTruth], frame_scores: dict[str, float] | None) -> Selected:
+    """What the run `out` selected from the pool whose truth is `truth`; `frame_scores` are the
+    scored run's whole-frame scores (whole_image_scores), or None."""
     output = layout.Output(out)
     sources = output.read_manifest("sources", columns=["source_id", "uri", "status", "width", "height"]).to_pylist()
     frame_of = {s["source_id"]: s for s in sources if s["status"] == schema.OK}
@@ -90,13 +97,11 @@ def selected(out: str, scored: str | None = None) -> Selected:
     frames = [posixpath.basename(frame_of[p["source_id"]]["uri"]) for p in chosen]
     clips = [truth[f].clip for f in frames]
     whole_images = all(p["mask_rle"] is None for p in chosen)
-    composition = {"patches": len(chosen), artefacts.CLEAN: _share(kinds, artefacts.CLEAN)}
-    composition.update({name: _share([artefacts.family(k) for k in kinds], name) for name in ("easy", "hard")})
-    composition.update({kind: _share(kinds, kind) for kind in artefacts.KINDS})
+    composition = {"patches": len(chosen), **_shares(kinds)}
     composition["clips"] = len(set(clips))
     composition["frames"] = len(set(frames))
     composition["unit"] = "image" if whole_images else "patch"
-    composition.update(_scores(chosen, patches, whole_images, scored))
+    composition.update(_scores(chosen, patches, whole_images, frame_scores))
     return Selected(clips, frames, kinds, composition)
 
 
@@ -130,10 +135,7 @@ def clean_intervals(arms: dict[str, Selected], pool_clips: list[str], baselines=
 def pool_composition(truth: dict[str, FrameTruth]) -> dict:
     """The pool's own make-up, over its distinct frames (a frozen repeat is the frame it repeats)."""
     distinct = [row for row in truth.values() if not row.frozen_of]
-    kinds = [row.kind for row in distinct]
-    result = {"frames": len(distinct), artefacts.CLEAN: _share(kinds, artefacts.CLEAN)}
-    result.update({name: _share([artefacts.family(k) for k in kinds], name) for name in ("easy", "hard")})
-    result.update({kind: _share(kinds, kind) for kind in artefacts.KINDS})
+    result = {"frames": len(distinct), **_shares([row.kind for row in distinct])}
     result["clips"] = len({row.clip for row in distinct})
     result["frozen_repeats"] = len(truth) - len(distinct)
     return result
@@ -148,16 +150,24 @@ def _patch_kind(patch: dict, source: dict, truth: dict[str, FrameTruth]) -> str:
     return row.kind if touched else artefacts.CLEAN
 
 
+def _shares(kinds: list[str]) -> dict[str, float]:
+    """The share of clean, of each family and of each kind among `kinds`."""
+    families = [artefacts.family(k) for k in kinds]
+    shares = {artefacts.CLEAN: _share(kinds, artefacts.CLEAN)}
+    shares.update({name: _share(families, name) for name in ("easy", "hard")})
+    shares.update({kind: _share(kinds, kind) for kind in artefacts.KINDS})
+    return shares
+
+
 def _share(values: list[str], value: str) -> float:
     return sum(v == value for v in values) / len(values)
 
 
-def _scores(chosen, patches, whole_images: bool, scored: str | None) -> dict:
-    if whole_images and scored is not None:
-        frame_scores = whole_image_scores(scored)
+def _scores(chosen, patches, whole_images: bool, frame_scores: dict[str, float] | None) -> dict:
+    if whole_images and frame_scores is not None:
         picked = [frame_scores.get(p["source_id"]) for p in chosen]
         if None in picked:
-            raise EvalError(f"--scored {scored}: has no score for {picked.count(None)} of the selected frames")
+            raise EvalError(f"--scored: the scored run has no score for {picked.count(None)} of the selected frames")
         return {"score": float(np.mean(picked)), "pool_score": float(np.mean(list(frame_scores.values())))}
     own = [p["score"] for p in chosen]
     if None in own:
@@ -186,12 +196,10 @@ def scored_frames(scored: str, columns: list[str]):
 def add_to(summaries: dict, arms: list, scored: str | None) -> dict | None:
     """Put each arm's composition into its summary when every arm's pool is the same dirty pool;
     returns the pool's composition then, else None (a clean pool: nothing to measure)."""
-    found = [pool_truth(arm.out) for arm in arms]
-    if not found or any(f is None for f in found) or len({f[0] for f in found}) != 1:
+    found = _compose({arm.name: arm.out for arm in arms}, scored)
+    if found is None:
         return None
-    picked = {arm.name: selected(arm.out, scored) for arm in arms}
-    truth = found[0][1]
-    clean_intervals(picked, sorted({row.clip for row in truth.values()}))
+    truth, picked = found[1:]
     for name, arm in picked.items():
         summaries[name]["composition"] = arm.composition
     return pool_composition(truth)
@@ -203,19 +211,9 @@ def evaluate(arm_specs: list[tuple[str, str]], out: str, scored: str | None = No
 
     if not arm_specs:
         raise EvalError("no arms: pass --arm NAME=OUT at least once")
-    pools, picked = set(), {}
     for name, arm_out in arm_specs:
         open_arm(name, arm_out)  # a finished `optidel run` output, or a one-line error naming it
-        found = pool_truth(arm_out)
-        if found is None:
-            raise EvalError(f"arm {name}: {arm_out}'s sources are not the frames of one dirty pool with a {TRUTH_CSV}")
-        pools.add(found[0])
-        picked[name] = selected(arm_out, scored)
-    if len(pools) != 1:
-        raise EvalError(f"the arms come from {len(pools)} different pools ({', '.join(map(str, sorted(pools)))})")
-    folder = pools.pop()
-    truth = read_truth(folder / TRUTH_CSV)
-    clean_intervals(picked, sorted({row.clip for row in truth.values()}))
+    folder, truth, picked = _compose(dict(arm_specs), scored, required=True)
     results = {
         "kind": "composition",
         "pool": str(folder),
@@ -227,3 +225,28 @@ def evaluate(arm_specs: list[tuple[str, str]], out: str, scored: str | None = No
     (Path(out) / RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n")
     (Path(out) / RESULTS_MD).write_text(composition_markdown(results))
     return results
+
+
+def _compose(outs: dict[str, str], scored: str | None, required: bool = False):
+    """(the pool's folder, its truth, {name: Selected} with intervals) for arms that all come
+    from one dirty pool; otherwise None, or an EvalError naming the arm when `required`. The
+    truth and the scored run's frame scores are read once for all arms."""
+    folders = {}
+    for name, out in outs.items():
+        found = pool_folder(out)
+        if found is None:
+            if required:
+                raise EvalError(f"arm {name}: {out}'s sources are not the frames of one dirty pool with a {TRUTH_CSV}")
+            return None
+        folders[name] = found
+    if len(set(folders.values())) != 1:
+        if required:
+            pools = ", ".join(map(str, sorted(set(folders.values()))))
+            raise EvalError(f"the arms come from {len(set(folders.values()))} different pools ({pools})")
+        return None
+    folder = next(iter(folders.values()))
+    truth = read_truth(folder / TRUTH_CSV)
+    frame_scores = whole_image_scores(scored) if scored else None
+    picked = {name: selected(out, truth, frame_scores) for name, out in outs.items()}
+    clean_intervals(picked, sorted({row.clip for row in truth.values()}))
+    return folder, truth, picked

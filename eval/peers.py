@@ -57,8 +57,9 @@ def distinct(paths: list[Path]) -> list[Path]:
     return kept
 
 
-def budget(paths: list[Path], keep: float) -> int:
-    return math.ceil(keep * len(distinct(paths)))
+def budget(unique: list[Path], keep: float) -> int:
+    """optidel's budget: ceil(keep x the distinct frames)."""
+    return math.ceil(keep * len(unique))
 
 
 def seeded_draw(paths: list[Path], n: int, seed: int, name: str) -> list[Path]:
@@ -68,14 +69,14 @@ def seeded_draw(paths: list[Path], n: int, seed: int, name: str) -> list[Path]:
 
 def oracle(folder: str | Path, keep: float, seed: int) -> list[Path]:
     truth = read_truth(Path(folder) / TRUTH_CSV)
-    paths = frames(folder)
-    clean = [p for p in distinct(paths) if truth[p.name].kind == artefacts.CLEAN]
-    return seeded_draw(clean, budget(paths, keep), seed, "oracle")
+    unique = distinct(frames(folder))
+    clean = [p for p in unique if truth[p.name].kind == artefacts.CLEAN]
+    return seeded_draw(clean, budget(unique, keep), seed, "oracle")
 
 
 def cleanvision(folder: str | Path, keep: float, seed: int) -> list[Path]:
     paths = frames(folder)
-    return cleanvision_keep(paths, budget(paths, keep), seed)
+    return cleanvision_keep(paths, budget(distinct(paths), keep), seed)
 
 
 def cleanvision_keep(paths: list[Path], n: int, seed: int) -> list[Path]:
@@ -104,7 +105,7 @@ def lightly(folder: str | Path, keep: float, scored: str | None) -> list[Path]:
     order = np.argsort(table.column("uri").to_numpy(zero_copy_only=False), kind="stable")
     uris = [table.column("uri")[int(i)].as_py() for i in order]
     embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order].astype(np.float32)
-    return sorted(Path(uris[i]) for i in lightly_keep(embeddings, budget(frames(folder), keep)))
+    return sorted(Path(uris[i]) for i in lightly_keep(embeddings, budget(distinct(frames(folder)), keep)))
 
 
 def lightly_keep(embeddings: np.ndarray, n: int) -> list[int]:

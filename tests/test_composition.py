@@ -133,7 +133,7 @@ def test_patch_arm_composition_adds_up_and_reads_its_scores(hand_pool, tmp_path,
 def test_oracle_draws_only_clean_frames_at_the_budget(hand_pool):
     folder, truth = hand_pool
     chosen = peers.oracle(folder, keep=0.3, seed=0)
-    assert peers.budget(peers.frames(folder), 0.3) == 2  # ceil(0.3 x 6 distinct frames)
+    assert peers.budget(peers.distinct(peers.frames(folder)), 0.3) == 2  # ceil(0.3 x 6 distinct frames)
     assert [truth[p.name].kind for p in chosen] == ["clean", "clean"]
     assert peers.oracle(folder, keep=0.3, seed=0) == chosen
 
