@@ -22,7 +22,7 @@ from collections import defaultdict
 import numpy as np
 
 from optidel.eval import artefacts
-from optidel.eval.composition import _patch_kind, pool_truth
+from optidel.eval.composition import patch_kind, pool_truth
 from optidel.eval.labeled import load_image
 from optidel.manifests import layout, schema
 from optidel.stages.keypatch import noise_residual, noise_sigma
@@ -53,7 +53,7 @@ def measures(out: str) -> dict[str, dict[str, list[float]]]:
         residual = noise_residual(pixels)
         for p in rows:
             box = (p["x0"], p["y0"], p["x1"], p["y1"])
-            kind = _patch_kind(p, source, truth)
+            kind = patch_kind(p, source, truth)
             found[kind]["bright"].append(float(bright[box[1] : box[3], box[0] : box[2]].mean()))
             found[kind]["noise"].append(noise_sigma(residual, box))
             found[kind]["score"].append(p["score"])

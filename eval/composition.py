@@ -93,7 +93,7 @@ def selected(out: str, truth: dict[str, FrameTruth], frame_scores: dict[str, flo
     chosen = [p for p in patches if p["selected"]]
     if not chosen:
         raise EvalError(f"{out}: no selected patch in its patches.parquet")
-    kinds = [_patch_kind(p, frame_of[p["source_id"]], truth) for p in chosen]
+    kinds = [patch_kind(p, frame_of[p["source_id"]], truth) for p in chosen]
     frames = [posixpath.basename(frame_of[p["source_id"]]["uri"]) for p in chosen]
     clips = [truth[f].clip for f in frames]
     whole_images = all(p["mask_rle"] is None for p in chosen)
@@ -141,7 +141,9 @@ def pool_composition(truth: dict[str, FrameTruth]) -> dict:
     return result
 
 
-def _patch_kind(patch: dict, source: dict, truth: dict[str, FrameTruth]) -> str:
+def patch_kind(patch: dict, source: dict, truth: dict[str, FrameTruth]) -> str:
+    """What a patches.parquet row shows: its frame's kind, or clean when the frame's artefact is
+    local and the patch's box misses its mask (gate_measures.py classifies candidates by it too)."""
     row = truth[posixpath.basename(source["uri"])]
     mask = decode_truth_mask(row, source["height"], source["width"])
     if mask is None or patch["x0"] is None:

@@ -85,8 +85,7 @@ def composition_markdown(results: dict) -> str:
     if not rows:
         return ""
     pool = results["pool_composition"]
-    kinds = list(KINDS)
-    head = ["arm", "unit", "patches", "clean [95% CI]", "clean vs random", "easy", "hard", *kinds, "clips", "frames",
+    head = ["arm", "unit", "patches", "clean [95% CI]", "clean vs random", "easy", "hard", *KINDS, "clips", "frames",
             "score (pool)"]
     lines = [
         f"**Composition** on the dirty pool ({results['pool']}): the share of "
@@ -95,7 +94,7 @@ def composition_markdown(results: dict) -> str:
         "| " + " | ".join(head) + " |",
         "| --- | --- |" + " ---: |" * (len(head) - 2),
         "| pool (distinct frames) | frame | " + f"{pool['frames']} | {pool['clean']:.3f} | — | "
-        + " | ".join(f"{pool[k]:.3f}" for k in ("easy", "hard", *kinds))
+        + " | ".join(f"{pool[k]:.3f}" for k in ("easy", "hard", *KINDS))
         + f" | {pool['clips']} | {pool['frames']} | — |",
     ]
     for name, c in rows.items():
@@ -104,7 +103,7 @@ def composition_markdown(results: dict) -> str:
         lines.append(
             f"| {name} | {c['unit']} | {c['patches']} | {c['clean']:.3f} [{low:.3f}, {high:.3f}] | "
             f"{_diff(c.get('clean_vs_random'))} | "
-            + " | ".join(f"{c[k]:.3f}" for k in ("easy", "hard", *kinds))
+            + " | ".join(f"{c[k]:.3f}" for k in ("easy", "hard", *KINDS))
             + f" | {c['clips']} | {c['frames']} | {score} |"
         )
     lines += [

@@ -61,14 +61,14 @@ def test_a_patch_missing_a_local_artefact_is_clean():
     source = {"uri": "/pool/f.jpg", "height": SIDE, "width": SIDE}
 
     def kind(x0, y0, x1, y1):
-        return composition._patch_kind({"x0": x0, "y0": y0, "x1": x1, "y1": y1}, source, truth)
+        return composition.patch_kind({"x0": x0, "y0": y0, "x1": x1, "y1": y1}, source, truth)
 
     assert kind(0, 0, 11, 11) == "specular"  # one pixel of the mask: (10, 10)
     assert kind(0, 0, 10, 10) == "clean"  # half-open box: stops just before it
     assert kind(20, 20, 60, 60) == "clean"
     assert kind(None, None, None, None) == "specular"  # a whole-frame candidate shows it
     noisy = {"f.jpg": FrameTruth("f.jpg", "a", 0, "noise", "hard", 3, "", "")}
-    assert composition._patch_kind({"x0": 50, "y0": 50, "x1": 60, "y1": 60}, source, noisy) == "noise"
+    assert composition.patch_kind({"x0": 50, "y0": 50, "x1": 60, "y1": 60}, source, noisy) == "noise"
 
 
 @pytest.fixture(scope="module")
