@@ -2,9 +2,9 @@
 
 A synthetic pool of candidate patches (default 100k: unit embeddings of the proxy's width
 around 64 directions, scores with a per-direction offset, 9 patches per source) is cut into
-parts and selected over the parts (stages/select_parts.py, in this process) once with a sample
-that covers the pool (the exact selection, what the in-memory barrier chooses) and once per
-smaller sample. Reported per sample: clusters covered by the selection, the selection's mean
+parts and selected over the parts (pipeline/selection/engine.py, in this process) once with a
+sample that covers the pool (the exact selection: k-means on every row) and once per smaller
+sample. Reported per sample: clusters covered by the selection, the selection's mean
 score, its overlap with the exact selection, the shortlist fetches and the wall time. For scale,
 one more exact selection under another seed (k-means++ starts elsewhere): how far k-means' own
 randomness moves the selection, sample or not.
@@ -25,8 +25,9 @@ import faiss
 import numpy as np
 
 from optidel.pipeline.config import SelectConfig
-from optidel.stages import select_parts
-from optidel.stages.select import assign_clusters, centred_unit_rows, diversity_stats
+from optidel.pipeline.selection import engine
+from optidel.pipeline.selection.embeddings import assign_clusters, centred_unit_rows, diversity_stats
+from optidel.pipeline.selection.selectors import selector
 
 PER_SOURCE = 9  # patches per frame (benchmarks/memory.py: about 9)
 
@@ -34,7 +35,7 @@ PER_SOURCE = 9  # patches per frame (benchmarks/memory.py: about 9)
 class Parts:
     def __init__(self, columns: dict, n_parts: int):
         self.columns = columns
-        self.rows = np.array_split(np.arange(len(columns["patch_id"])), n_parts)
+        self.rows = np.array_split(np.arange(len(columns["id"])), n_parts)
 
     def __call__(self, part: int, columns=None):
         return {k: v[self.rows[part]] for k, v in self.columns.items() if k in (columns or self.columns)}
@@ -57,8 +58,8 @@ def pool(n: int, dim: int, seed: int) -> dict:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     scores = rng.normal(size=n) + 0.05 * (which % 8)
     return {
-        "patch_id": np.array([f"p{i:09d}" for i in range(n)], dtype=object),
-        "source_id": np.array([f"s{i // PER_SOURCE:09d}" for i in range(n)], dtype=object),
+        "id": np.array([f"p{i:09d}" for i in range(n)], dtype=object),
+        "source": np.array([f"s{i // PER_SOURCE:09d}" for i in range(n)], dtype=object),
         "score": scores.astype(np.float32),
         "embedding": emb.astype(np.float32),
     }
@@ -84,12 +85,12 @@ def main() -> None:
     for sample, seed in runs:
         config = SelectConfig(kmeans_sample=sample)
         start = time.perf_counter()
-        verdict = select_parts.select_patches_in_parts(
-            parts, list(range(args.parts)), run_here, split_here, budget=budget, config=config, method="optidel", seed=seed
+        verdict = engine.choose(
+            parts, list(range(args.parts)), run_here, split_here, budget=budget, selector=selector("optidel"), config=config, seed=seed
         )
         seconds = time.perf_counter() - start
         chosen = sorted(verdict.chosen["id"].tolist())
-        rows = np.searchsorted(columns["patch_id"].astype(str), chosen)
+        rows = np.searchsorted(columns["id"].astype(str), chosen)
         unit = centred_unit_rows(columns["embedding"][rows], verdict.mean)
         stats = diversity_stats(assign_clusters(unit, verdict.centroids), verdict.k)
         run = {

@@ -17,9 +17,8 @@ pages the driver has touched while reading pass 1's blocks), each role's own pea
 gcs, raylet, task workers, actors, other), and the number of candidate patches. Each pool is
 run --repeats times (the pools alternating), and each peak is reported as its median with its
 range: one run's peak moves by tens of MiB from run to run. Then the 4x/1x ratios of the
-medians and the growth per added patch. After each run, the selection
-barrier's own memory per candidate patch is traced (tracemalloc) on that run's pass-1 parts:
-the figure to compare with DESIGN.md's ~1 KB per patch.
+medians and the growth per added patch. (The selection's own driver memory, which holds no row
+of the pool, is benchmarks/scale.py's.)
 
     python benchmarks/memory.py                  # 150 and 600 images
     python benchmarks/memory.py --factor 8       # 150 and 1200 images
@@ -35,7 +34,6 @@ import os
 import platform
 import sys
 import tempfile
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +41,7 @@ import psutil
 import torch
 from PIL import Image
 
-from optidel.manifests import schema
-from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest
-from optidel.pipeline.partitions import PartStore
-from optidel.stages import columns as C
+from optidel.pipeline import config as config_mod
 from optidel.stages import mae, score
 from sampling import run_sampled  # benchmarks/sampling.py: run as a script, its folder is on sys.path
 
@@ -103,35 +97,9 @@ def measure(pool: Path, out: Path, proxy: Path, sets: list[str]) -> dict:
         "peak_driver_rss_mib": _mib(sampler.peak_driver_rss),
         "peak_driver_uss_mib": _mib(sampler.peak_driver_uss),
         "peak_pss_mib_by_role": {role: _mib(v) for role, v in sorted(sampler.peak_pss_by_role.items())},
-        "barrier_bytes_per_patch": barrier_bytes_per_patch(out),
         "peak_processes": sampler.peak_processes,
         "memory_samples": sampler.samples,
     }
-
-
-def barrier_bytes_per_patch(out: Path) -> dict:
-    """What the selection barrier holds per candidate patch, traced in this process on the
-    run's own pass-1 parts, as the run does it: the candidates as read back, and the peak while
-    selecting and writing the sources and patches manifests (into a scratch directory). Python
-    and numpy allocations only: tracemalloc sees no Arrow buffers."""
-    info = json.loads((out / "run.json").read_text())
-    config = config_mod.Config.model_validate(info["config"])
-    store = PartStore(Output(str(out)), info["counts"]["sources"], config.ingest.partition_size)
-    pass1.read_candidates(store, with_patches=True)  # imports pyarrow's lazy modules first
-    with tempfile.TemporaryDirectory(prefix="optidel-barrier-") as scratch:
-        tracemalloc.start()
-        try:
-            candidates = pass1.read_candidates(store, with_patches=True)
-            held = tracemalloc.get_traced_memory()[0]
-            plan = barrier.plan(candidates, config)
-            manifests = Output(scratch)
-            manifests.write_manifest("sources", schema.to_table("sources", plan.sources))
-            patch_manifest.write(manifests, plan, store)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    n = max(len(candidates.patches[C.PATCH_ID]), 1)
-    return {"candidates": round(held / n), "peak": round(peak / n)}
 
 
 def _mib(n: int) -> float:
@@ -145,7 +113,7 @@ def aggregate(runs: list[dict]) -> dict:
     """One pool's repeated runs: each peak's median and its range (min, max) over the runs,
     then the runs themselves. A peak is the maximum of a noisy series (each process's heap
     high-water depends on what it met when), so a single run's peak moves by tens of MiB."""
-    out = {key: runs[0][key] for key in ("sources", "candidate_patches", "samples", "barrier_bytes_per_patch")}
+    out = {key: runs[0][key] for key in ("sources", "candidate_patches", "samples")}
     for key in PEAKS:
         values = [run[key] for run in runs]
         out[key] = round(float(np.median(values)), 1)
@@ -156,7 +124,7 @@ def aggregate(runs: list[dict]) -> dict:
 
 def summarize(results: dict, images: int, factor: int) -> dict:
     """Ratios of the larger pool's median peaks to the 1x pool's, and memory growth per added
-    candidate patch (for the whole run, and for the driver, which holds the barrier)."""
+    candidate patch (for the whole run, and for the driver)."""
     small, large = results["1x"], results[f"{factor}x"]
     added = max(large["candidate_patches"] - small["candidate_patches"], 1)
 
@@ -225,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
           f"added patch: total PSS {summary['pss_growth_per_added_patch_kib']:.2f} KiB, "
           f"driver RSS {summary['driver_rss_growth_per_added_patch_kib']:.2f} KiB, "
           f"driver USS {summary['driver_uss_growth_per_added_patch_kib']:.2f} KiB")
-    print(f"barrier, bytes per candidate patch (held, peak): 1x {small['barrier_bytes_per_patch']}, "
-          f"{args.factor}x {large['barrier_bytes_per_patch']}")
     print(f"written: {path.relative_to(REPO)}")
     print(f"rss_ratio={summary['rss_ratio']:.3f} pss_ratio={summary['pss_ratio']:.3f}")
     return 0

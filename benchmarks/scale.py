@@ -9,12 +9,11 @@ before pass 2: the selection barrier and the sources and patches manifests. The 
 the memory of the child and of every process under it (benchmarks/sampling.py).
 
     python benchmarks/scale.py                           # 1M, 4M, 16M candidate patches
+    python benchmarks/scale.py --selector dedup          # another selector (default: optidel)
     python benchmarks/scale.py --patches 250000 1000000  # quicker
     python benchmarks/scale.py --keep DIR                # keep the synthetic pools in DIR (else a temp dir)
 
-The selection runs as `optidel run` runs it: `optidel`'s, by Ray tasks over the parts (a local
-Ray); the smallest pool also runs through the in-memory barrier, and the two sets of manifests
-are compared byte for byte (`exact`).
+The selection runs as `optidel run` runs it, by Ray tasks over the parts (a local Ray).
 
 Reported per size: the child's (the driver's) peak RSS and USS (its own pages, without the
 object store's shared ones it maps), its peak RSS at the end of each stage (which stage reached
@@ -22,12 +21,9 @@ the peak), the peak total RSS and PSS of it and everything under it, and the wal
 stage (the child's own wall time also holds its imports). The last line compares the largest
 pool with the smallest:
 
-    driver_growth=<peak driver RSS ratio> time_growth=<ratio of stage time per million patches> exact=<true|overlap F>
+    driver_growth=<peak driver RSS ratio> time_growth=<ratio of stage time per million patches> selector=<name>
 
-`exact` is true when the two paths write the same manifests. They must whenever the k-means
-sample (`select.kmeans_sample`, in SETTINGS) covers the smallest pool; below that, only the
-centroids may differ (docs/cluster.md), and `overlap` is the share of the chosen patches both
-paths choose.
+`patches_sha256` per size digests the manifests written, to compare two versions of the code.
 """
 
 from __future__ import annotations
@@ -49,7 +45,9 @@ import psutil
 from optidel import seeding
 from optidel.manifests import schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest, raydata, source_manifest
+from optidel.pipeline import config as config_mod, raydata
+from optidel.pipeline.selection import plan as selection_plan
+from optidel.pipeline.selection import write
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from optidel.stages.keypatch import mask_to_rle
@@ -105,9 +103,9 @@ def source_ids(n: int, seed: int) -> np.ndarray:
     return ids
 
 
-def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool, sets: list[str]) -> dict:
-    """What the run does between pass 1 and pass 2, timed per stage (this is the child): over
-    the parts by Ray tasks (the run's path) or, for comparison, in the driver's memory."""
+def select_and_write(pool: Path, n_sources: int, scratch: Path, sets: list[str]) -> dict:
+    """What the run does between pass 1 and pass 2, by Ray tasks over the parts, timed per stage
+    (this is the child)."""
     config = config_mod.load(sets=SETTINGS + sets)
     store = PartStore(Output(str(pool)), n_sources, config.ingest.partition_size)
     timings, peaks = {}, {}
@@ -118,19 +116,13 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool
         peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     start = time.perf_counter()
-    if over_parts:
-        raydata.connect(config.ray)  # a local Ray, as `optidel run` starts one
-        stage_done("ray")
-    if over_parts:  # as the runner does: the driver reads no row of the pool
-        plan = barrier.plan_over_parts(store, config)
-    else:
-        candidates = pass1.read_candidates(store, with_patches=True)
-        stage_done("read")
-        plan = barrier.plan(candidates, config)
+    raydata.connect(config.ray)  # a local Ray, as `optidel run` starts one
+    stage_done("ray")
+    plan = selection_plan.plan(store, config)  # as the runner does: the driver reads no row of the pool
     stage_done("select")
     manifests = Output(str(scratch))
-    source_manifest.write(manifests, plan, store, config)
-    candidate_patches = patch_manifest.write(manifests, plan, store)
+    write.sources(manifests, plan.duplicates, store, config)
+    candidate_patches = write.patches(manifests, plan, store, config)
     stage_done("manifests")
     return {
         "candidate_patches": candidate_patches,
@@ -142,13 +134,6 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, over_parts: bool
     }
 
 
-def selected_ids(scratch: Path) -> set[str]:
-    """The chosen patches' ids, read by the parent from the manifests a child wrote (in the
-    child they would count in the driver's peak)."""
-    table = Output(str(scratch)).read_manifest("patches", columns=[C.PATCH_ID], filters=[("selected", "==", True)])
-    return set(table.column(C.PATCH_ID).to_pylist())
-
-
 def _sha256_tree(directory: Path) -> str:
     """One digest of every file under `directory` (names and bytes), to compare two paths."""
     digest = hashlib.sha256()
@@ -158,10 +143,9 @@ def _sha256_tree(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def measure(pool: Path, n_sources: int, scratch: Path, sets: list[str], over_parts: bool = True) -> dict:
+def measure(pool: Path, n_sources: int, scratch: Path, sets: list[str]) -> dict:
     """select_and_write in a child process, its memory and its children's sampled meanwhile."""
-    path = "parts" if over_parts else "memory"
-    command = [sys.executable, __file__, *(f"--set={item}" for item in sets), "--child", str(pool), str(n_sources), str(scratch), path]
+    command = [sys.executable, __file__, *(f"--set={item}" for item in sets), "--child", str(pool), str(n_sources), str(scratch)]
     stdout, wall, sampler = run_sampled(command, f"scale.py: selection over {pool}")
     return {
         **json.loads(stdout.strip().splitlines()[-1]),
@@ -178,7 +162,7 @@ def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
-def summarize(command: str, results: list[dict], in_memory: dict | None, sets: list[str]) -> dict:
+def summarize(command: str, results: list[dict], sets: list[str]) -> dict:
     """The largest pool so far against the smallest: driver peak and stage time per patch."""
     small, large = results[0], results[-1]
     # Stage times, not the child's wall time (that holds ~10 s of imports), nor Ray's start.
@@ -190,10 +174,8 @@ def summarize(command: str, results: list[dict], in_memory: dict | None, sets: l
                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
         "settings": SETTINGS + sets,
         "results": results,
-        "in_memory_smallest": in_memory,
         "driver_growth": round(large["peak_driver_rss_mib"] / small["peak_driver_rss_mib"], 3),
         "time_growth": round(per_million[1] / per_million[0], 3),
-        "exact": None if in_memory is None else in_memory["patches_sha256"] == small["patches_sha256"],
     }  # fmt: skip
 
 
@@ -203,19 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="write the synthetic pools here and keep them (a rerun reuses them)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
-    parser.add_argument("--no-exact", action="store_true", help="skip the in-memory run on the smallest pool")
+    parser.add_argument("--selector", default="optidel", help="the selector to run (default: optidel)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. select.kmeans_sample=1000000 for an exact 1M check")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # POOL N_SOURCES SCRATCH parts|memory
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # POOL N_SOURCES SCRATCH
     args = parser.parse_args(argv)
     if args.child:
-        pool, n_sources, scratch, path = args.child
-        print(json.dumps(select_and_write(Path(pool), int(n_sources), Path(scratch), path == "parts", args.sets)))
+        pool, n_sources, scratch = args.child
+        print(json.dumps(select_and_write(Path(pool), int(n_sources), Path(scratch), args.sets)))
         return 0
+    args.sets = [f"selector={args.selector}", *args.sets]
 
     config = config_mod.load(sets=SETTINGS)
     command = "python benchmarks/scale.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    results, in_memory = [], None
+    results = []
     with tempfile.TemporaryDirectory(prefix="optidel-scale-") as tmp:
         root = args.keep or Path(tmp)
         for n_patches in args.patches:
@@ -232,23 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             result.update(measure(pool, n_sources, Path(tmp) / f"manifests-{n_patches}", args.sets))
             results.append(result)
             print(json.dumps(result), flush=True)
-            if len(results) == 1 and not args.no_exact:
-                # The smallest pool through the in-memory barrier too: the same manifests, byte for
-                # byte? Not when the k-means sample is smaller than the pool: then, how many of the
-                # same patches are chosen.
-                in_memory = measure(pool, n_sources, Path(tmp) / "manifests-in-memory", args.sets, over_parts=False)
-                chosen, again = (selected_ids(Path(tmp) / name) for name in (f"manifests-{n_patches}", "manifests-in-memory"))
-                in_memory["overlap_with_over_parts"] = round(len(chosen & again) / max(len(chosen), 1), 4)
-                print(json.dumps({"in_memory": in_memory}), flush=True)
             # Written after every size: a run stopped before the largest keeps what it measured.
-            summary = summarize(command, results, in_memory, args.sets)
+            summary = summarize(command, results, args.sets)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {args.out}")
-    exact = "skipped" if in_memory is None else str(summary["exact"]).lower()
-    if in_memory is not None and not summary["exact"]:
-        exact = f"overlap {in_memory['overlap_with_over_parts']}"
-    print(f"driver_growth={summary['driver_growth']} time_growth={summary['time_growth']} exact={exact}")
+    print(f"driver_growth={summary['driver_growth']} time_growth={summary['time_growth']} selector={args.selector}")
     return 0
 
 

@@ -30,10 +30,12 @@ import numpy as np
 import ray
 
 from optidel.manifests.layout import Output, manifest_relpath
-from optidel.pipeline import barrier, config as config_mod, pass1, pass2
+from optidel.pipeline import config as config_mod, pass1, pass2
 from optidel.pipeline.inputs import iter_sources
 from optidel.pipeline.listing import Listing
+from optidel.pipeline.partitions import PartStore
 from optidel.pipeline.runner import run
+from optidel.pipeline.selection import plan as selection_plan
 from optidel.stages import columns as C
 from optidel.stages import mae, score
 from optidel.stages.compose import Compose
@@ -223,7 +225,10 @@ def _timed_kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
     proposed = propose(ingested)  # the stage's own output, to feed the next kernels (untimed)
     scored = timed("score", Score(config.score, config.seed, config.score.proxy), proposed)
 
-    plan = timed("select", barrier.plan, pass1.split_candidates(scored, with_patches=True), config)
+    # The selection as the run makes it, by Ray tasks over the parts: here one part of the pool.
+    store = PartStore(Output(str(tmp / "kernel-select")), len(rows), len(rows))
+    store.write(0, scored)
+    plan = timed("select", selection_plan.plan, store, config)
 
     sample_rows = pass2.sample_rows(plan)
     compose_batch = {k: _column([r[k] for r in sample_rows]) for k in sample_rows[0]}

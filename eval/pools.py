@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from optidel import imageio, seeding
-from ..pipeline.demo import camera_path
+from optidel.camera_path import camera_path
 from .labeled import Pair, load_image
 
 

@@ -41,7 +41,7 @@ LISTING = "listing"  # the runner's listing of the pool (pipeline/inputs.py)
 INGEST = "ingest"  # stages/ingest.py
 PROPOSE = "propose"  # stages/propose.py
 SCORE = "score"  # stages/score.py
-BARRIER = "barrier"  # the selection barrier (pipeline/barrier.py)
+BARRIER = "barrier"  # the selection barrier (pipeline/selection/)
 COMPOSE = "compose"  # stages/compose.py
 WRITER = "writer"  # the shard writer (stages/write.py)
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..stages.propose import AUTO, PROPOSERS
-from ..stages.select import SELECTORS
+from .selection.selectors import SELECTORS
 
 
 class ConfigError(ValueError):
@@ -177,7 +177,7 @@ class Config(Section):
     seed: int = Field(0, ge=0, description="seeds every random choice: the same seed gives the same bytes")
     keep: float = Field(0.05, gt=0.0, le=1.0, description="fraction of the pool to output: ceil(keep * usable sources)")
     selector: str = Field(
-        "optidel", description="a registered selector (stages/select.py): random and dedup keep whole images"
+        "optidel", description="a registered selector (pipeline/selection/selectors.py): random and dedup keep whole images"
     )
     mosaic: int = Field(4, description="M patches per output image: 1, 4, 9 or 16")
     overwrite: bool = Field(False, description="replace a non-empty OUT")

@@ -163,7 +163,7 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
         return array.flatten().to_numpy().reshape(len(array), array.type.list_size)
     if pa.types.is_string(array.type):
         # Through a dictionary, so that equal strings share one Python object: a source's
-        # patches all name it, and the barrier holds every patch of the pool.
+        # patches all name it, and a task may hold every row of a part.
         encoded = array.dictionary_encode()
         return np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()]
     return array.to_numpy()

@@ -13,7 +13,7 @@ from ..stages import columns as C
 from ..stages.compose import Compose
 from ..stages.write import ShardWriter
 from . import progress, raydata
-from .barrier import Plan
+from .selection.plan import Plan
 from .config import Config
 from .resume import RunError
 

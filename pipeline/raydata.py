@@ -210,8 +210,8 @@ def device(config: RayConfig) -> str:
 
 def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
     """Yield fn(*call) for each call, in call order, each call a Ray task of ray.cpus_per_task
-    CPUs (default one): the selection barrier's map steps over the pass-1 parts
-    (stages/select_parts.py). Results wait in the object store until the caller takes them, one
+    CPUs (default one): the selection's steps over the pass-1 parts (pipeline/selection/).
+    Results wait in the object store until the caller takes them, one
     at a time, so it can fold them without holding them all."""
     remote = ray.remote(**_task_options(config))(fn)
     refs = [remote.remote(*call) for call in _shared_once(calls)]

@@ -1,4 +1,4 @@
-"""`optidel run`: list the pool, pass 1 on Ray, the selection barrier, pass 2 on Ray into shards,
+"""`optidel run`: list the pool, pass 1 on Ray, the selection, pass 2 on Ray into shards,
 then the manifests and run.json."""
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ from optidel import __version__
 from ..manifests import schema
 from ..manifests.layout import RUN_JSON, WORK_DIR, Output
 from ..stages.propose import Proposer, resolve_proposer
-from ..stages.select import selector
 from ..stages.weights import file_sha256
 from ..stages.write import shards_table
-from . import barrier, pass1, pass2, patch_manifest, proxy_training, ray_logs, raydata, resume, source_manifest
+from . import pass1, pass2, proxy_training, ray_logs, raydata, resume
 from .config import Config
 from .inputs import iter_sources
 from .listing import Listing
 from .partitions import PartStore
 from .resume import RunError  # the run's error type, imported from here by the CLI
+from .selection import plan as selection_plan
+from .selection import write as selection_write
+from .selection.selectors import selector
 
 log = logging.getLogger("optidel")
 
@@ -75,12 +77,11 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
 
     store = PartStore(output, len(listing), config.ingest.partition_size)
     reused = {"pass1_partitions": store.n_partitions}
-    # A selection over the parts reads the pool there: the driver reads none of its rows.
-    over_parts = barrier.over_parts(config)
     if not selector(config.selector).needs_scores:
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            candidates = pass1.ingest_only(listing, config, store, read=not over_parts)
+            # The selection reads the pool in the parts: the driver reads none of its rows.
+            pass1.ingest_only(listing, config, store, read=False)
     else:
         proposer = resolve_proposer(config.propose)
         proposals = None  # the pool's proposals, when training proposed every source already
@@ -92,16 +93,14 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
             reused["pass1_partitions_reused"] = len(store.done())
             # Scoring the proxy's proposals, not proposing again: its sample was the whole pool.
             reused["pass1_proposals"] = proposals is not None
-            candidates = pass1.scored(
-                listing, config, proposer, models["proxy"]["path"], store, read=not over_parts, proposals=proposals
-            )
+            pass1.scored(listing, config, proposer, models["proxy"]["path"], store, read=False, proposals=proposals)
     with timer.stage("select"):
-        plan = barrier.plan_over_parts(store, config) if over_parts else barrier.plan(candidates, config)
+        plan = selection_plan.plan(store, config)
     with timer.stage("pass2"):
         samples, records = pass2.compose_and_write(plan, config, output)
     with timer.stage("manifests"):
-        source_manifest.write(output, plan, store, config)
-        n_candidates = patch_manifest.write(output, plan, store)
+        selection_write.sources(output, plan.duplicates, store, config)
+        n_candidates = selection_write.patches(output, plan, store, config)
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
 

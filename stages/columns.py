@@ -47,7 +47,7 @@ PATCH_ID = "patch_id"
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 # In batches and pass-1 parts a mask is its COCO counts string alone (it covers the source
 # image, whose size is on the source row); patches.parquet's mask_rle struct adds the size
-# (pipeline/patch_manifest.py).
+# (pipeline/selection/rows.py).
 MASK_RLE = "mask_rle"
 # The patches.parquet columns the proposer fills (but the source's own), after PATCH_INDEX.
 PATCH_COLUMNS = (PATCH_INDEX, *(c for c in schema.filled_by("patches", schema.PROPOSE) if c != SOURCE_ID))

@@ -1,6 +1,6 @@
 """The mean of float32 rows, exactly rounded: the same bits whatever the row order and however
-the rows are split into parts, so the selection barrier and its distributed form (which sums
-each pass-1 part apart, stages/select_parts.py) centre embeddings on the same mean.
+the rows are split into parts, so the selection, which sums each pass-1 part apart
+(pipeline/selection/engine.py), centres embeddings on the mean of the whole pool.
 
 A float32 value is an integer times a power of two (m * 2**(e - 24), |m| < 2**24, e from
 np.frexp), so the exact sum of a column is an integer multiple of 2**-172 (float32's smallest

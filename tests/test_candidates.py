@@ -1,7 +1,6 @@
-"""What the selection barrier holds per patch, and patches.parquet without it: candidates are
-read back from the pass-1 parts without masks or source sentinels, each source's id shared by
-its patches; the manifest gets the masks back from the parts, part by part, with the bytes a
-one-shot write would give."""
+"""Candidates read back from the pass-1 parts without masks or source sentinels, each source's id
+shared by its patches; patches.parquet, written by tasks part by part, gets each mask back from
+its part."""
 
 from __future__ import annotations
 
@@ -12,8 +11,10 @@ import pytest
 
 from optidel.manifests import decode_mask, layout, schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, pass1, patch_manifest
-from optidel.pipeline.partitions import PartStore, part_name
+from optidel.pipeline import config as config_mod, pass1
+from optidel.pipeline.partitions import PartStore
+from optidel.pipeline.selection import plan as selection_plan
+from optidel.pipeline.selection import write
 from optidel.stages import columns as C
 from optidel.stages.keypatch import mask_to_rle
 
@@ -67,12 +68,12 @@ def _written(store: PartStore) -> dict[str, np.ndarray]:
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def test_barrier_holds_no_masks_and_one_id_object_per_source(store):
+def test_candidates_hold_no_masks_and_one_id_object_per_source(store):
     candidates = pass1.read_candidates(store, with_patches=True)
     written = _written(store)
     is_patch = written[C.PATCH_INDEX] >= 0
 
-    # INPUT_INDEX beside them: a duplicate's patches carry its original's ids (pipeline/barrier.py)
+    # INPUT_INDEX beside them: a duplicate's patches carry its original's ids
     assert tuple(candidates.patches) == (C.INPUT_INDEX, *C.BARRIER_PATCH_COLUMNS) and C.MASK_RLE not in candidates.patches
     for name, values in candidates.patches.items():
         assert np.array_equal(values, written[name][is_patch], equal_nan=values.dtype.kind == "f"), name  # NaN: none
@@ -83,58 +84,36 @@ def test_barrier_holds_no_masks_and_one_id_object_per_source(store):
         assert len(objects) == 1, source_id
 
 
-def _plan(store):
+def test_patches_manifest_gets_each_mask_back_from_its_part(store, tmp_path, ray_local):
     config = config_mod.load(sets=["select.clusters=2", "keep=1.0"])
-    return barrier.plan(pass1.read_candidates(store, with_patches=True), config)
-
-
-def test_patches_manifest_gets_each_mask_back_from_its_part(store, tmp_path):
-    plan = _plan(store)
+    plan = selection_plan.plan(store, config)
     assert plan.samples  # the test means nothing on an empty selection
     output = Output(str(tmp_path / "m"))
-    patch_manifest.write(output, plan, store)
+    assert write.patches(output, plan, store, config) == sum(PATCHES_PER_SOURCE.values())
 
     written = _written(store)
     is_patch = written[C.PATCH_INDEX] >= 0
     sizes = [list(_size(i)) for i in written[C.INPUT_INDEX][is_patch]]
-    masks = {p: {"size": s, "counts": c} for p, s, c in zip(written[C.PATCH_ID][is_patch], sizes, written[C.MASK_RLE][is_patch])}
     table = output.read_manifest("patches")
-    assert table.column("patch_id").to_pylist() == list(plan.patches[C.PATCH_ID])
-    assert table.column(C.MASK_RLE).to_pylist() == [masks[p] for p in plan.patches[C.PATCH_ID]]
+    assert table.column("patch_id").to_pylist() == list(written[C.PATCH_ID][is_patch])  # part order
+    expected = [{"size": s, "counts": c} for s, c in zip(sizes, written[C.MASK_RLE][is_patch])]
+    assert table.column(C.MASK_RLE).to_pylist() == expected
     for row in table.to_pylist():  # each mask decodes on its own, at its source's size
         i, k = int(row["patch_id"][:2]), int(row["patch_id"][-3:])
         expected = np.zeros(_size(i), bool)
         expected[k : k + 5, i : i + 7] = True
         assert np.array_equal(decode_mask(row), expected)
-    # The same bytes as writing the whole table at once.
-    whole = Output(str(tmp_path / "whole"))
-    mask_rle = schema.mask_rle_array(written[C.MASK_RLE][is_patch], *zip(*sizes))
-    whole.write_manifest("patches", schema.to_table("patches", {**plan.patches, C.MASK_RLE: mask_rle}))
-    relpath = layout.manifest_relpath("patches")
-    assert (tmp_path / "m" / relpath).read_bytes() == (tmp_path / "whole" / relpath).read_bytes()
 
 
-def test_whole_image_plan_writes_no_masks(store, tmp_path):
+def test_whole_image_plan_writes_no_masks(store, tmp_path, ray_local):
     config = config_mod.load(sets=["selector=random", "keep=1.0"])
-    plan = barrier.plan(pass1.read_candidates(store, with_patches=False), config)
+    plan = selection_plan.plan(store, config)
     output = Output(str(tmp_path / "m"))
-    patch_manifest.write(output, plan, store)
+    write.patches(output, plan, store, config)
     rows = output.read_manifest("patches").to_pylist()
     assert len(rows) == len(PATCHES_PER_SOURCE) and all(row["mask_rle"] is None for row in rows)
     with pytest.raises(ValueError, match="no mask"):
         decode_mask(rows[0])
-
-
-def test_patches_manifest_refuses_parts_that_disagree_with_the_plan(store, tmp_path):
-    plan = _plan(store)
-    last = store.n_partitions - 1
-    rows = store.read(last)
-    rows[C.PATCH_ID] = np.array([p.replace("-00", "-09") for p in rows[C.PATCH_ID]], dtype=object)
-    store.write(last, rows)  # a part rewritten behind the plan's back
-    output = Output(str(tmp_path / "m"))
-    with pytest.raises(RuntimeError, match=part_name(last)):
-        patch_manifest.write(output, plan, store)
-    assert not list((tmp_path / "m").rglob("*.parquet*"))
 
 
 @pytest.mark.parametrize("sizes", [[], [0], [3, 9, 1, 0, 14, 2], [7, 7], [30]])

@@ -1,5 +1,5 @@
-"""Exact duplicates by the hash-partitioned step (pipeline/duplicates.py) against the in-memory
-reference (barrier.mark_duplicates): on random pools with copies within a part and across
+"""Exact duplicates by the hash-partitioned step (pipeline/selection/duplicates.py) against a plain
+in-memory reference (mark_duplicates, below): on random pools with copies within a part and across
 parts, several copies of one id (the first in the listing wins, whichever map's piece reaches
 the reduce first), and rows that are not ok sharing an id with ok rows; any cut into parts,
 groups and buckets. On real Ray, over real parts: the same duplicates and counts, and
@@ -14,12 +14,26 @@ import pytest
 
 from optidel.manifests import layout, schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import barrier, config as config_mod, duplicates, pass1, source_manifest
-from optidel.pipeline.duplicates import bucketed, first_occurrences, joined, marked
+from optidel.pipeline import config as config_mod, pass1
+from optidel.pipeline.selection import duplicates, write
+from optidel.pipeline.selection.duplicates import bucketed, first_occurrences, joined, marked
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 
 NOT_OK = (schema.CORRUPT, schema.TOO_SMALL, schema.FAILED)
+
+
+def mark_duplicates(sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Byte-identical ok sources after the first (in listing order) become `duplicate`."""
+    status = sources[C.STATUS].copy()
+    duplicate_of = np.full(len(status), "", dtype=object)
+    first = set()
+    for i, (sid, st) in enumerate(zip(sources[C.SOURCE_ID], status)):
+        if st == schema.OK and sid in first:
+            status[i], duplicate_of[i] = schema.DUPLICATE, sid
+        elif st == schema.OK:
+            first.add(sid)
+    return {**sources, C.STATUS: status, "duplicate_of": duplicate_of}
 
 
 def random_sources(seed: int, n: int = 300) -> dict[str, np.ndarray]:
@@ -50,7 +64,7 @@ def hash_partitioned(sources: dict[str, np.ndarray], seed: int, groups: int, buc
 @pytest.mark.parametrize("groups,buckets", [(1, 1), (3, 2), (5, 7), (9, 4)])
 def test_hash_partitioned_duplicates_are_mark_duplicates(seed, groups, buckets):
     sources = random_sources(seed)
-    reference = barrier.mark_duplicates(sources)
+    reference = mark_duplicates(sources)
     found = hash_partitioned(sources, seed, groups, buckets)
     assert len(found.positions) > 10  # the pool had copies to find
     ours = marked(sources, found)
@@ -102,14 +116,13 @@ def test_on_ray_over_parts(ray_local, tmp_path, monkeypatch, with_patches):
     store = _store(tmp_path, sources, with_patches)
     config = config_mod.load(sets=[])
     found, by_status = duplicates.find(store, config)
-    reference = barrier.mark_duplicates(sources)
+    reference = mark_duplicates(sources)
     assert marked(sources, found)["duplicate_of"].tolist() == reference["duplicate_of"].tolist()
     assert by_status == dict(sorted(Counter(reference[C.STATUS].tolist()).items()))
 
-    # sources.parquet in pieces from the parts: the bytes of the in-memory barrier's one write.
-    in_memory = barrier.Plan(barrier.mark_duplicates(pass1.read_candidates(store, with_patches=False).sources), {}, [], grid=2)
-    over_parts = barrier.Plan({}, {}, [], grid=2, duplicates=found)
-    for name, plan in (("in_memory", in_memory), ("over_parts", over_parts)):
-        source_manifest.write(Output(str(tmp_path / name)), plan, store, config)
+    # sources.parquet in pieces from the parts: the bytes of one write of the reference's rows.
+    in_memory = mark_duplicates(pass1.read_candidates(store, with_patches=False).sources)
+    Output(str(tmp_path / "in_memory")).write_manifest("sources", schema.to_table("sources", in_memory))
+    write.sources(Output(str(tmp_path / "over_parts")), found, store, config)
     written = (tmp_path / "in_memory" / layout.manifest_relpath("sources")).read_bytes()
     assert (tmp_path / "over_parts" / layout.manifest_relpath("sources")).read_bytes() == written

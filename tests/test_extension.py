@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,7 +18,8 @@ from optidel.manifests import decode_mask, schema
 from optidel.manifests.verify import verify
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
-from optidel.stages import mae, propose, score, select
+from optidel.pipeline.selection import selectors
+from optidel.stages import mae, propose, score
 
 
 N_SOURCES = 12
@@ -25,16 +27,6 @@ KEEP = 0.25
 SETS = ["select.clusters=4", "output.size=64", "output.format=png", "score.masks_per_patch=1"]
 GRID = 3  # the toy proposer's cells per side
 GRID_IOU = 0.5  # its predicted_iou, to recognise its patches in the manifest
-
-
-def easiest_first(*, patch_ids, source_ids, scores, embeddings, budget, config, seed):
-    """The toy selector: the `budget` lowest-scoring patches."""
-    rank = select.hardness_rank(patch_ids, scores)  # 0 = hardest
-    n = len(rank)
-    selected = np.zeros(n, dtype=bool)
-    selected[np.argsort(-rank)[:budget]] = True
-    reason = np.where(selected, "", schema.DROP_BUDGET).astype(object)
-    return select.Selection(selected, np.full(n, -1, np.int32), rank, reason)
 
 
 def grid_masks(config, seed, device):
@@ -72,9 +64,11 @@ def _cells(side: int) -> list[tuple[int, int]]:
 
 @pytest.fixture()
 def toy_selector():
-    select.register_selector("easiest", whole_images=False, needs_scores=True)(easiest_first)
-    yield "easiest"
-    del select.SELECTORS["easiest"]
+    """A selector no built-in one is: each cluster's hardest patches in turn, with neither the
+    near-duplicate rule nor a per-source cap."""
+    selectors.register_selector("balanced", unit="patch", order="hardness", clusters=True, quotas=True)
+    yield "balanced"
+    del selectors.SELECTORS["balanced"]
 
 
 @pytest.fixture()
@@ -116,25 +110,30 @@ def _help(capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_toy_selector_runs_end_to_end(toy_selector, pool, tmp_path, ray_local, capsys):
-    assert "{optidel,hard,random,dedup,easiest}" in _help(capsys)
-    assert config_mod.load(overrides={"selector": "easiest"}).selector == "easiest"
+def test_toy_selector_runs_end_to_end_over_several_parts(toy_selector, pool, tmp_path, ray_local, capsys):
+    assert "{optidel,hard,random,dedup,balanced}" in _help(capsys)
+    assert config_mod.load(overrides={"selector": "balanced"}).selector == "balanced"
     with pytest.raises(SystemExit):
         cli.main(["run", "x", "-o", str(tmp_path / "no"), "--selector", "hardest"])
     assert "invalid choice: 'hardest'" in capsys.readouterr().err
 
-    assert _run(pool, tmp_path / "out", "--selector", "easiest") == 0
+    assert _run(pool, tmp_path / "out", "--selector", "balanced", "--set", "ingest.partition_size=3") == 0
+    assert len(list((tmp_path / "out" / "work" / "pass1").glob("*.parquet"))) == 4  # 12 sources, 4 parts
     patches = pq.read_table(tmp_path / "out" / "manifests" / "patches").to_pylist()
-    chosen = [p["score"] for p in patches if p["selected"]]
-    others = [p["score"] for p in patches if not p["selected"]]
-    assert len(chosen) == 4 * math.ceil(KEEP * N_SOURCES) and others
-    assert max(chosen) <= min(others)  # the easiest, where the built-in selectors take the hardest
+    chosen = [p for p in patches if p["selected"]]
+    assert len(chosen) == 4 * math.ceil(KEEP * N_SOURCES)
+    per_cluster = Counter(p["cluster"] for p in chosen)
+    assert len(per_cluster) > 1 and max(per_cluster.values()) - min(per_cluster.values()) <= 1  # turns, not hardness
+    for c, taken in per_cluster.items():  # each cluster's hardest
+        scores = sorted((p["score"] for p in patches if p["cluster"] == c), reverse=True)
+        assert sorted((p["score"] for p in chosen if p["cluster"] == c), reverse=True) == scores[:taken]
+    assert schema.DROP_QUOTA in {p["reason"] for p in patches}  # hard rows whose cluster's turn had passed
     assert verify(str(tmp_path / "out")).ok
 
 
 def test_unregistered_selector_is_refused_by_the_config():
-    with pytest.raises(config_mod.ConfigError, match="config key selector must be one of optidel, .*not 'easiest'"):
-        config_mod.load(overrides={"selector": "easiest"})
+    with pytest.raises(config_mod.ConfigError, match="config key selector must be one of optidel, .*not 'balanced'"):
+        config_mod.load(overrides={"selector": "balanced"})
 
 
 def test_toy_proposer_runs_end_to_end(toy_proposer, pool, tmp_path, ray_local, capsys):

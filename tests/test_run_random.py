@@ -12,7 +12,7 @@ import webdataset as wds
 import wids
 
 from optidel.manifests.verify import verify
-from optidel.pipeline import barrier, config as config_mod
+from optidel.pipeline import config as config_mod
 from optidel.pipeline.runner import RunError, run
 
 from hostile import write_hostile_corpus
@@ -113,25 +113,26 @@ def test_bad_inputs_are_recorded_not_fatal(tmp_path, kvasir, ray_local):
     assert verify(str(out)).ok
 
 
-def test_run_over_the_parts_has_the_bytes_of_the_in_memory_run(tmp_path, kvasir, ray_local, monkeypatch):
-    """Duplicates, selection and manifests by Ray tasks over the parts, against the in-memory
-    barrier, on a pool with bad inputs and a byte-identical copy, cut into several parts."""
+def test_a_run_over_many_parts_has_the_bytes_of_a_run_in_one(tmp_path, kvasir, ray_local):
+    """One implementation at every scale: duplicates, selection and manifests by Ray tasks over
+    several parts write what a pool held in one part writes, on a pool with bad inputs and a
+    byte-identical copy."""
     pool = tmp_path / "pool"
     write_hostile_corpus(pool / "hostile")
     good = sorted((kvasir / "images").glob("*.jpg"))[:12]
     for p in good:
         shutil.copy(p, pool / p.name)
     shutil.copy(good[3], pool / "zz-copy.jpg")
-    config = config_mod.load(overrides={"selector": "random", "keep": 0.5, "ingest.partition_size": 4})
     runs, counts = {}, {}
-    for name, over_parts in (("parts", True), ("memory", False)):
-        with monkeypatch.context() as patched:
-            patched.setattr(barrier, "over_parts", lambda config, over_parts=over_parts: over_parts)
-            counts[name] = run([str(pool)], str(tmp_path / name), config)["counts"]
-        runs[name] = _tree_bytes(tmp_path / name)
-    assert runs["parts"] == runs["memory"]
-    assert counts["parts"] == counts["memory"] and counts["parts"]["by_status"]["duplicate"] == 1
-    assert sum(p.startswith("work/pass1/") for p in runs["parts"]) >= 4
+    for parts, size in (("many", 4), ("one", 1000)):
+        config = config_mod.load(overrides={"selector": "random", "keep": 0.5, "ingest.partition_size": size})
+        counts[parts] = run([str(pool)], str(tmp_path / parts), config)["counts"]
+        runs[parts] = _tree_bytes(tmp_path / parts)
+    assert sum(p.startswith("work/pass1/") for p in runs["many"]) >= 4
+    assert sum(p.startswith("work/pass1/") for p in runs["one"]) == 1
+    written = {name: {p: b for p, b in files.items() if not p.startswith("work/")} for name, files in runs.items()}
+    assert written["many"] == written["one"] and any(p.startswith("shards/") for p in written["one"])
+    assert counts["many"] == counts["one"] and counts["many"]["by_status"]["duplicate"] == 1
 
 
 def test_non_empty_output_refused_before_any_work(tmp_path, subset):

@@ -1,16 +1,21 @@
-"""The selection barrier's selectors: hardness baseline, OptiDEL's diverse hard selection and
-the whole-image baselines, on synthetic clustered embeddings (real faiss k-means)."""
+"""The selectors, run by the engine over a pool cut into parts: the hardness baseline, OptiDEL's
+diverse hard selection and the whole-image baselines, on synthetic clustered embeddings (real
+faiss k-means); and the round-robin and the embeddings' geometry they rest on."""
 
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from optidel.manifests import schema
 from optidel.pipeline.config import SelectConfig
-from optidel.stages.select import diversity_stats, hardness_rank, select_images, select_patches
+from optidel.pipeline.selection import embeddings, round_robin
+from optidel.pipeline.selection.embeddings import diversity_stats
+from optidel.pipeline.selection.selectors import register_selector
+from selection_reference import Parts, over_parts
 
 DROP_REASONS = {
     schema.DROP_BUDGET,
@@ -19,6 +24,15 @@ DROP_REASONS = {
     schema.DROP_SOURCE_CAP,
     schema.DROP_OUTLIER,
 }
+
+
+def select(ids, sources, scores, emb, budget: int, config, method: str, seed: int, n_parts: int = 3) -> SimpleNamespace:
+    """The selector `method` over the rows, cut into parts; its labels in the rows' order."""
+    pool = {"id": ids, "source": sources}
+    if scores is not None:
+        pool.update(score=scores, embedding=emb)
+    out, _ = over_parts(Parts(pool, n_parts, seed), n_parts, method, budget, config, seed)
+    return SimpleNamespace(n_clusters=out.pop("k"), **out)
 
 
 def clustered_pool(n_clusters=20, per_cluster=30, dim=16, per_source=2, hard_cluster=0, seed=0):
@@ -60,7 +74,7 @@ def test_hard_is_top_k_by_score_under_the_source_cap():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=4, per_cluster=50, per_source=5)
     budget = 30
     config = SelectConfig(clusters=4, per_source_cap=2)
-    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="hard", seed=0)
+    sel = select(ids, sources, scores, emb, budget, config, "hard", 0)
     check_reasons(sel)
     assert sel.selected.sum() == budget
     assert max(Counter(sources[sel.selected]).values()) == 2
@@ -74,22 +88,24 @@ def test_hard_is_top_k_by_score_under_the_source_cap():
 
     # Without a binding cap it is exactly the top-k by score.
     config = SelectConfig(clusters=4, per_source_cap=10)
-    loose = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="hard", seed=0)
+    loose = select(ids, sources, scores, emb, budget, config, "hard", 0)
     assert set(np.flatnonzero(loose.selected)) == set(np.argsort(-scores)[:budget])
 
 
 def test_rank_is_hardness_order_with_ties_broken_by_id():
     ids = np.array(["c", "a", "d", "b"], dtype=object)
     scores = np.array([1.0, 2.0, 1.0, 1.0], dtype=np.float32)
-    assert hardness_rank(ids, scores).tolist() == [2, 0, 3, 1]
+    emb = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    sel = select(ids, ids, scores, emb, 1, SelectConfig(clusters=2), "hard", 0)
+    assert sel.rank.tolist() == [2, 0, 3, 1]
 
 
 def test_optidel_covers_the_clusters_hardness_alone_misses():
     ids, sources, scores, emb, truth = clustered_pool(per_cluster=50)
     budget = 40
     config = SelectConfig(clusters=20, trim_top_frac=0.0)
-    optidel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="optidel", seed=0)
-    hard = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=budget, config=config, method="hard", seed=0)
+    optidel = select(ids, sources, scores, emb, budget, config, "optidel", 0)
+    hard = select(ids, sources, scores, emb, budget, config, "hard", 0)
     for sel in (optidel, hard):
         check_reasons(sel)
         assert sel.selected.sum() == budget
@@ -122,7 +138,7 @@ def test_optidel_drops_near_duplicates():
     all_emb = np.concatenate([emb, twin])
     config = SelectConfig(clusters=10, near_duplicate_cosine=0.95, trim_top_frac=0.0)
     # A budget as large as the pool: every patch is looked at.
-    sel = select_patches(patch_ids=all_ids, source_ids=all_sources, scores=all_scores, embeddings=all_emb, budget=len(all_ids), config=config, method="optidel", seed=0)
+    sel = select(all_ids, all_sources, all_scores, all_emb, len(all_ids), config, "optidel", 0)
     check_reasons(sel)
     # The rule is per cluster: no two kept patches of one cluster are near-duplicates.
     chosen = all_emb[sel.selected]
@@ -167,7 +183,7 @@ def test_optidel_near_duplicates_are_judged_within_their_cluster():
     ids, sources, scores, emb, (p, p_twin), (q, q_twin) = straddling_pool()
     config = SelectConfig(clusters=2, near_duplicate_cosine=0.95, trim_top_frac=0.0)
     args = dict(budget=len(ids), config=config, method="optidel", seed=0)
-    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, **args)
+    sel = select(ids, sources, scores, emb, **args)
     check_reasons(sel)
     centred = emb - emb.astype(np.float64).mean(axis=0)
     centred /= np.linalg.norm(centred, axis=1, keepdims=True)
@@ -190,17 +206,20 @@ def test_optidel_near_duplicates_are_judged_within_their_cluster():
         assert sims.max() <= 0.95 + 1e-6
     for perm_seed in (1, 2, 3):
         perm = np.random.default_rng(perm_seed).permutation(len(ids))
-        shuffled = select_patches(patch_ids=ids[perm], source_ids=sources[perm], scores=scores[perm], embeddings=emb[perm], **args)
+        shuffled = select(ids[perm], sources[perm], scores[perm], emb[perm], **args)
         for field in ("selected", "cluster", "rank", "reason"):
             assert np.array_equal(getattr(sel, field)[perm], getattr(shuffled, field)), field
+
+
+def guards(emb: np.ndarray, threshold: float):
+    """take_round_robin's guards over the unit rows `emb`, as a selection in memory makes them."""
+    return lambda cluster, queue, capacity: round_robin.QueueGuard(queue, emb, capacity, threshold)
 
 
 def test_round_robin_checks_each_proposal_against_its_own_cluster():
     """take_round_robin on given clusters. x (cluster 0) and its twin x' (cluster 1): both kept.
     y and its twin y' (both cluster 1): y' dropped. Checking against every kept patch, or
     against another cluster's, drops x' or keeps y'."""
-    from optidel.stages.select import take_round_robin
-
     e = np.eye(4, dtype=np.float32)
     x, x_twin, y, y_twin, w = e[0], e[0] + 0.01 * e[1], e[2], e[2] + 0.01 * e[3], e[1]
     emb = np.stack([x, x_twin, y, y_twin, w]).astype(np.float32)
@@ -209,8 +228,7 @@ def test_round_robin_checks_each_proposal_against_its_own_cluster():
     sources = np.array([f"s{i}" for i in range(5)], dtype=object)
     selected = np.zeros(5, dtype=bool)
     reason = np.full(5, schema.DROP_BUDGET, dtype=object)
-    config = SelectConfig(near_duplicate_cosine=0.95, per_source_cap=10)
-    position = take_round_robin(np.arange(5), cluster, sources, emb, 10, config, selected, reason)
+    position = round_robin.take_round_robin(np.arange(5), cluster, sources, 10, 10, selected, reason, guards(emb, 0.95))
     assert selected.tolist() == [True, True, True, False, True]
     assert reason.tolist() == ["", "", "", schema.DROP_DUPLICATE, ""]
     assert position == {0: 2, 1: 3}
@@ -219,8 +237,6 @@ def test_round_robin_checks_each_proposal_against_its_own_cluster():
 def test_round_robin_guards_grow_past_an_even_share():
     """One cluster keeps far more than budget / clusters patches: its guard grows, and every
     later proposal is still checked against all of its cluster's kept patches."""
-    from optidel.stages.select import take_round_robin
-
     rng = np.random.default_rng(0)
     distinct = rng.normal(size=(50, 64))
     emb = np.vstack([distinct, distinct[0] + 1e-3 * rng.normal(size=64), rng.normal(size=64)]).astype(np.float32)
@@ -230,8 +246,7 @@ def test_round_robin_guards_grow_past_an_even_share():
     sources = np.array([f"s{i}" for i in range(n)], dtype=object)
     selected = np.zeros(n, dtype=bool)
     reason = np.full(n, schema.DROP_BUDGET, dtype=object)
-    config = SelectConfig(near_duplicate_cosine=0.95, per_source_cap=10)
-    take_round_robin(np.arange(n), cluster, sources, emb, n, config, selected, reason)
+    round_robin.take_round_robin(np.arange(n), cluster, sources, n, 10, selected, reason, guards(emb, 0.95))
     assert selected[:50].all() and selected[51]
     assert reason[50] == schema.DROP_DUPLICATE
 
@@ -239,7 +254,7 @@ def test_round_robin_guards_grow_past_an_even_share():
 def test_optidel_respects_the_per_source_cap():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=5, per_cluster=40, per_source=8)
     config = SelectConfig(clusters=5, per_source_cap=3, trim_top_frac=0.0, near_duplicate_cosine=1.0)
-    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=60, config=config, method="optidel", seed=0)
+    sel = select(ids, sources, scores, emb, 60, config, "optidel", 0)
     check_reasons(sel)
     counts = Counter(sources[sel.selected])
     assert max(counts.values()) == 3
@@ -251,7 +266,7 @@ def test_optidel_respects_the_per_source_cap():
 def test_trim_drops_the_extreme_top_tail():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=5, per_cluster=40, per_source=1)
     config = SelectConfig(clusters=5, trim_top_frac=0.1, near_duplicate_cosine=1.0)
-    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=30, config=config, method="optidel", seed=0)
+    sel = select(ids, sources, scores, emb, 30, config, "optidel", 0)
     check_reasons(sel)
     top = np.argsort(-scores)[:20]  # 10% of 200
     assert set(np.flatnonzero(sel.reason == schema.DROP_OUTLIER)) == set(top)
@@ -263,10 +278,10 @@ def test_trim_drops_the_extreme_top_tail():
 def test_patch_selection_is_deterministic_and_ignores_row_order(method):
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=8, per_cluster=25)
     config = SelectConfig(clusters=8)
-    first = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=40, config=config, method=method, seed=7)
-    again = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=40, config=config, method=method, seed=7)
+    first = select(ids, sources, scores, emb, 40, config, method, 7)
+    again = select(ids, sources, scores, emb, 40, config, method, 7)
     perm = np.random.default_rng(3).permutation(len(ids))
-    shuffled = select_patches(patch_ids=ids[perm], source_ids=sources[perm], scores=scores[perm], embeddings=emb[perm], budget=40, config=config, method=method, seed=7)
+    shuffled = select(ids[perm], sources[perm], scores[perm], emb[perm], 40, config, method, 7)
     for field in ("selected", "cluster", "rank", "reason"):
         assert np.array_equal(getattr(first, field), getattr(again, field))
         assert np.array_equal(getattr(first, field)[perm], getattr(shuffled, field)), field
@@ -275,7 +290,7 @@ def test_patch_selection_is_deterministic_and_ignores_row_order(method):
 def test_shortfall_selects_every_eligible_patch():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=3, per_cluster=4, per_source=1)
     config = SelectConfig(clusters=50, trim_top_frac=0.0, near_duplicate_cosine=1.0)
-    sel = select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=100, config=config, method="optidel", seed=0)
+    sel = select(ids, sources, scores, emb, 100, config, "optidel", 0)
     assert sel.selected.all()
     assert sel.n_clusters == len(ids)  # k shrinks to the number of candidates
 
@@ -283,32 +298,37 @@ def test_shortfall_selects_every_eligible_patch():
 def test_bad_input_is_named():
     ids, sources, scores, emb, _ = clustered_pool(n_clusters=2, per_cluster=5)
     with pytest.raises(ValueError, match="unknown selector 'greedy'; expected one of optidel, hard, random, dedup"):
-        select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=4, config=SelectConfig(), method="greedy", seed=0)
-    with pytest.raises(ValueError, match="selector 'random' keeps whole images, not patches"):
-        select_patches(patch_ids=ids, source_ids=sources, scores=scores, embeddings=emb, budget=4, config=SelectConfig(), method="random", seed=0)
-    dup_ids = ids.copy()
-    dup_ids[1] = dup_ids[0]
-    with pytest.raises(ValueError, match="patch-00000"):
-        select_patches(patch_ids=dup_ids, source_ids=sources, scores=scores, embeddings=emb, budget=4, config=SelectConfig(), method="optidel", seed=0)
+        select(ids, sources, scores, emb, 4, SelectConfig(), "greedy", 0)
     bad = scores.copy()
     bad[3] = np.nan
     with pytest.raises(ValueError, match="patch-00003"):
-        select_patches(patch_ids=ids, source_ids=sources, scores=bad, embeddings=emb, budget=4, config=SelectConfig(), method="optidel", seed=0)
+        select(ids, sources, bad, emb, 4, SelectConfig(), "optidel", 0)
+
+
+def test_traits_that_do_not_go_together_are_refused():
+    with pytest.raises(ValueError, match="'optidel' is already registered"):
+        register_selector("optidel", unit="patch", order="hardness")
+    with pytest.raises(ValueError, match="quotas take turns over clusters"):
+        register_selector("quotas-alone", unit="patch", order="hardness", quotas=True)
+    with pytest.raises(ValueError, match="near-duplicate rule works within them"):
+        register_selector("global-dedup", unit="image", order="draw", clusters=True, near_duplicates=True)
+    with pytest.raises(ValueError, match="patches come from the scored pass"):
+        register_selector("random-patches", unit="patch", order="draw")
 
 
 def test_random_images_are_seeded_and_order_free():
     ids = np.array([f"{i:064x}" for i in range(200)], dtype=object)
-    pick = {seed: select_images(source_ids=ids, scores=None, embeddings=None, budget=20, config=SelectConfig(), method="random", seed=seed) for seed in (0, 1)}
+    pick = {seed: select(ids, ids, None, None, 20, SelectConfig(), "random", seed) for seed in (0, 1)}
     for sel in pick.values():
         assert sel.selected.sum() == 20
         assert set(sel.reason[~sel.selected]) == {schema.DROP_BUDGET}
         assert sorted(sel.rank.tolist()) == list(range(200))
     assert set(ids[pick[0].selected]) != set(ids[pick[1].selected])
     perm = np.random.default_rng(0).permutation(200)
-    shuffled = select_images(source_ids=ids[perm], scores=None, embeddings=None, budget=20, config=SelectConfig(), method="random", seed=0)
+    shuffled = select(ids[perm], ids[perm], None, None, 20, SelectConfig(), "random", 0)
     assert set(ids[perm][shuffled.selected]) == set(ids[pick[0].selected])
     # A source's draw does not depend on the rest of the pool.
-    half = select_images(source_ids=ids[:100], scores=None, embeddings=None, budget=200, config=SelectConfig(), method="random", seed=0)
+    half = select(ids[:100], ids[:100], None, None, 200, SelectConfig(), "random", 0)
     assert half.selected.all()
 
 
@@ -323,20 +343,21 @@ def test_dedup_images_drops_planted_near_duplicates():
     all_scores = np.concatenate([scores, scores[planted]])
     config = SelectConfig(clusters=6, near_duplicate_cosine=0.95)
 
-    generous = select_images(source_ids=ids, scores=all_scores, embeddings=all_emb, budget=n, config=config, method="dedup", seed=0)
+    generous = select(ids, ids, all_scores, all_emb, n, config, "dedup", 0)
     check_reasons(generous)
     for original, copy in zip(planted, range(len(emb), n)):
         assert generous.selected[original] != generous.selected[copy]
     assert (generous.reason == schema.DROP_DUPLICATE).sum() >= 15
     assert generous.selected.sum() == n - (generous.reason == schema.DROP_DUPLICATE).sum()
 
-    tight = select_images(source_ids=ids, scores=all_scores, embeddings=all_emb, budget=12, config=config, method="dedup", seed=0)
+    tight = select(ids, ids, all_scores, all_emb, 12, config, "dedup", 0)
     assert tight.selected.sum() == 12
-    assert set(tight.reason[~tight.selected]) == {schema.DROP_BUDGET, schema.DROP_DUPLICATE}
+    # Never looked at, yet within the budget's reach of a plain draw: its cluster's turn had passed.
+    assert set(tight.reason[~tight.selected]) == {schema.DROP_BUDGET, schema.DROP_DUPLICATE, schema.DROP_QUOTA}
     assert_water_filled(tight)
 
     perm = np.random.default_rng(5).permutation(n)
-    shuffled = select_images(source_ids=ids[perm], scores=all_scores[perm], embeddings=all_emb[perm], budget=12, config=config, method="dedup", seed=0)
+    shuffled = select(ids[perm], ids[perm], all_scores[perm], all_emb[perm], 12, config, "dedup", 0)
     assert np.array_equal(tight.selected[perm], shuffled.selected)
     assert np.array_equal(tight.reason[perm], shuffled.reason)
 
@@ -352,24 +373,22 @@ def test_diversity_stats():
 
 
 def test_unit_rows_in_chunks_are_the_one_shot_formula(monkeypatch):
-    """The barrier centres and normalises the pool's embeddings in chunks (to hold one full-size
-    copy, not five) on the pool's exact mean; any chunking gives the bits of the one-shot
-    formula."""
+    """The selection centres and normalises embeddings in chunks (to hold one full-size copy, not
+    five) on the pool's exact mean; any chunking gives the bits of the one-shot formula."""
     from fractions import Fraction
 
-    from optidel.stages import select
+    from optidel.stages import exact_mean
 
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(50, 16)).astype(np.float32)
     emb[7] = emb.mean(axis=0)  # near the mean: a tiny row after centring
-    ids = np.array([f"p{i:03d}" for i in rng.permutation(50)], dtype=object)
     mean = np.array([float(sum(Fraction(float(v)) for v in column) / 50) for column in emb.T])
     centred = (emb - mean).astype(np.float32)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     expected = np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
     for chunk in (1, 3, 7, 50, 1024):
-        monkeypatch.setattr(select, "_CHUNK", chunk)
-        got = select._unit_rows(emb, ids)
+        monkeypatch.setattr(embeddings, "CHUNK", chunk)
+        got = embeddings.centred_unit_rows(embeddings.embedding_rows(emb, 50), exact_mean.mean_of_sums(exact_mean.column_sums(emb), 50))
         assert got.dtype == np.float32 and np.array_equal(got, expected), chunk
 
 
@@ -377,8 +396,6 @@ def test_a_rows_cluster_does_not_depend_on_its_batch(monkeypatch):
     """Rows halfway between two centroids (near-ties, which faiss's batched search flips with the
     batch size) get the same cluster alone, in small batches and in the whole pool: a selection
     over the pass-1 parts assigns part by part."""
-    from optidel.stages import select
-
     rng = np.random.default_rng(0)
     centroids = rng.normal(size=(32, 128)).astype(np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
@@ -386,9 +403,9 @@ def test_a_rows_cluster_does_not_depend_on_its_batch(monkeypatch):
     b = (a + rng.integers(1, 32, 600)) % 32
     x = (centroids[a] + centroids[b]).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    whole = select.assign_clusters(x, centroids)
+    whole = embeddings.assign_clusters(x, centroids)
     assert np.all((whole == a) | (whole == b))
-    alone = np.concatenate([select.assign_clusters(x[i : i + 1], centroids) for i in range(len(x))])
+    alone = np.concatenate([embeddings.assign_clusters(x[i : i + 1], centroids) for i in range(len(x))])
     assert np.array_equal(alone, whole)
-    monkeypatch.setattr(select, "_CHUNK", 7)
-    assert np.array_equal(select.assign_clusters(x, centroids), whole)
+    monkeypatch.setattr(embeddings, "CHUNK", 7)
+    assert np.array_equal(embeddings.assign_clusters(x, centroids), whole)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import ray
 
 from optidel.manifests.layout import Output
-from optidel.pipeline import spool
+from optidel.pipeline.selection import spool
 from optidel.pipeline.config import RayConfig
 
 

@@ -1,10 +1,8 @@
-"""Exact duplicates over the pass-1 parts, by a hash-partitioned step on Ray, so that the driver
-never holds a row per source (barrier.mark_duplicates, the in-memory reference, is a dict over
-every source id). Map tasks, one per group of parts, send each ok source row (its source id
-and listing position) to the bucket its id hashes to, and count the rows by status; one reduce
-task per bucket, which then holds every ok row of its ids, keeps each id's first row in listing
-order and names the others its duplicates. The driver receives the duplicates and the counts
-alone: O(duplicates + statuses)."""
+"""Exact duplicates over the pass-1 parts: an ok source byte-identical to an earlier one in the
+listing is its `duplicate`. Map tasks, one per group of parts, send each ok source row (its id
+and listing position) to the bucket its id hashes to, counting the rows by status; a reduce task
+per bucket keeps each id's first row in listing order and names the others duplicates. The
+driver receives the duplicates and the counts alone, never a row per source."""
 
 from __future__ import annotations
 
@@ -14,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..manifests import schema
-from ..stages import columns as C
-from . import raydata
-from .config import Config
-from .partitions import PartStore, part_groups
+from ...manifests import schema
+from ...stages import columns as C
+from .. import raydata
+from ..config import Config
+from ..partitions import PartStore, part_groups
 
 ROW_COLUMNS = (C.INPUT_INDEX, C.SOURCE_ID, C.STATUS)  # what the map reads of a source row
 
@@ -103,7 +101,7 @@ def joined(found: list[Duplicates]) -> Duplicates:
 
 
 def marked(rows: dict[str, np.ndarray], duplicates: Duplicates) -> dict[str, np.ndarray]:
-    """Source rows with STATUS and duplicate_of as barrier.mark_duplicates gives them."""
+    """Source rows with the duplicates' STATUS `duplicate` and duplicate_of the id they repeat."""
     at = duplicates.at(rows[C.INPUT_INDEX])
     is_duplicate = at >= 0
     status = rows[C.STATUS].copy()

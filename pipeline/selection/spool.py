@@ -1,13 +1,10 @@
-"""What Ray tasks hand the driver through files under OUT/work/spool, not through the object
-store: the manifests' pieces, which together are as large as the pool (run_spooled), and the
-selection's results, which together are the size of the budget (run_through_files).
-
-The driver maps every object it takes from the object store, and the shared pages it touched
-stay in its RSS after the object is freed, up to the store's size. Taking patches.parquet's
-pieces that way left 520 MiB of them in the driver at 16M candidate patches
-(benchmarks/scale.py), growing with the pool. A file is read into the driver's own memory,
-freed with its table, and deleted once read. The spool lives beside pass 1's parts, where
-every task can already write."""
+"""What Ray tasks hand the driver through files under OUT/work/spool, not the object store: the
+manifests' pieces, as large as the pool together (run_spooled), and the selection's results,
+the size of the budget together (run_through_files). The driver maps every object it takes from
+the object store, and the pages it touched stay in its RSS after the object is freed: taking
+patches.parquet's pieces that way left 520 MiB in the driver at 16M candidate patches
+(benchmarks/scale.py), growing with the pool. A file is read into the driver's own memory and
+deleted once read. The spool lives beside pass 1's parts, where every task can already write."""
 
 from __future__ import annotations
 
@@ -17,9 +14,9 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
-from ..manifests.layout import WORK_DIR, Output
-from . import raydata
-from .config import RayConfig
+from ...manifests.layout import WORK_DIR, Output
+from .. import raydata
+from ..config import RayConfig
 
 SPOOL_DIR = f"{WORK_DIR}/spool"
 # The pieces are mostly text (ids, masks' RLE): lz4 made a 37k-row piece of the 16M pool 6.5x
@@ -63,12 +60,10 @@ def _read_and_delete(output: Output, path: str) -> bytes:
 
 
 def run_through_files(fn: Callable, calls: list[tuple], output: Output, config: RayConfig) -> Iterator:
-    """Yield fn(*call) for each call, in call order, as raydata.run_tasks does, each result
-    pickled by its task to a file of this run's own folder in the spool (other runs' files stay
-    apart), read by the driver into its own memory and deleted: the selection's sample,
-    heads, shortlists and chosen rows. Taken from the object store, they left 309 MiB of its
-    pages mapped in the driver at the end of the selection at 16M candidate patches
-    (benchmarks/scale.py; 18 MiB through files)."""
+    """Yield fn(*call) for each call, in call order, as raydata.run_tasks does, each result pickled
+    by its task to a file of this call's own folder in the spool: the selection's sample, heads,
+    shortlists and chosen rows. From the object store, they left 309 MiB mapped in the driver at
+    16M candidate patches (benchmarks/scale.py; 18 MiB through files)."""
     folder = f"{SPOOL_DIR}/{uuid.uuid4().hex}"  # a name no output holds: free to be random
     pickled = [(fn, output, f"{folder}/{index:06d}.pickle", *call) for index, call in enumerate(calls)]
     try:

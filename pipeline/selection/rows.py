@@ -1,0 +1,201 @@
+"""The selection's rows in the pass-1 parts, for each unit: which rows of a part compete, the
+engine's view of them (load), the chosen rows' plan columns and their sources (all the plan
+holds of the pool), and patches.parquet's pieces, labelled by Ray tasks part by part.
+
+A patch competes when its source is ok and no duplicate; an image is such a source, its row in
+patches.parquet the whole image as its box. Each task reads its parts' own
+statuses; the duplicates travel as their listing positions alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ...manifests import schema
+from ...stages import columns as C
+from ...stages.id_table import IdTable
+from .. import raydata
+from ..config import Config
+from ..partitions import MASK_COLUMNS, PartStore, part_groups, patch_masks
+from . import engine, spool
+from .duplicates import Duplicates
+from .keys import EMBEDDING, ID, SCORE, SOURCE, rank_order
+from .ranks import PoolRanks, part_ranks, pool_ranks
+from .selectors import Selector
+
+# What competes reads of a part.
+COMPETES_COLUMNS = (C.PATCH_INDEX, C.INPUT_INDEX, C.STATUS)
+PLAN_COLUMNS = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)  # a patch's plan row
+
+
+class _Unit:
+    """load(p): part p's competing rows in its order, by the engine's names (keys.ID, ...)."""
+
+    id_column: str  # the part's column the engine's ID reads
+
+    def __init__(self, store: PartStore, duplicates: Duplicates, selector: Selector):
+        self.store, self.duplicates, self.selector = store, duplicates, selector
+
+    def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        columns = columns or ((ID, SOURCE, SCORE, EMBEDDING) if self.selector.needs_scores else (ID, SOURCE))
+        names = {ID: self.id_column, SOURCE: C.SOURCE_ID, SCORE: C.SCORE, EMBEDDING: C.EMBEDDING}
+        rows = self.rows(partition, tuple(dict.fromkeys(names[name] for name in columns)))
+        return {name: rows[names[name]] for name in columns}
+
+
+class Patches(_Unit):
+    id_column = C.PATCH_ID
+
+    def rows(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...] = ()) -> dict:
+        return self.with_sources(partition, columns, source_columns)[0]
+
+    def with_sources(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...]) -> tuple[dict, dict]:
+        """The `columns` of the part's competing patch rows, and the `source_columns` of its source
+        rows (every source, competing or not), from one read of the part."""
+        part = self.store.read(partition, columns=tuple(dict.fromkeys((*columns, *source_columns, *COMPETES_COLUMNS))))
+        is_patch = part[C.PATCH_INDEX] >= 0
+        keep = np.zeros(len(is_patch), dtype=bool)
+        keep[is_patch] = self.competes(part)
+        return {name: part[name][keep] for name in columns}, {name: part[name][~is_patch] for name in source_columns}
+
+    def competes(self, part: dict[str, np.ndarray]) -> np.ndarray:
+        """Which of a part's patch rows (PATCH_INDEX >= 0, in order) compete: by listing position,
+        not id, since a duplicate's patches carry its original's ids."""
+        is_patch = part[C.PATCH_INDEX] >= 0
+        ok = part[C.INPUT_INDEX][~is_patch & (part[C.STATUS] == schema.OK)]
+        position = part[C.INPUT_INDEX][is_patch]
+        return np.isin(position, ok) & (self.duplicates.at(position) < 0)
+
+    def chosen(self, partition: int, keep_ids: IdTable) -> tuple[dict, dict, np.ndarray]:
+        """The plan rows of the part's competing patches, their sources' rows, and where each is
+        in `keep_ids` (-1: not chosen)."""
+        rows, sources = self.with_sources(partition, (*PLAN_COLUMNS, C.INPUT_INDEX), C.SOURCE_COLUMNS)
+        at = keep_ids.find(rows[C.PATCH_ID])
+        chosen_sources = C.take(sources, np.isin(sources[C.INPUT_INDEX], rows[C.INPUT_INDEX][at >= 0]))
+        return {name: rows[name] for name in PLAN_COLUMNS}, chosen_sources, at
+
+    def manifest(self, partition: int) -> tuple[dict, np.ndarray]:
+        """Every patch row of the part, with its mask, and which compete."""
+        part = self.store.read(partition, columns=tuple(dict.fromkeys((*COMPETES_COLUMNS, *PLAN_COLUMNS, *MASK_COLUMNS))))
+        is_patch = part[C.PATCH_INDEX] >= 0
+        rows = {name: part[name][is_patch] for name in PLAN_COLUMNS}
+        rows[C.MASK_RLE] = patch_masks(part)
+        return rows, self.competes(part)
+
+
+class Images(_Unit):
+    id_column = C.SOURCE_ID
+
+    def rows(self, partition: int, columns: tuple[str, ...]) -> dict:
+        rows = self.store.source_rows(partition, tuple(dict.fromkeys((*columns, C.INPUT_INDEX, C.STATUS))))
+        keep = (rows[C.STATUS] == schema.OK) & (self.duplicates.at(rows[C.INPUT_INDEX]) < 0)
+        return {name: rows[name][keep] for name in columns}
+
+    def chosen(self, partition: int, keep_ids: IdTable) -> tuple[dict, dict, np.ndarray]:
+        images = self.rows(partition, self._columns(C.SOURCE_COLUMNS))
+        at = keep_ids.find(images[C.SOURCE_ID])
+        return self._image_rows(images), C.take({name: images[name] for name in C.SOURCE_COLUMNS}, at >= 0), at
+
+    def manifest(self, partition: int) -> tuple[dict, np.ndarray]:
+        images = self.rows(partition, self._columns((C.SOURCE_ID, C.WIDTH, C.HEIGHT)))
+        rows = self._image_rows(images)
+        rows[C.MASK_RLE] = pa.nulls(len(images[C.SOURCE_ID]), schema.MASK_RLE)
+        return rows, np.ones(len(images[C.SOURCE_ID]), dtype=bool)
+
+    def _columns(self, columns: tuple[str, ...]) -> tuple[str, ...]:
+        return (*columns, C.SCORE) if self.selector.needs_scores else columns
+
+    def _image_rows(self, images: dict) -> dict:
+        """The images' patch rows: the whole image as the box, its own score when scored, and
+        sentinels in the other columns the proposer and the proxy fill."""
+        n = len(images[C.SOURCE_ID])
+        rows = C.sentinel_columns(schema.filled_by("patches", schema.PROPOSE, schema.SCORE), n)
+        rows.update({C.PATCH_ID: np.array([f"{sid[:16]}-img" for sid in images[C.SOURCE_ID]], dtype=object),
+                     C.SOURCE_ID: images[C.SOURCE_ID], "x0": np.zeros(n, np.int64), "y0": np.zeros(n, np.int64),
+                     "x1": images[C.WIDTH], "y1": images[C.HEIGHT]})
+        if self.selector.needs_scores:
+            rows[C.SCORE] = images[C.SCORE]
+        return rows
+
+
+@dataclass
+class Chosen:
+    """A selector's choice over the parts: the verdict (for_labels), every competing row's rank
+    (kept in the object store, for the labels), the chosen rows' plan columns (with cluster and
+    rank) and their sources' rows (C.SOURCE_COLUMNS: what pass 2 reads), each in part order."""
+
+    unit: Patches | Images
+    verdict: engine.Verdict
+    ranks: PoolRanks
+    rows: dict[str, np.ndarray]
+    sources: dict[str, np.ndarray]
+
+
+def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget: int, competing_images: int, config: Config) -> Chosen:
+    unit = (Patches if selector.unit == "patch" else Images)(store, duplicates, selector)
+    parts = list(range(store.n_partitions))
+    # The engine's run(fn, calls): its results, the size of the budget together, through files.
+    run = partial(spool.run_through_files, output=store.output, config=config.ray)
+    verdict = engine.choose(
+        unit, parts, run, partial(raydata.split, config=config.ray), budget=budget, selector=selector,
+        config=config.select, seed=config.seed, pool=competing_images, groups=part_groups(len(parts)),
+    )
+    ranks = pool_ranks(unit, parts, rank_order(selector, config.seed), config.ray)
+    keep_ids = IdTable(verdict.chosen.get(ID, []), cluster=verdict.chosen.get("cluster", np.zeros(0, np.int32)))
+    rows, sources = zip(*run(_chosen_rows, [(unit, group, keep_ids, *ranks.of(g)) for g, group in enumerate(ranks.groups)]))
+    return Chosen(unit, verdict.for_labels(), ranks, C.concat(list(rows)), C.concat(list(sources)))
+
+
+def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_pieces) -> tuple[dict, dict]:
+    """The plan rows of the chosen rows of the parts in `group`, with their cluster and rank (from
+    the group's ranked pieces), and the source rows they come from: one read of each part."""
+    rows, sources = [], []
+    for partition, rank in zip(group, part_ranks(len(group), *rank_pieces)):
+        part_rows, part_sources, at = unit.chosen(partition, keep_ids)
+        keep = at >= 0
+        picked = C.take(part_rows, keep)
+        picked["cluster"] = keep_ids.column("cluster", at[keep]).astype(np.int32)
+        picked["rank"] = rank[keep]
+        rows.append(picked)
+        sources.append(part_sources)
+    return C.concat(rows), C.concat(sources)
+
+
+def manifest_pieces(chosen: Chosen, plan_rows: IdTable, store: PartStore, config: Config) -> Iterator[pa.Table]:
+    """patches.parquet's rows, one table per part in part order, each group of parts labelled by
+    a task, given the plan's word on the chosen rows (`plan_rows`: patch id -> selected, reason,
+    sample_key, slot); through the spool: the driver holds one part's piece at a time."""
+    calls = [(chosen.unit, chosen.verdict, plan_rows, group, *chosen.ranks.of(g)) for g, group in enumerate(chosen.ranks.groups)]
+    yield from spool.run_spooled(_labelled_pieces, calls, store.output, config.ray)
+
+
+def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows: IdTable, group: list[int], *rank_pieces) -> list[pa.Table]:
+    """The patches.parquet rows of the parts in `group`."""
+    pieces = []
+    for partition, selection in zip(group, engine.parts_selection(unit, group, verdict, part_ranks(len(group), *rank_pieces))):
+        rows, competing = unit.manifest(partition)
+        n = len(rows[C.PATCH_ID])
+        cluster = np.full(n, -1, np.int32)
+        rank = np.full(n, -1, np.int32)
+        selected = np.zeros(n, bool)
+        # A duplicate source's patches were proposed before duplicates were known; they never compete.
+        reason = np.where(competing, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
+        cluster[competing], rank[competing], selected[competing], reason[competing] = (
+            selection.cluster, selection.rank, selection.selected, selection.reason
+        )
+        sample_key = np.full(n, "", dtype=object)
+        slot = np.full(n, -1, np.int64)
+        found = plan_rows.find(rows[C.PATCH_ID])
+        planned = competing & (found >= 0)
+        at = found[planned]
+        selected[planned], slot[planned] = plan_rows.column("selected", at), plan_rows.column("slot", at)
+        reason[planned] = plan_rows.column("reason", at).tolist()
+        sample_key[planned] = plan_rows.column("sample_key", at).tolist()
+        rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
+        pieces.append(schema.to_table("patches", rows))
+    return pieces
