@@ -123,6 +123,19 @@ class MAEConfig(Section):
     train_steps: int = Field(300, ge=0, description="optimizer steps")
     batch_size: int = Field(64, ge=1, description="crops per step")
     lr: float = Field(1.5e-3, gt=0, description="peak learning rate (warm-up, then cosine decay)")
+    # Off by default: ranking by learnability did not select cleaner patches than the artefact
+    # gates on the dirty-pool bench (docs/dirty-pool.md), and scoring under two checkpoints costs
+    # one more masked forward pass per micro-batch (about 1.6x the score stage's CPU time). Where
+    # on, 0.1 is the end of the warm-up: the proxy has learned colour and coarse shading, not yet
+    # texture, and before it the loss still carries the random initialisation's; half the steps
+    # ranked the dirty train pool's candidates alike (benchmarks/results/eval/dirty-learnability).
+    early_fraction: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the early checkpoint behind the pass-1 parts' score_early, as a fraction of "
+        "train_steps (e.g. 0.1; null: none, score_early empty)",
+    )
 
 
 class ScoreConfig(Section):

@@ -3,8 +3,8 @@
 No pixels outlive a batch: what reaches the driver is ids, boxes, mask statistics and RLE,
 scores and one embedding per row. The driver persists it per input partition as partitions
 complete (pipeline/partitions.py); a rerun on the same OUT sends Ray only the partitions that
-have no part yet, and every run, fresh or resumed, reads its candidates back from the parts,
-so both see the same bytes. The selection barrier reads all but the masks (~1 KB per patch).
+have no part yet, and every run, fresh or resumed, selects from the parts (pipeline/selection/),
+so both see the same bytes.
 
 Faults: a worker or actor that dies is retried by Ray, at most ray.max_retries times
 (pipeline/raydata.py). A source whose proposal raises is recorded with its error (status
@@ -42,15 +42,6 @@ NAMED_SOURCES = 3  # sources named per unfinished partition in a failure message
 WAVE_SOURCES = 65536
 
 
-@dataclass
-class Candidates:
-    """Pass-1 results as columns. `sources`: one row per listed source; `patches`: one row per
-    candidate patch (empty for whole-image selectors). Rows sorted by (input_index, patch_index)."""
-
-    sources: dict[str, np.ndarray]
-    patches: dict[str, np.ndarray]
-
-
 def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     """Listing rows through the steps, in blocks of one model batch: partitions (the resume
     unit) are far larger, and blocks that size would leave cores idle on small pools and at the
@@ -58,11 +49,9 @@ def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     return raydata.stream(rows, steps, config.ray, rows_per_block=config.ray.model_batch_size)
 
 
-def ingest_only(listing: Listing, config: Config, store: PartStore, read: bool = True) -> Candidates | None:
-    """Pass 1 of the selectors that need no scores (random): read and validate, no models; the
-    candidates, or None unless `read` (a selection over the parts reads them there)."""
+def ingest_only(listing: Listing, config: Config, store: PartStore) -> None:
+    """Pass 1 of the selectors that need no scores (random): read and validate, no models."""
     _run_partitions(listing, store, config, [raydata.Step(IngestWithoutPixels, {"config": config.ingest})])
-    return read_candidates(store, with_patches=False) if read else None
 
 
 def proposed(config: Config, proposer: Proposer) -> list[raydata.Step]:
@@ -134,11 +123,9 @@ def scored(
     proposer: Proposer,
     proxy_path: str,
     store: PartStore,
-    read: bool = True,
     proposals: list[dict[str, np.ndarray]] | None = None,
-) -> Candidates | None:
-    """The full pass 1 for selectors that need scores: ingest + propose + crop + score; the
-    candidates, or None unless `read` (a selection over the parts reads them there). Given
+) -> None:
+    """The full pass 1 for selectors that need scores: ingest + propose + crop + score. Given
     `proposals` (the proxy's sample, when it was the whole pool: TrainingSample), only their
     scoring is left to do: the rows are those the same steps would give again, and a row's
     score does not depend on the batch it is scored in."""
@@ -152,7 +139,6 @@ def scored(
     else:
         log.info("pass 1: scoring the proxy's proposals (its sample was the whole pool), not proposing again")
         _run_partitions(listing, store, config, [score], proposals)
-    return read_candidates(store, with_patches=True) if read else None
 
 
 def _score_batch_rows(config: Config) -> int:
@@ -224,31 +210,4 @@ def _failure_message(listing: Listing, store: PartStore, sink: PartitionSink, ca
         f"pass 1 stopped with {len(unfinished)} of {store.n_partitions} partitions unfinished: "
         f"{'; '.join(named)}. Cause: {cause}. Finished partitions are kept in "
         f"{store.output.path(PASS1_DIR)}; rerunning the same command resumes from them."
-    )
-
-
-def read_candidates(store: PartStore, with_patches: bool) -> Candidates:
-    """Every partition's rows, in partition order, split as split_candidates does, leaving
-    each patch's mask in its part (see columns.BARRIER_PATCH_COLUMNS)."""
-    parts = [split_candidates(store.read(p, skip=(C.MASK_RLE,)), with_patches) for p in range(store.n_partitions)]
-    return Candidates(
-        sources=C.concat([part.sources for part in parts]),
-        patches=C.concat([part.patches for part in parts]) if with_patches else {},
-    )
-
-
-def split_candidates(table: dict[str, np.ndarray], with_patches: bool) -> Candidates:
-    """Split pass-1 rows (sorted by input_index, patch_index) into sources and patches, each
-    patch with its INPUT_INDEX and those of columns.BARRIER_PATCH_COLUMNS the table has; without `with_patches`,
-    the source rows only."""
-    if C.PATCH_INDEX not in table:  # an ingest-only pass 1: every row is a source
-        return Candidates(sources=table, patches={})
-    is_source = table[C.PATCH_INDEX] < 0
-    if not with_patches:
-        return Candidates(sources=C.take(table, is_source), patches={})
-    # INPUT_INDEX too: a duplicate source's patches carry its original's ids, and only the
-    # listing position tells them apart.
-    return Candidates(
-        sources=C.take(table, is_source),
-        patches={k: table[k][~is_source] for k in (C.INPUT_INDEX, *C.BARRIER_PATCH_COLUMNS) if k in table},
     )

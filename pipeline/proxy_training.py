@@ -4,7 +4,10 @@ The driver gathers the training crops (pass1.training_crops), hands them to the 
 The task runs with the score stage's resources (raydata.call_on_model_resources): on a GPU
 where the score actors get one, else on one node's CPUs with as many torch threads as Ray gave
 it. It logs its progress on optidel's log at the driver's level, which Ray forwards to the
-driver's console, and writes the checkpoint itself, where the score actors read it.
+driver's console, and writes the checkpoint itself, where the score actors read it: the final
+weights and, in the same file, the early ones behind the score_early column
+(score.mae.early_fraction), so the one sha256 that run.json records and a resume checks covers
+both.
 """
 
 from __future__ import annotations

@@ -80,8 +80,7 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
     if not selector(config.selector).needs_scores:
         with timer.stage("pass1"):
             reused["pass1_partitions_reused"] = len(store.done())
-            # The selection reads the pool in the parts: the driver reads none of its rows.
-            pass1.ingest_only(listing, config, store, read=False)
+            pass1.ingest_only(listing, config, store)
     else:
         proposer = resolve_proposer(config.propose)
         proposals = None  # the pool's proposals, when training proposed every source already
@@ -93,7 +92,7 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
             reused["pass1_partitions_reused"] = len(store.done())
             # Scoring the proxy's proposals, not proposing again: its sample was the whole pool.
             reused["pass1_proposals"] = proposals is not None
-            pass1.scored(listing, config, proposer, models["proxy"]["path"], store, read=False, proposals=proposals)
+            pass1.scored(listing, config, proposer, models["proxy"]["path"], store, proposals=proposals)
     with timer.stage("select"):
         plan = selection_plan.plan(store, config)
     with timer.stage("pass2"):

@@ -10,7 +10,7 @@ Pass 1 rows:
   listing  -> INPUT_INDEX, URI, MEMBER, OFFSET, LENGTH             (made by the runner)
   ingest   -> SOURCE_COLUMNS + IMAGE                                (one row per source)
   propose  -> CANDIDATE_COLUMNS + CROP                              (one source row + one row per patch)
-  score    -> CANDIDATE_COLUMNS + SCORE + EMBEDDING                 (crop dropped)
+  score    -> CANDIDATE_COLUMNS + SCORE + SCORE_EARLY + EMBEDDING   (crop dropped)
 
 A "source row" has PATCH_INDEX == -1: it carries the source's manifest fields and, for an ok
 source, the whole image as its crop, so the proxy scores and embeds whole images too (used by
@@ -55,6 +55,11 @@ CANDIDATE_COLUMNS = SOURCE_COLUMNS + PATCH_COLUMNS
 
 CROP = "crop"  # uint8 (S, S, 3), S = score.image_size; zeros for sources that are not ok
 SCORE = "score"  # float32 conditional-entropy estimate, nats per dimension
+# float32, the same estimate and masks under the proxy's early checkpoint (NaN: the proxy has
+# none); score_early - score is the row's learnability (stages/score.py). A candidates column
+# (pass-1 parts) that no selector reads yet, so neither the barrier's columns nor
+# patches.parquet carry it: a selector that ranks by it adds it to BARRIER_PATCH_COLUMNS.
+SCORE_EARLY = "score_early"
 EMBEDDING = "embedding"  # float32 (D,) pooled proxy-encoder features, L2-normalised
 
 # What the selection barrier holds of a patch row. Not the source fields (a patch row carries

@@ -9,6 +9,10 @@ reconstruction target is the normalised pixels themselves, not the per-patch-nor
 (`norm_pix_loss`): scoring compares patches by their absolute residual, and per-patch
 normalisation would divide a flat patch's tiny residual by its tiny variance and call it hard.
 Self-trained proxies therefore train on the same target they are scored with.
+
+A self-trained proxy also keeps the weights it had early in its training (`MAE.early`, saved
+in the same checkpoint file, so one sha256 covers both): the score stage's learnability
+column compares a patch's loss under them with its loss under the final weights.
 """
 
 from __future__ import annotations
@@ -109,6 +113,9 @@ class MAE(nn.Module):
         self.decoder_norm = norm_layer(spec.decoder_embed_dim)
         self.decoder_pred = nn.Linear(spec.decoder_embed_dim, spec.patch_size**2 * 3)
         self._init_weights()
+        # The early checkpoint's state dict (train_proxy's early_step), or None. A plain
+        # attribute, not a submodule: it is no part of this model's own state_dict.
+        self.early: dict[str, torch.Tensor] | None = None
 
     def _init_weights(self) -> None:
         # The official initialisation: xavier for linears and the patch projection, N(0, .02) tokens.
@@ -176,6 +183,19 @@ class MAE(nn.Module):
         """Pooled encoder features (N, D): mean of the patch tokens, nothing masked."""
         return self.patch_tokens(images).mean(dim=1)
 
+    def early_model(self) -> MAE | None:
+        """An MAE of the same shape with the early weights, in eval mode; None without them."""
+        if self.early is None:
+            return None
+        model = MAE(self.spec)
+        model.load_state_dict(self.early, strict=True)
+        return model.eval()
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state dict, which later optimizer steps do not change."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
 
 def adamw_warmup_cosine(
     model: nn.Module, lr: float, steps: int
@@ -204,6 +224,7 @@ def train_proxy(
     seed: int,
     progress: Callable[[int, float], None] | None = None,
     device: str = "cpu",
+    early_step: int | None = None,
 ) -> MAE:
     """Train an MAE on uint8 crops (N, S, S, 3) on `device`; returns it on the CPU, in eval mode.
 
@@ -213,17 +234,22 @@ def train_proxy(
     come from a generator seeded by `seed`, the initial weights from a derived torch seed, so
     the same call gives the same weights. `progress(step, loss)`, if given, is called after
     each step (1-based); it only reads the loss, so the weights do not depend on it. Batches and
-    masks are drawn on the CPU whatever the device, so a GPU sees the same draws.
+    masks are drawn on the CPU whatever the device, so a GPU sees the same draws. With
+    `early_step` (0 to `steps`), the weights after that many steps are kept as the model's
+    `early`; copying them changes nothing in the training.
     """
     s = spec.image_size
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or len(crops) == 0:
         raise ValueError(f"train_proxy: expected uint8 crops (N>0, {s}, {s}, 3), got {crops.dtype} {crops.shape}")
+    if early_step is not None and not 0 <= early_step <= steps:
+        raise ValueError(f"train_proxy: early_step {early_step} is not within 0..{steps} steps")
     # fork_rng: seed the initialisation without moving the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.torch_seed(seed, "proxy-init"))
         model = MAE(spec).to(device)
     optimizer, schedule = adamw_warmup_cosine(model, lr, steps)
     draws = seeding.torch_generator(seed, "proxy-batches")
+    early = _weights(model) if early_step == 0 else None
     model.train()
     for step in range(1, steps + 1):
         index = torch.randint(len(crops), (batch_size,), generator=draws)
@@ -233,16 +259,24 @@ def train_proxy(
         loss.backward()
         optimizer.step()
         schedule.step()
+        if step == early_step:
+            early = _weights(model)
         if progress is not None:
             progress(step, loss.item())
-    return model.cpu().eval()
+    model = model.cpu().eval()
+    model.early = early
+    return model
 
 
 def save_proxy(model: MAE, path: str) -> str:
-    """Write {"model": state_dict, "optidel_spec": spec} to a local path or fsspec URL, whole or
-    not at all; returns the file's sha256."""
+    """Write {"model": state_dict, "optidel_spec": spec}, plus "early": the early weights when
+    the model has them, to a local path or fsspec URL, whole or not at all; returns the file's
+    sha256."""
+    payload = {"model": model.state_dict(), "optidel_spec": asdict(model.spec)}
+    if model.early is not None:
+        payload["early"] = model.early
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optidel_spec": asdict(model.spec)}, buffer)
+    torch.save(payload, buffer)
     data = buffer.getvalue()
     fs, final = fsspec.core.url_to_fs(str(path))
     fs.makedirs(posixpath.dirname(final) or ".", exist_ok=True)
@@ -252,8 +286,9 @@ def save_proxy(model: MAE, path: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_checkpoint(path: str, fallback_spec: MAESpec | None = None) -> tuple[dict, MAESpec, str]:
-    """(state_dict, spec, sha256) of a proxy checkpoint, tensors only (weights_only=True)."""
+def read_checkpoint(path: str, fallback_spec: MAESpec | None = None) -> tuple[dict, MAESpec, str, dict | None]:
+    """(state_dict, spec, sha256, early state_dict or None) of a proxy checkpoint, tensors only
+    (weights_only=True)."""
     try:
         with fsspec.open(str(path), "rb") as f:
             data = f.read()
@@ -268,6 +303,9 @@ def read_checkpoint(path: str, fallback_spec: MAESpec | None = None) -> tuple[di
         ) from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise ProxyCheckpointError(f'{path}: expected a {{"model": state_dict}} checkpoint')
+    early = payload.get("early")
+    if early is not None and not isinstance(early, dict):
+        raise ProxyCheckpointError(f'{path}: "early" is not a state_dict')
     state = payload["model"]
     try:
         if isinstance(payload.get("optidel_spec"), dict):
@@ -276,18 +314,21 @@ def read_checkpoint(path: str, fallback_spec: MAESpec | None = None) -> tuple[di
             spec = _infer_spec(state, fallback_spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise ProxyCheckpointError(f"{path}: cannot determine the model's shape: {exc}") from exc
-    return state, spec, hashlib.sha256(data).hexdigest()
+    return state, spec, hashlib.sha256(data).hexdigest(), early
 
 
 def load_proxy(path: str, fallback_spec: MAESpec | None = None) -> MAE:
-    """An MAE from a checkpoint of ours or an official one with its decoder, in eval mode.
+    """An MAE from a checkpoint of ours or an official one with its decoder, in eval mode, with
+    its early weights when the file has them.
 
     Official files carry no spec: shapes give everything but the head counts, which come from
     `fallback_spec`."""
-    state, spec, _ = read_checkpoint(path, fallback_spec)
+    state, spec, _, early = read_checkpoint(path, fallback_spec)
     model = MAE(spec)
+    model.early = early
     try:
         model.load_state_dict(state, strict=True)
+        model.early_model()  # early weights that do not fit are refused here, not when scoring
     except RuntimeError as exc:
         raise ProxyCheckpointError(f"{path}: weights do not fit an MAE of {spec}: {exc}") from exc
     return model.eval()

@@ -9,6 +9,13 @@ averaged over R = score.masks_per_patch random masks of ratio score.mask_ratio,
 the differential entropy, per dimension, of a Gaussian whose variance is the reconstruction's
 residual variance. Harder patches (more the proxy cannot predict from context) score higher.
 
+`score_early` is the same estimate, under the same masks, by the proxy's early checkpoint (a
+self-trained proxy's weights after score.mae.early_fraction of its training; NaN for a proxy
+file without them). score_early - score = 0.5 * ln(mse_early / mse) is the row's learnability,
+a label-free analogue of RHO-LOSS (arXiv 2206.07137): what the proxy learned to predict of it.
+Sensor noise and glare stay hard under both checkpoints; tissue the proxy learns drops. Both
+checkpoints see the same repeated images and noise: one more masked forward pass per micro-batch.
+
 The masks of row k derive from (seed, k, r) through optidel.seeding, k being the patch_id (or
 the source_id for a source row), so a score never depends on luck, batch or worker. With
 score.shared_masks every row gets the same R masks, from (seed, r) alone: PASS (AAAI 2024)
@@ -56,8 +63,10 @@ def proxy_spec(config) -> MAESpec:
 
 
 def train_self_proxy(crops: np.ndarray, config, seed: int, progress=None, device: str = "cpu") -> MAE:
-    """`score.proxy = self`: a small MAE of the configured shape trained on the pool's crops;
-    `progress` and `device` as for train_proxy."""
+    """`score.proxy = self`: a small MAE of the configured shape trained on the pool's crops,
+    with its early weights after score.mae.early_fraction of the steps; `progress` and `device`
+    as for train_proxy."""
+    early = config.mae.early_fraction
     return train_proxy(
         crops,
         proxy_spec(config),
@@ -68,12 +77,13 @@ def train_self_proxy(crops: np.ndarray, config, seed: int, progress=None, device
         seed=seed,
         progress=progress,
         device=device,
+        early_step=None if early is None else round(early * config.mae.train_steps),
     )
 
 
 def proxy_info(path: str, fallback_spec: MAESpec | None = None) -> dict:
     """What run.json records about the proxy: path, sha256, spec."""
-    _, spec, sha256 = read_checkpoint(path, fallback_spec)
+    _, spec, sha256, _ = read_checkpoint(path, fallback_spec)
     return {"path": str(path), "sha256": sha256, "spec": asdict(spec)}
 
 
@@ -86,7 +96,8 @@ def mask_noise(seed: int, row_key: str | None, masks: int, num_patches: int) -> 
 
 
 class Score:
-    """CANDIDATE_COLUMNS + CROP -> CANDIDATE_COLUMNS + SCORE + EMBEDDING (see module docstring)."""
+    """CANDIDATE_COLUMNS + CROP -> CANDIDATE_COLUMNS + SCORE + SCORE_EARLY + EMBEDDING (see
+    module docstring)."""
 
     execution = MODEL_ACTOR
 
@@ -96,6 +107,7 @@ class Score:
         self.checkpoint = checkpoint
         self.device = device
         self.model: MAE | None = None
+        self.early_proxy: MAE | None = None  # the early checkpoint, when the file has one
 
     def setup(self) -> None:
         model = load_proxy(self.checkpoint, fallback_spec=proxy_spec(self.config))
@@ -104,6 +116,8 @@ class Score:
                 f"{self.checkpoint}: the proxy takes {model.spec.image_size} px crops but "
                 f"score.image_size is {self.config.image_size}; set score.image_size={model.spec.image_size}"
             )
+        early = model.early_model()
+        self.early_proxy = None if early is None else early.to(self.device)
         self.model = model.to(self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,14 +130,18 @@ class Score:
         keys = np.where(patch_index >= 0, batch[columns.PATCH_ID], batch[columns.SOURCE_ID])
 
         scores = np.full(len(patch_index), np.nan, dtype=np.float32)
+        early_scores = scores.copy()
         embeddings = np.zeros((len(patch_index), self.model.spec.embed_dim), dtype=np.float32)
         rows = np.flatnonzero(scored)
         for start in range(0, len(rows), ROWS_PER_FORWARD):
             chunk = rows[start : start + ROWS_PER_FORWARD]
-            scores[chunk], embeddings[chunk] = self._score_rows(crops[chunk], [str(keys[i]) for i in chunk])
+            scores[chunk], early_scores[chunk], embeddings[chunk] = self._score_rows(
+                crops[chunk], [str(keys[i]) for i in chunk]
+            )
 
         out = {name: values for name, values in batch.items() if name != columns.CROP}
         out[columns.SCORE] = scores
+        out[columns.SCORE_EARLY] = early_scores
         out[columns.EMBEDDING] = embeddings
         return out
 
@@ -137,9 +155,9 @@ class Score:
         return crops
 
     @torch.inference_mode()
-    def _score_rows(self, crops: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ROWS_PER_FORWARD crops -> (scores (n,), unit embeddings (n, D)), computed on a
-        micro-batch padded to the fixed shape."""
+    def _score_rows(self, crops: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Up to ROWS_PER_FORWARD crops -> (scores (n,), early scores (n,), unit embeddings
+        (n, D)), computed on a micro-batch padded to the fixed shape."""
         n, r, spec = len(keys), self.config.masks_per_patch, self.model.spec
         padded = np.zeros((ROWS_PER_FORWARD, *crops.shape[1:]), dtype=np.uint8)
         padded[:n] = crops
@@ -148,11 +166,15 @@ class Score:
         for i, key in enumerate(keys):
             noise[i] = mask_noise(self.seed, None if self.config.shared_masks else key, r, spec.num_patches)
         # Row i's R masked copies are rows i*R .. i*R+R-1.
-        mse = self.model.masked_mse(
-            images.repeat_interleave(r, dim=0), noise.flatten(0, 1).to(self.device), self.config.mask_ratio
-        )
-        mse = mse.double().view(ROWS_PER_FORWARD, r).mean(dim=1)[:n].clamp_min(_MSE_FLOOR)
-        scores = (0.5 * torch.log(2 * math.pi * math.e * mse)).float().cpu().numpy()
+        repeated, noise = images.repeat_interleave(r, dim=0), noise.flatten(0, 1).to(self.device)
+
+        def entropy(model: MAE) -> np.ndarray:
+            mse = model.masked_mse(repeated, noise, self.config.mask_ratio)
+            mse = mse.double().view(ROWS_PER_FORWARD, r).mean(dim=1)[:n].clamp_min(_MSE_FLOOR)
+            return (0.5 * torch.log(2 * math.pi * math.e * mse)).float().cpu().numpy()
+
+        scores = entropy(self.model)
+        early_scores = np.full(n, np.nan, np.float32) if self.early_proxy is None else entropy(self.early_proxy)
         embeddings = F.normalize(self.model.embed(images)[:n], dim=1).float().cpu().numpy()
-        return scores, embeddings
+        return scores, early_scores, embeddings
 

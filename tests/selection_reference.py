@@ -14,7 +14,17 @@ from optidel import seeding
 from optidel.manifests import schema
 from optidel.pipeline.selection import embeddings, engine, ranks
 from optidel.pipeline.selection.selectors import Selector, selector
+from optidel.stages import columns as C
 from optidel.stages import exact_mean
+
+
+def read_pool(store, with_patches: bool) -> tuple[dict, dict]:
+    """Every pass-1 part's rows read back in one piece, as (source rows, patch rows)."""
+    table = C.concat([store.read(p, skip=(C.MASK_RLE,)) for p in range(store.n_partitions)])
+    if C.PATCH_INDEX not in table:  # an ingest-only pass 1: every row is a source
+        return table, {}
+    is_source = table[C.PATCH_INDEX] < 0
+    return C.take(table, is_source), C.take(table, ~is_source) if with_patches else {}
 
 
 def reference(pool: dict, name: str, budget: int, config, seed: int, centroids=None) -> dict:

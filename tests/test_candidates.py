@@ -1,6 +1,5 @@
-"""Candidates read back from the pass-1 parts without masks or source sentinels, each source's id
-shared by its patches; patches.parquet, written by tasks part by part, gets each mask back from
-its part."""
+"""patches.parquet, written by tasks part by part, gets each mask back from its part; whole images
+have none."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import pytest
 
 from optidel.manifests import decode_mask, layout, schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import config as config_mod, pass1
+from optidel.pipeline import config as config_mod
 from optidel.pipeline.partitions import PartStore
 from optidel.pipeline.selection import plan as selection_plan
 from optidel.pipeline.selection import write
@@ -66,22 +65,6 @@ def store(tmp_path):
 def _written(store: PartStore) -> dict[str, np.ndarray]:
     parts = [store.read(p) for p in range(store.n_partitions)]
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
-def test_candidates_hold_no_masks_and_one_id_object_per_source(store):
-    candidates = pass1.read_candidates(store, with_patches=True)
-    written = _written(store)
-    is_patch = written[C.PATCH_INDEX] >= 0
-
-    # INPUT_INDEX beside them: a duplicate's patches carry its original's ids
-    assert tuple(candidates.patches) == (C.INPUT_INDEX, *C.BARRIER_PATCH_COLUMNS) and C.MASK_RLE not in candidates.patches
-    for name, values in candidates.patches.items():
-        assert np.array_equal(values, written[name][is_patch], equal_nan=values.dtype.kind == "f"), name  # NaN: none
-    assert np.array_equal(candidates.sources[C.SOURCE_ID], written[C.SOURCE_ID][~is_patch])
-    ids = candidates.patches[C.SOURCE_ID]
-    for source_id in set(ids.tolist()):
-        objects = {id(v) for v in ids[ids == source_id]}
-        assert len(objects) == 1, source_id
 
 
 def test_patches_manifest_gets_each_mask_back_from_its_part(store, tmp_path, ray_local):

@@ -14,11 +14,12 @@ import pytest
 
 from optidel.manifests import layout, schema
 from optidel.manifests.layout import Output
-from optidel.pipeline import config as config_mod, pass1
+from optidel.pipeline import config as config_mod
 from optidel.pipeline.selection import duplicates, write
 from optidel.pipeline.selection.duplicates import bucketed, first_occurrences, joined, marked
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
+from selection_reference import read_pool
 
 NOT_OK = (schema.CORRUPT, schema.TOO_SMALL, schema.FAILED)
 
@@ -121,7 +122,7 @@ def test_on_ray_over_parts(ray_local, tmp_path, monkeypatch, with_patches):
     assert by_status == dict(sorted(Counter(reference[C.STATUS].tolist()).items()))
 
     # sources.parquet in pieces from the parts: the bytes of one write of the reference's rows.
-    in_memory = mark_duplicates(pass1.read_candidates(store, with_patches=False).sources)
+    in_memory = mark_duplicates(read_pool(store, with_patches=False)[0])
     Output(str(tmp_path / "in_memory")).write_manifest("sources", schema.to_table("sources", in_memory))
     write.sources(Output(str(tmp_path / "over_parts")), found, store, config)
     written = (tmp_path / "in_memory" / layout.manifest_relpath("sources")).read_bytes()

@@ -247,7 +247,7 @@ def test_a_sample_smaller_than_the_pool_cuts_the_shortlists_and_keeps_the_select
         assert_same(out, expected)
         assert_chosen(parts, n_parts, verdict, expected)
         received = verdict.rows_received
-        assert received["sample"] == 1000  # rows with embeddings in round 1: the sample's alone
+        assert received["sample"] == 1000  # round 1: a key and a cluster per sample row, no embedding
         assert received["draws"] == sum(min(len(rows), 1000) for rows in parts.rows)
         assert received["shortlists"] < 0.3 * 4000, received
         assert verdict.rows_to_groups < 0.3 * 4000

@@ -232,3 +232,43 @@ def test_progress_reports_every_step_and_leaves_the_checkpoint_unchanged(tmp_pat
         )
     assert [i for i, _ in seen] == [1, 2, 3, 4, 5] and all(np.isfinite(x) and x > 0 for _, x in seen)
     assert save_proxy(quiet, str(tmp_path / "a.pt")) == save_proxy(reported, str(tmp_path / "b.pt"))
+
+
+def _equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_weights_are_the_weights_after_early_step_and_leave_the_training_unchanged(crops):
+    args = dict(steps=4, batch_size=8, lr=1e-3, seed=5)
+    plain = train_proxy(crops, SPEC, 0.75, **args)
+    with_early = train_proxy(crops, SPEC, 0.75, early_step=2, **args)
+    assert plain.early is None
+    assert _equal_states(with_early.state_dict(), plain.state_dict())  # the final weights do not move
+    # The ends: after 0 steps the initial weights, after all of them the final ones.
+    at_start = train_proxy(crops, SPEC, 0.75, early_step=0, **args).early
+    assert _equal_states(at_start, train_proxy(crops, SPEC, 0.75, **{**args, "steps": 0}).state_dict())
+    assert _equal_states(train_proxy(crops, SPEC, 0.75, early_step=4, **args).early, plain.state_dict())
+    assert not _equal_states(with_early.early, plain.state_dict())
+    assert not _equal_states(with_early.early, at_start)
+    with pytest.raises(ValueError, match="early_step 5 is not within 0..4"):
+        train_proxy(crops, SPEC, 0.75, early_step=5, **args)
+
+
+def test_early_weights_travel_in_the_checkpoint_and_load_as_their_own_model(tmp_path, crops):
+    model = train_proxy(crops[:8], SPEC, 0.75, steps=3, batch_size=4, lr=1e-3, seed=1, early_step=1)
+    path = tmp_path / "proxy.pt"
+    save_proxy(model, str(path))
+    loaded = load_proxy(str(path))
+    assert _equal_states(loaded.early, model.early)
+    early = loaded.early_model()
+    assert early.spec == SPEC and not early.training and _equal_states(early.state_dict(), model.early)
+    # Same seed, same bytes, early weights included.
+    again = train_proxy(crops[:8], SPEC, 0.75, steps=3, batch_size=4, lr=1e-3, seed=1, early_step=1)
+    assert save_proxy(again, str(tmp_path / "again.pt")) == hashlib.sha256(path.read_bytes()).hexdigest()
+    # A file without them (an official checkpoint, or an older proxy) has no early model.
+    torch.save({"model": model.state_dict(), "optidel_spec": asdict(SPEC)}, tmp_path / "plain.pt")
+    assert load_proxy(str(tmp_path / "plain.pt")).early_model() is None
+    wrong = tmp_path / "wrong-early.pt"
+    torch.save({"model": model.state_dict(), "optidel_spec": asdict(SPEC), "early": {"cls_token": model.cls_token}}, wrong)
+    with pytest.raises(ProxyCheckpointError, match="wrong-early.pt.*do not fit"):
+        load_proxy(str(wrong))

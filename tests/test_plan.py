@@ -16,14 +16,14 @@ from PIL import Image
 from optidel.manifests import schema
 from optidel.manifests.layout import Output
 from optidel.manifests.verify import verify
-from optidel.pipeline import config as config_mod, pass1, pass2, raydata
+from optidel.pipeline import config as config_mod, pass2, raydata
 from optidel.pipeline.partitions import PartStore
 from optidel.pipeline.selection import write
 from optidel.pipeline.selection.plan import Plan, plan
 from optidel.pipeline.selection.ranks import part_ranks, pool_ranks
 from optidel.stages import columns as C
 from optidel.stages.write import shards_table
-from selection_reference import plain_ranks, reference
+from selection_reference import plain_ranks, read_pool, reference
 
 N_SOURCES = 40
 DIM = 8
@@ -91,8 +91,8 @@ def _read_in_the_driver(store, partition, *args, **kwargs):
 def _competing(store: PartStore, unit: str) -> dict[str, np.ndarray]:
     """The pool as the reference takes it, read here in one piece: the rows of every ok source
     but the copy (whose patches carry its original's ids), by the engine's names."""
-    candidates = pass1.read_candidates(store, with_patches=unit == "patch")
-    rows = candidates.patches if unit == "patch" else candidates.sources
+    sources, patches = read_pool(store, with_patches=unit == "patch")
+    rows = patches if unit == "patch" else sources
     keep = rows[C.INPUT_INDEX] != COPY
     id_column = C.PATCH_ID if unit == "patch" else C.SOURCE_ID
     return {"id": rows[id_column][keep], "source": rows[C.SOURCE_ID][keep],

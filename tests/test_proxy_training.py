@@ -18,7 +18,7 @@ from optidel.pipeline.progress import torch_threads
 from optidel.stages import mae, score
 
 # The default proxy's shape, a few steps: large enough that the thread count shows in the bytes.
-CONFIG = Config.model_validate({"seed": 3, "score": {"mae": {"train_steps": 3}}})
+CONFIG = Config.model_validate({"seed": 3, "score": {"mae": {"train_steps": 3, "early_fraction": 0.1}}})
 CROPS = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
 
 
@@ -41,6 +41,8 @@ def test_the_proxy_trains_in_a_ray_task_with_the_bytes_of_in_driver_training(tmp
     assert trained.sha256 != _in_driver(1, tmp_path / "driver-1.pt")
     # What run.json records, read back in the task: the driver has no torch to read it with.
     assert trained.info == score.proxy_info(str(path))
+    # The same file carries the early checkpoint behind score_early, so the one sha256 covers it.
+    assert mae.load_proxy(str(path)).early_model() is not None
 
 
 def test_a_reused_proxy_is_described_from_its_record_as_from_its_checkpoint(tmp_path):

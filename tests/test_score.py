@@ -15,8 +15,8 @@ from optidel.manifests import schema
 from optidel.pipeline.config import MAEConfig, ScoreConfig
 from optidel.stages import columns
 from optidel.stages import crops as crop_lib
-from optidel.stages.mae import MAESpec, save_proxy, to_input, train_proxy
-from optidel.stages.score import Score, mask_noise, proxy_info, proxy_spec
+from optidel.stages.mae import MAE, MAESpec, save_proxy, to_input, train_proxy
+from optidel.stages.score import Score, mask_noise, proxy_info, proxy_spec, train_self_proxy
 
 KVASIR = KVASIR_ROOT / "images"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,7 +80,9 @@ def rows_by_source() -> list[list[dict]]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, rows_by_source) -> str:
     crops = np.stack([row[columns.CROP] for rows in rows_by_source for row in rows])
-    model = train_proxy(crops, proxy_spec(CONFIG), CONFIG.mask_ratio, steps=25, batch_size=16, lr=1.5e-3, seed=0)
+    model = train_proxy(
+        crops, proxy_spec(CONFIG), CONFIG.mask_ratio, steps=25, batch_size=16, lr=1.5e-3, seed=0, early_step=5
+    )
     path = tmp_path_factory.mktemp("proxy") / "proxy.pt"
     save_proxy(model, str(path))
     return str(path)
@@ -88,9 +90,8 @@ def checkpoint(tmp_path_factory, rows_by_source) -> str:
 
 def by_row_key(out: dict[str, np.ndarray]) -> dict[tuple, tuple[bytes, bytes]]:
     keys = zip(out[columns.INPUT_INDEX].tolist(), out[columns.PATCH_INDEX].tolist())
-    return {
-        key: (out[columns.SCORE][i].tobytes(), out[columns.EMBEDDING][i].tobytes()) for i, key in enumerate(keys)
-    }
+    named = (columns.SCORE, columns.SCORE_EARLY, columns.EMBEDDING)
+    return {key: tuple(out[name][i].tobytes() for name in named) for i, key in enumerate(keys)}
 
 
 def test_scores_finite_embeddings_unit_norm_and_columns(checkpoint, rows_by_source):
@@ -99,15 +100,17 @@ def test_scores_finite_embeddings_unit_norm_and_columns(checkpoint, rows_by_sour
     out = Score(CONFIG, seed=0, checkpoint=checkpoint)(batch)
 
     assert columns.CROP not in out
-    assert set(out) == set(columns.CANDIDATE_COLUMNS) | {columns.SCORE, columns.EMBEDDING}
+    assert set(out) == set(columns.CANDIDATE_COLUMNS) | {columns.SCORE, columns.SCORE_EARLY, columns.EMBEDDING}
     for name in columns.CANDIDATE_COLUMNS:
         np.testing.assert_array_equal(out[name], batch[name], err_msg=name)
     ok = out[columns.STATUS] != schema.CORRUPT
-    assert out[columns.SCORE].dtype == np.float32 and out[columns.EMBEDDING].dtype == np.float32
+    for name in (columns.SCORE, columns.SCORE_EARLY, columns.EMBEDDING):
+        assert out[name].dtype == np.float32, name
     assert out[columns.EMBEDDING].shape == (len(rows), CONFIG.mae.embed_dim)
-    assert np.isfinite(out[columns.SCORE][ok]).all()
+    assert np.isfinite(out[columns.SCORE][ok]).all() and np.isfinite(out[columns.SCORE_EARLY][ok]).all()
     np.testing.assert_allclose(np.linalg.norm(out[columns.EMBEDDING][ok], axis=1), 1.0, rtol=1e-5)
-    assert np.isnan(out[columns.SCORE][~ok]).all() and not out[columns.EMBEDDING][~ok].any()
+    assert np.isnan(out[columns.SCORE][~ok]).all() and np.isnan(out[columns.SCORE_EARLY][~ok]).all()
+    assert not out[columns.EMBEDDING][~ok].any()
 
 
 def test_a_row_scores_the_same_alone_in_a_big_shuffled_batch_or_cut_off_its_source(checkpoint, rows_by_source):
@@ -126,17 +129,48 @@ def test_a_row_scores_the_same_alone_in_a_big_shuffled_batch_or_cut_off_its_sour
             assert together[key] == value, key
 
 
-def test_score_is_gaussian_entropy_of_the_mean_masked_mse(checkpoint, rows_by_source):
+def test_both_scores_are_gaussian_entropies_of_the_mean_masked_mse_under_each_checkpoint(checkpoint, rows_by_source):
+    """By hand: each checkpoint's weights read from the file as they stand, put in a fresh MAE,
+    each crop's R masked copies through it, under the row's own masks for both."""
     rows = rows_by_source[1]
-    stage = Score(CONFIG, seed=0, checkpoint=checkpoint)
-    out = stage(make_batch(rows))
-    model, r = stage.model, CONFIG.masks_per_patch
+    out = Score(CONFIG, seed=0, checkpoint=checkpoint)(make_batch(rows))
+    payload = torch.load(checkpoint, weights_only=True)
+    models = {}
+    for column, weights in ((columns.SCORE, payload["model"]), (columns.SCORE_EARLY, payload["early"])):
+        models[column] = MAE(proxy_spec(CONFIG)).eval()
+        models[column].load_state_dict(weights)
+    r = CONFIG.masks_per_patch
     for i, row in enumerate(rows):
         key = row[columns.PATCH_ID] if row[columns.PATCH_INDEX] >= 0 else row[columns.SOURCE_ID]
         images = to_input(row[columns.CROP][None]).repeat(r, 1, 1, 1)
-        with torch.inference_mode():
-            mse = model.masked_mse(images, mask_noise(0, key, r, 16), CONFIG.mask_ratio).double().mean().item()
-        assert out[columns.SCORE][i] == pytest.approx(0.5 * math.log(2 * math.pi * math.e * mse), rel=1e-5)
+        for column, model in models.items():
+            with torch.inference_mode():
+                mse = model.masked_mse(images, mask_noise(0, key, r, 16), CONFIG.mask_ratio).double().mean().item()
+            assert out[column][i] == pytest.approx(0.5 * math.log(2 * math.pi * math.e * mse), rel=1e-5), column
+    assert (out[columns.SCORE_EARLY] != out[columns.SCORE]).all()  # two checkpoints, two estimates
+
+
+def test_a_proxy_without_early_weights_leaves_score_early_empty_and_score_as_it_was(checkpoint, rows_by_source, tmp_path):
+    payload = torch.load(checkpoint, weights_only=True)
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": payload["model"], "optidel_spec": payload["optidel_spec"]}, plain)
+    batch = make_batch(rows_by_source[2])
+    out = Score(CONFIG, seed=0, checkpoint=str(plain))(batch)
+    assert np.isnan(out[columns.SCORE_EARLY]).all()
+    assert out[columns.SCORE].tobytes() == Score(CONFIG, seed=0, checkpoint=checkpoint)(batch)[columns.SCORE].tobytes()
+
+
+def test_self_proxy_takes_its_early_checkpoint_at_the_configured_fraction(rows_by_source):
+    crops = np.stack([row[columns.CROP] for row in rows_by_source[0]])
+    config = CONFIG.model_copy(update={"mae": CONFIG.mae.model_copy(update={"train_steps": 4, "batch_size": 4})})
+    args = dict(steps=4, batch_size=4, lr=config.mae.lr, seed=0)
+    for fraction, step in ((0.1, 0), (0.5, 2), (1.0, 4)):
+        config.mae.early_fraction = fraction
+        early = train_self_proxy(crops, config, seed=0).early
+        expected = train_proxy(crops, proxy_spec(config), config.mask_ratio, early_step=step, **args).early
+        assert all(torch.equal(early[k], v) for k, v in expected.items()), fraction
+    config.mae.early_fraction = None
+    assert train_self_proxy(crops, config, seed=0).early is None
 
 
 def test_noise_crop_scores_higher_than_a_flat_crop(checkpoint, rows_by_source):

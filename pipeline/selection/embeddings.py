@@ -37,7 +37,6 @@ def diversity_stats(cluster_of_selected, n_clusters: int) -> dict:
     }
 
 
-
 def train_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
     """float32 (k, D) centroids of unit rows `x` (in id order: k-means++ depends on row order),
     or None when k <= 1 (one cluster needs no centroids)."""

@@ -5,13 +5,14 @@ The caller hands over the parts as opaque handles, `load(part, columns=None)` gi
 competing rows (keys.ID, SOURCE, SCORE, EMBEDDING; rows.py), `run(fn, calls)`, which yields
 fn(*call) for each call in order (in this process or as Ray tasks), and `split`, a shuffle's map
 half (Split). Each result is folded into a running merge as it arrives, so the caller holds
-O(budget + clusters x dim + sample x dim) whatever the number of parts, and no embedding of the
+O(budget + clusters x dim + sample) whatever the number of parts, and no embedding of the
 shortlists; what it receives is counted per round (Verdict.rows_received).
 
 1. summary (scored selectors): rows and exact score and embedding sums (stages/exact_mean.py);
    for clustered ones, the seeded sample k-means trains on, the first `kmeans_sample` rows by
    hash of (seed, id): each part sends its smallest hashes alone, their merge gives the sample's
-   last hash, and a second round sends each part's rows up to it. A sample that covers the pool
+   last hash, and a shuffle sends each part's rows up to it to one task, which trains the
+   centroids and returns the sample's keys and clusters alone. A sample that covers the pool
    is the pool, in id order: the centroids do not depend on how the pool was split.
 2. head: the pool's first n_trim + budget keys in the order, each part sending its keys up to a
    cut read off the sample, fetched again further when it came too soon. It gives the last
@@ -89,7 +90,7 @@ class Verdict:
     worked_again: int = 0  # groups' near-duplicate decisions worked out again (_Speculated)
     rows_to_groups: int = 0  # round 3's rows (with embeddings) the maps sent the group tasks, every fetch
     # Rows the driver received, per round: "draws" (round 1, a hash each), "sample" (round 1,
-    # with embeddings), "head" (round 2, a key each), "shortlists" (round 3, without embeddings).
+    # a key and a cluster each), "head" (round 2, a key each), "shortlists" (round 3, without embeddings).
     rows_received: dict[str, int] = field(default_factory=dict)
 
     def for_labels(self) -> Verdict:
@@ -126,7 +127,7 @@ def choose(
     first fetch length (default: sized by the budget)."""
     by = order_of(selector, seed)
     if selector.needs_scores:
-        verdict, sample = _summarised(load, parts, run, selector, by, config, seed)
+        verdict, sample = _summarised(load, parts, run, split, selector, by, config, seed)
     else:
         verdict, sample = Verdict(selector, by, pool), None
     if verdict.n == 0:
@@ -208,7 +209,7 @@ def parts_selection(load, parts: Sequence, verdict: Verdict, ranks: Sequence[np.
     return selections
 
 
-def _summarised(load, parts, run: Run, selector: Selector, by, config, seed: int) -> tuple[Verdict, _Sample | None]:
+def _summarised(load, parts, run: Run, split: Split, selector: Selector, by, config, seed: int) -> tuple[Verdict, _Sample | None]:
     """Round 1: the pool's size, score sum and mean embedding; for a clustered selector, the
     centroids trained on the seeded sample, and the sample's keys and clusters."""
     size = config.kmeans_sample if selector.clusters else 0
@@ -226,27 +227,17 @@ def _summarised(load, parts, run: Run, selector: Selector, by, config, seed: int
     if n == 0 or not selector.clusters:
         return verdict, None
     # The sample is the first `size` rows by (draw, id): every row of a draw below the size-th
-    # smallest, and some of those of that draw (more rows than one may share it).
+    # smallest, and some of those of that draw (more rows than one may share it). One task trains
+    # on them: the caller receives the sample's keys and clusters, never its embeddings (100 MB
+    # at the default 200k rows, several times that while merged).
     last_draw = draws.max() if n > size else None
-    sample = None
-    drawn = _tally(run(_sample_rows, [(load, part, seed, by, last_draw) for part in parts]), received, "sample", lambda rows: len(rows[1]))
-    for batch in _batched(drawn, lambda rows: len(rows[1]), size):
-        batch = [rows for rows in batch if len(rows[1])]  # a part with none drawn: its embeddings may have no width
-        if not batch:
-            continue
-        columns = tuple(np.concatenate(column) for column in zip(*([sample] if sample is not None else []), *batch))
-        sample = tuple(column[key_order(columns[0], columns[1])[:size]] for column in columns)
+    pieces, _ = split(_sample_rows, [(load, part, seed, by, last_draw) for part in parts], 1)
     # A single row is left uncentred: it would be its own mean.
     verdict.mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
-    _, ids, emb, keys = sample
-    by_id = np.argsort(ids, kind="stable")  # k-means++ reads its rows in id order
-    verdict.k = min(config.clusters, n, len(ids))
-    unit = embeddings.centred_unit_rows(emb[by_id], verdict.mean)
-    verdict.centroids = embeddings.train_centroids(unit, verdict.k, seed)
-    cluster = np.empty(len(ids), dtype=np.int32)
-    cluster[by_id] = embeddings.assign_clusters(unit, verdict.centroids)
-    first = key_order(keys, ids)  # the order both cuts read the sample in
-    return verdict, _Sample(keys[first], ids[first], cluster[first], len(ids) / n)
+    verdict.k = min(config.clusters, n, size)  # the sample holds min(size, n) rows
+    trained = run(_trained_sample, [(verdict.mean, verdict.k, size, seed, *(of_part[0] for of_part in pieces))])
+    [(keys, ids, cluster, verdict.centroids)] = _tally(trained, received, "sample", lambda result: len(result[1]))
+    return verdict, _Sample(keys, ids, cluster, len(ids) / n)
 
 
 def _summary(load, part, seed: int, sample_size: int):
@@ -264,15 +255,31 @@ def _summary(load, part, seed: int, sample_size: int):
 
 
 def _sample_rows(load, part, seed: int, by, last_draw):
-    """A part's rows drawn at or before `last_draw` (every row when None): their draws, ids,
-    embeddings and keys in the order `by`."""
+    """Round 1's map over a part: as its one piece, its rows drawn at or before `last_draw` (every
+    row when None): their draws, ids, embeddings and keys in the order `by`; as the note, their count."""
     rows = load(part, (ID, SCORE, EMBEDDING))
     ids = ids_of(rows)
     keys = primary(rows, ids, by)
     draws = _sample_draws(ids, seed)
     mine = np.flatnonzero(draws <= last_draw) if last_draw is not None else np.arange(len(ids))
     emb = embeddings.embedding_rows(np.asarray(rows[EMBEDDING])[mine], len(mine))
-    return draws[mine], ids[mine], emb, keys[mine]
+    return [(draws[mine], ids[mine], emb, keys[mine])], len(mine)
+
+
+def _trained_sample(mean: np.ndarray, k: int, size: int, seed: int, *pieces):
+    """Round 1's sample task: the parts' drawn rows cut to the sample (the first `size` by
+    (draw, id)), the centroids trained on it, and its rows' keys, ids and clusters in the order."""
+    pieces = [piece for piece in pieces if len(piece[1])]  # a part with none drawn: its embeddings may have no width
+    draws, ids, emb, keys = (np.concatenate(column) for column in zip(*pieces))
+    first = key_order(draws, ids)[:size]
+    ids, emb, keys = ids[first], emb[first], keys[first]
+    by_id = np.argsort(ids, kind="stable")  # k-means++ reads its rows in id order
+    unit = embeddings.centred_unit_rows(emb[by_id], mean)
+    centroids = embeddings.train_centroids(unit, k, seed)
+    cluster = np.empty(len(ids), dtype=np.int32)
+    cluster[by_id] = embeddings.assign_clusters(unit, centroids)
+    first = key_order(keys, ids)  # the order both cuts read the sample in
+    return keys[first], ids[first], cluster[first], centroids
 
 
 def _sample_draws(ids: np.ndarray, seed: int) -> np.ndarray:
@@ -419,8 +426,7 @@ class _Shortlists:
         self.pieces.update({g: [of_map[g] for of_map in pieces] for g in groups})
         self.lengths.update(lengths)
         calls = [(lengths[g], self.threshold, self.capacity, (), *self.pieces[g]) for g in groups]
-        for g, queue in zip(groups, _tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get(ID, ())))):
-            self.queues[g] = queue
+        self.queues.update(zip(groups, _tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get(ID, ())))))
 
     def length(self, group: int) -> int:
         return len(self.queues[group].get(ID, ()))

@@ -46,8 +46,7 @@ def plan(store: PartStore, config: Config) -> Plan:
     chosen = rows.choose(store, found, entry, (config.mosaic if mosaics else 1) * n_samples, n_ok, config)
     patches = chosen.rows
     n = len(patches[C.PATCH_ID])
-    selected = np.ones(n, bool)
-    reason = np.full(n, "", dtype=object)
+    selected, reason = np.ones(n, bool), np.full(n, "", dtype=object)
     if mosaics:
         samples, leftover = group_patches(patches[C.SOURCE_ID], patches["cluster"], patches["rank"], config.mosaic, config.seed)
         selected[leftover], reason[leftover] = False, schema.DROP_INCOMPLETE_GROUP
@@ -69,8 +68,7 @@ def plan(store: PartStore, config: Config) -> Plan:
 
 def _assign_samples(patches: dict, samples: list[list[int]]) -> None:
     n = len(patches[C.PATCH_ID])
-    keys = np.full(n, "", dtype=object)
-    slots = np.full(n, -1, np.int64)
+    keys, slots = np.full(n, "", dtype=object), np.full(n, -1, np.int64)
     for members in samples:
         key = sample_key([patches[C.PATCH_ID][i] for i in members])
         for slot, i in enumerate(members):

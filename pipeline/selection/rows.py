@@ -180,16 +180,13 @@ def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows:
     for partition, selection in zip(group, engine.parts_selection(unit, group, verdict, part_ranks(len(group), *rank_pieces))):
         rows, competing = unit.manifest(partition)
         n = len(rows[C.PATCH_ID])
-        cluster = np.full(n, -1, np.int32)
-        rank = np.full(n, -1, np.int32)
-        selected = np.zeros(n, bool)
+        cluster, rank, selected = np.full(n, -1, np.int32), np.full(n, -1, np.int32), np.zeros(n, bool)
         # A duplicate source's patches were proposed before duplicates were known; they never compete.
         reason = np.where(competing, "", schema.DROP_DUPLICATE_SOURCE).astype(object)
         cluster[competing], rank[competing], selected[competing], reason[competing] = (
             selection.cluster, selection.rank, selection.selected, selection.reason
         )
-        sample_key = np.full(n, "", dtype=object)
-        slot = np.full(n, -1, np.int64)
+        sample_key, slot = np.full(n, "", dtype=object), np.full(n, -1, np.int64)
         found = plan_rows.find(rows[C.PATCH_ID])
         planned = competing & (found >= 0)
         at = found[planned]
