@@ -16,7 +16,10 @@ its selection settings), then overwrites the `score` column of the copied pass-1
 ranking value, so that the unchanged barrier ranks, trims and quota-fills by it:
 - `learnability`: score_early - score;
 - `combined`: the mean of the row's pool percentile ranks by score and by learnability, hard
-  and learnable at once.
+  and learnable at once;
+- `floor`: the score itself, except that rows below the pool's `--floor` quantile of
+  learnability are moved below every other row: hardness ranks, and the least learnable rows
+  (noise, bubbles, glare stay hard for the proxy) are taken last.
 NEW_OUT's `score` columns (patches.parquet, samples' scores, run.json's entropy accounting) then
 hold that value, not the proxy's entropy; `table` reads the true scores from SCORED_OUT.
 
@@ -44,7 +47,7 @@ from optidel.eval.composition import patch_kind, pool_truth
 from optidel.manifests import layout, schema
 from optidel.pipeline.partitions import PASS1_DIR
 
-RANKS = ("learnability", "combined")
+RANKS = ("learnability", "combined", "floor")
 
 
 def percentile_ranks(values: np.ndarray) -> np.ndarray:
@@ -54,7 +57,7 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
     return ranks / max(len(values) - 1, 1)
 
 
-def ranking_values(parts: list[pa.Table], rank: str) -> list[np.ndarray]:
+def ranking_values(parts: list[pa.Table], rank: str, floor: float = 0.0) -> list[np.ndarray]:
     """Per part, the value its rows are to be ranked by. Patch rows and source rows (whole frames,
     which only whole-image selectors rank) are ranked each among their own kind, pool-wide."""
     score = [t.column("score").to_numpy(zero_copy_only=False).astype(np.float64) for t in parts]
@@ -66,11 +69,18 @@ def ranking_values(parts: list[pa.Table], rank: str) -> list[np.ndarray]:
     out = [np.full(len(s), np.nan) for s in score]
     for patches in (True, False):
         where = [(p == patches) & np.isfinite(s) for p, s in zip(is_patch, score)]
-        both = percentile_ranks(np.concatenate([s[w] for s, w in zip(score, where)]))
-        both += percentile_ranks(np.concatenate([v[w] for v, w in zip(learn, where)]))
+        kind_score = np.concatenate([s[w] for s, w in zip(score, where)])
+        kind_learn = np.concatenate([v[w] for v, w in zip(learn, where)])
+        if rank == "floor":
+            value = kind_score.copy()
+            if len(value):  # below the floor: shifted under the lowest score of the kind
+                below = percentile_ranks(kind_learn) < floor
+                value[below] -= kind_score.max() - kind_score.min() + 1
+        else:
+            value = (percentile_ranks(kind_score) + percentile_ranks(kind_learn)) / 2
         start = 0
         for o, w in zip(out, where):
-            o[w] = both[start : start + w.sum()] / 2
+            o[w] = value[start : start + w.sum()]
             start += w.sum()
     return out
 
@@ -85,7 +95,7 @@ def reselect(args) -> int:
         sys.exit(f"learnability: {args.scored_out}'s proxy had no early checkpoint (score.mae.early_fraction null)")
     reselect_py = Path(__file__).resolve().parent / "reselect.py"
     subprocess.run([sys.executable, str(reselect_py), args.scored_out, args.new_out, *args.settings], check=True)
-    for name, part, value in zip(names, parts, ranking_values(parts, args.rank)):
+    for name, part, value in zip(names, parts, ranking_values(parts, args.rank, args.floor)):
         column = pa.array(value.astype(np.float32))  # NaN stays NaN (not null), as pass 1 writes it
         part = part.set_column(part.schema.get_field_index("score"), "score", column)
         # PartStore.write's settings
@@ -148,6 +158,7 @@ def main() -> int:
     one.add_argument("scored_out")
     one.add_argument("new_out")
     one.add_argument("--rank", choices=RANKS, default="learnability")
+    one.add_argument("--floor", type=float, default=0.25, help="floor: the learnability quantile taken last")
     one.add_argument("settings", nargs="*", metavar="KEY=VALUE")
     report = commands.add_parser("table", help="true proxy scores and learnability of selections")
     report.add_argument("--arm", action="append", required=True, metavar="NAME=OUT:SCORED_OUT")

@@ -61,6 +61,17 @@ def test_combined_is_the_mean_of_the_pool_ranks_by_score_and_by_learnability():
     assert np.isnan(got[1][2])
 
 
+def test_floor_moves_the_least_learnable_rows_under_every_other_and_keeps_the_score():
+    got = learnability.ranking_values(PARTS, "floor", floor=0.5)
+    # Patches: learnability 0.1, 1.0, 0.1, 0.9 rank 0, 1, 1/3, 2/3: the first and third fall below
+    # the 0.5 quantile and move down by the patches' score span plus one (2.0 - 0.5 + 1 = 2.5).
+    np.testing.assert_allclose(got[0][1:], [2.0 - 2.5, 0.5, 1.5 - 2.5], atol=1e-6)
+    np.testing.assert_allclose(got[1][1], 1.0, atol=1e-6)
+    # Source rows: learnability 0.5, 0.8 rank 0, 1: the first moves by 1.0 - 0.8 + 1 = 1.2.
+    np.testing.assert_allclose([got[0][0], got[1][0]], [1.0 - 1.2, 0.8], atol=1e-6)
+    assert np.isnan(got[1][2])
+
+
 def scored_out(tmp_path: Path, parts) -> Path:
     out = tmp_path / "scored"
     (out / "work" / "pass1").mkdir(parents=True)
@@ -72,7 +83,7 @@ def scored_out(tmp_path: Path, parts) -> Path:
 
 def test_reselect_writes_the_ranking_into_the_copys_score_and_leaves_the_rest(tmp_path):
     scored, new = scored_out(tmp_path, PARTS), tmp_path / "new"
-    learnability.reselect(argparse.Namespace(scored_out=str(scored), new_out=str(new), rank="learnability", settings=[]))
+    learnability.reselect(argparse.Namespace(scored_out=str(scored), new_out=str(new), rank="learnability", floor=0.25, settings=[]))
     expected = learnability.ranking_values(PARTS, "learnability")
     for i, original in enumerate(PARTS):
         copy = pq.read_table(new / "work" / "pass1" / f"part-{i:06d}.parquet")
@@ -90,6 +101,6 @@ def test_reselect_refuses_a_run_without_early_scores(tmp_path):
     no_early = scored_out(tmp_path, [part([-1, 0], [1.0, 2.0], [NAN, NAN])])
     with pytest.raises(SystemExit, match="no early checkpoint"):
         learnability.reselect(
-            argparse.Namespace(scored_out=str(no_early), new_out=str(tmp_path / "new"), rank="learnability", settings=[])
+            argparse.Namespace(scored_out=str(no_early), new_out=str(tmp_path / "new"), rank="learnability", floor=0.25, settings=[])
         )
     assert not (tmp_path / "new").exists()
