@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from optidel.eval.composition import patch_kind, pool_truth
 from optidel.manifests import layout, schema
-from optidel.pipeline.partitions import PASS1_DIR
+from optidel.pipeline.partitions import PASS1_DIR, part_bytes
 
 RANKS = ("learnability", "combined", "floor")
 
@@ -98,8 +98,7 @@ def reselect(args) -> int:
     for name, part, value in zip(names, parts, ranking_values(parts, args.rank, args.floor)):
         column = pa.array(value.astype(np.float32))  # NaN stays NaN (not null), as pass 1 writes it
         part = part.set_column(part.schema.get_field_index("score"), "score", column)
-        # PartStore.write's settings
-        pq.write_table(part, Path(args.new_out, PASS1_DIR, name), compression="zstd", row_group_size=65536)
+        Path(args.new_out, PASS1_DIR, name).write_bytes(part_bytes(part))
     print(f"{args.new_out}: its pass-1 score is now {args.rank}; run optidel on it with the same settings")
     return 0
 

@@ -38,6 +38,13 @@ def part_name(partition: int) -> str:
     return f"{PASS1_DIR}/part-{partition:06d}.parquet"
 
 
+def part_bytes(table: pa.Table) -> bytes:
+    """A part's Parquet file. Fixed writer settings: a part's bytes depend on its rows only."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=65536)
+    return buf.getvalue()
+
+
 class PartStore:
     """The pass-1 parts of one job: which partitions are done, writing one, reading them all."""
 
@@ -60,10 +67,7 @@ class PartStore:
 
     def write(self, partition: int, rows: dict[str, np.ndarray]) -> None:
         table = pa.table({name: _to_arrow(values) for name, values in rows.items()})
-        buf = io.BytesIO()
-        # Fixed writer settings: a part's bytes depend on its rows only.
-        pq.write_table(table, buf, compression="zstd", row_group_size=65536)
-        self.output.write_bytes(part_name(partition), buf.getvalue())
+        self.output.write_bytes(part_name(partition), part_bytes(table))
 
     def read(self, partition: int, columns: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """One partition's rows: `columns` (default all) less `skip`, as pass 1 streamed them."""
