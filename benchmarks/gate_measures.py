@@ -60,10 +60,10 @@ def measures(out: str) -> dict[str, dict[str, list[float]]]:
     return found
 
 
-def clean_images(kvasir: str, seed: int = 0) -> None:
-    """What the thresholds chosen on the dirty pool drop of images outside it: seeded random
-    square crops (32 px to half the short side) of scikit-image's bundled photos (the demo's,
-    not endoscopy) and of every tenth kvasir-seg original at full resolution."""
+def clean_crops(kvasir: str, seed: int = 0):
+    """(set name, image number, image, box) for seeded random square crops (32 px to half the short side) of
+    scikit-image's bundled photos (the demo's, not endoscopy), 40 each, and of every tenth
+    kvasir-seg original at full resolution, 20 each: images outside the dirty pool."""
     import skimage.data
 
     from optidel.eval.labeled import pairs
@@ -72,21 +72,32 @@ def clean_images(kvasir: str, seed: int = 0) -> None:
     photos = [np.asarray(getattr(skimage.data, n)()) for n in ("retina", "immunohistochemistry",
               "hubble_deep_field", "coffee", "astronaut", "chelsea", "rocket")]
     originals = [load_image(p.image) for p in pairs(kvasir)[::10]]
-    print("| images | crops | noise p50 / p90 (grey levels) | noise > 10 | blown-out > 0.01 |")
-    print("| --- | ---: | ---: | ---: | ---: |")
     for name, images, per_image in (("scikit-image photos", photos, 40), ("kvasir-seg originals", originals, 20)):
-        noise, bright = [], []
-        for image in images:
-            image = np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3]
-            residual, blown = noise_residual(image), image.min(axis=2) >= BRIGHT_LEVEL
+        for number, image in enumerate(images):
+            image = np.stack([image] * 3, axis=-1) if image.ndim == 2 else np.ascontiguousarray(image[..., :3])
             h, w = image.shape[:2]
             for _ in range(per_image):
                 side = int(draws.integers(32, min(h, w) // 2))
                 y, x = int(draws.integers(0, h - side)), int(draws.integers(0, w - side))
-                noise.append(noise_sigma(residual, (x, y, x + side, y + side)))
-                bright.append(blown[y : y + side, x : x + side].mean())
-        noise, bright = np.array(noise), np.array(bright)
-        print(f"| {name} ({len(images)}) | {len(noise)} | {np.median(noise):.1f} / {np.quantile(noise, 0.9):.1f} | "
+                yield name, number, image, (x, y, x + side, y + side)
+
+
+def clean_images(kvasir: str) -> None:
+    """What the thresholds chosen on the dirty pool drop of images outside it (clean_crops)."""
+    found = defaultdict(lambda: {"noise": [], "bright": [], "images": set()})
+    measured = {}
+    for name, number, image, (x0, y0, x1, y1) in clean_crops(kvasir):
+        if (name, number) not in measured:
+            measured = {(name, number): (noise_residual(image), image.min(axis=2) >= BRIGHT_LEVEL)}
+        residual, blown = measured[name, number]
+        found[name]["noise"].append(noise_sigma(residual, (x0, y0, x1, y1)))
+        found[name]["bright"].append(blown[y0:y1, x0:x1].mean())
+        found[name]["images"].add(number)
+    print("| images | crops | noise p50 / p90 (grey levels) | noise > 10 | blown-out > 0.01 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, m in found.items():
+        noise, bright = np.array(m["noise"]), np.array(m["bright"])
+        print(f"| {name} ({len(m['images'])}) | {len(noise)} | {np.median(noise):.1f} / {np.quantile(noise, 0.9):.1f} | "
               f"{(noise > 10).mean():.4f} | {(bright > 0.01).mean():.4f} |")
 
 

@@ -93,14 +93,21 @@ def reselect(args) -> int:
     scored = [t.filter(pc.is_finite(t.column("score"))) for t in parts]
     if any(pc.any(pc.is_nan(t.column("score_early"))).as_py() for t in scored):
         sys.exit(f"learnability: {args.scored_out}'s proxy had no early checkpoint (score.mae.early_fraction null)")
-    reselect_py = Path(__file__).resolve().parent / "reselect.py"
-    subprocess.run([sys.executable, str(reselect_py), args.scored_out, args.new_out, *args.settings], check=True)
-    for name, part, value in zip(names, parts, ranking_values(parts, args.rank, args.floor)):
-        column = pa.array(value.astype(np.float32))  # NaN stays NaN (not null), as pass 1 writes it
-        part = part.set_column(part.schema.get_field_index("score"), "score", column)
-        Path(args.new_out, PASS1_DIR, name).write_bytes(part_bytes(part))
+    rewrite_scores(args.scored_out, args.new_out, args.settings, names, parts, ranking_values(parts, args.rank, args.floor))
     print(f"{args.new_out}: its pass-1 score is now {args.rank}; run optidel on it with the same settings")
     return 0
+
+
+def rewrite_scores(scored_out: str, new_out: str, settings: list[str], names: list[str], parts: list[pa.Table],
+                   values: list[np.ndarray]) -> None:
+    """NEW_OUT seeded with SCORED_OUT's pass 1 (reselect.py, `settings` its selection's), each
+    part's `score` column replaced by its `values`, in the bytes pass 1 writes."""
+    reselect_py = Path(__file__).resolve().parent / "reselect.py"
+    subprocess.run([sys.executable, str(reselect_py), scored_out, new_out, *settings], check=True)
+    for name, part, value in zip(names, parts, values):
+        column = pa.array(value.astype(np.float32))  # NaN stays NaN (not null), as pass 1 writes it
+        part = part.set_column(part.schema.get_field_index("score"), "score", column)
+        Path(new_out, PASS1_DIR, name).write_bytes(part_bytes(part))
 
 
 def _candidates(out: str) -> list[dict]:

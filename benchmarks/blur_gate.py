@@ -1,0 +1,135 @@
+"""A blur gate, measured before it is built: can a physical sharpness threshold take the easy
+artefacts (motion blur, defocus, low contrast) out of a selection without taking clean tissue?
+
+    python benchmarks/blur_gate.py measure SCORED_OUT --clean-images KVASIR
+    python benchmarks/blur_gate.py reselect SCORED_OUT NEW_OUT --below T [KEY=VALUE...]
+    optidel run INPUT... -o NEW_OUT [SCORED_OUT's settings]     # then optidel eval --composition
+
+A crop's sharpness is its mean gradient magnitude, in grey levels per pixel, once resized to
+SCALE x SCALE pixels (area averaging): the proxy sees a crop at a fixed size, so the measure is
+taken at one, whatever the frame's resolution.
+
+`measure`: per kind of candidate (what the dirty pool's truth says it shows), the share below
+each threshold and the selected patches a gate there would remove; then the share of crops below
+each threshold in images outside the pool (gate_measures.clean_crops: kvasir-seg's originals
+and scikit-image's photos).
+
+`reselect`: the gate as a measurement device, as learnability.py's floor: NEW_OUT gets SCORED_OUT's
+pass 1 with every candidate below T moved under all others (taken last), and the unchanged
+selection runs on it. The proposer's gates act before NMS, so a real gate could propose other
+crops in their place; here the crops stay the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from gate_measures import clean_crops
+from learnability import rewrite_scores
+from PIL import Image
+
+from optidel.eval import artefacts
+from optidel.eval.composition import patch_kind, pool_truth
+from optidel.eval.labeled import load_image
+from optidel.manifests import layout, schema
+from optidel.pipeline.partitions import PASS1_DIR
+
+SCALE = 64
+THRESHOLDS = (3.0, 4.0, 5.0, 6.0, 7.0)
+GREY = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def sharpness(pixels: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Mean gradient magnitude (grey levels per pixel) of the box, resized to SCALE x SCALE."""
+    x0, y0, x1, y1 = box
+    crop = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1])).resize((SCALE, SCALE), Image.BOX)
+    dy, dx = np.gradient(np.asarray(crop, np.float32) @ GREY)
+    return float(np.hypot(dx, dy).mean())
+
+
+def measure(args) -> int:
+    folder, truth = pool_truth(args.scored_out)
+    output = layout.Output(args.scored_out)
+    sources = {s["source_id"]: s for s in output.read_manifest("sources", columns=["source_id", "uri", "status", "width", "height"]).to_pylist()
+               if s["status"] == schema.OK}
+    patches = output.read_manifest("patches", columns=["source_id", "x0", "y0", "x1", "y1", "mask_rle", "selected"])
+    by_source = defaultdict(list)
+    for p in patches.to_pylist():
+        if p["mask_rle"] is not None:  # a candidate (the copies of duplicate frames have none)
+            by_source[p["source_id"]].append(p)
+    values, selected = defaultdict(list), defaultdict(list)
+    for source_id, rows in sorted(by_source.items()):
+        pixels = load_image(folder / posixpath.basename(sources[source_id]["uri"]))
+        for p in rows:
+            kind = patch_kind(p, sources[source_id], truth)
+            values[kind].append(sharpness(pixels, (p["x0"], p["y0"], p["x1"], p["y1"])))
+            selected[kind].append(bool(p["selected"]))
+    print(f"Candidates of {args.scored_out}: the share below each threshold, and (in brackets) the selected patches below it\n")
+    print("| kind | candidates | sharpness p10 / p50 | " + " | ".join(f"< {t:g}" for t in THRESHOLDS) + " |")
+    print("| --- | ---: | ---: |" + " ---: |" * len(THRESHOLDS))
+    for kind in (artefacts.CLEAN, *artefacts.KINDS):
+        if kind in values:
+            v, s = np.array(values[kind]), np.array(selected[kind])
+            print(f"| {kind} | {len(v)} | {np.quantile(v, 0.1):.2f} / {np.median(v):.2f} | "
+                  + " | ".join(f"{(v < t).mean():.3f} ({int((s & (v < t)).sum())})" for t in THRESHOLDS) + " |")
+    if args.clean_images:
+        found = defaultdict(list)
+        for name, _, image, box in clean_crops(args.clean_images):
+            found[name].append(sharpness(image, box))
+        print("\nCrops of images outside the pool: the share below each threshold\n")
+        print("| images | crops | sharpness p10 / p50 | " + " | ".join(f"< {t:g}" for t in THRESHOLDS) + " |")
+        print("| --- | ---: | ---: |" + " ---: |" * len(THRESHOLDS))
+        for name, v in found.items():
+            v = np.array(v)
+            print(f"| {name} | {len(v)} | {np.quantile(v, 0.1):.2f} / {np.median(v):.2f} | "
+                  + " | ".join(f"{(v < t).mean():.3f}" for t in THRESHOLDS) + " |")
+    return 0
+
+
+def reselect(args) -> int:
+    names = sorted(p.name for p in Path(args.scored_out, PASS1_DIR).glob("part-*.parquet"))
+    parts = [pq.read_table(Path(args.scored_out, PASS1_DIR, name)) for name in names]
+    scores = [t.column("score").to_numpy(zero_copy_only=False).astype(np.float64) for t in parts]
+    finite = np.concatenate([s[np.isfinite(s)] for s in scores])
+    shift = finite.max() - finite.min() + 1  # below the floor: under the lowest score
+    below = 0
+    for part, score in zip(parts, scores):
+        rows = part.select(["patch_index", "input_index", "uri", "x0", "y0", "x1", "y1"]).to_pydict()
+        uri_of = {i: u for i, u, p in zip(rows["input_index"], rows["uri"], rows["patch_index"]) if p < 0}
+        pixels_of = {}
+        for r, (patch, source) in enumerate(zip(rows["patch_index"], rows["input_index"])):
+            if patch < 0 or not np.isfinite(score[r]):
+                continue
+            if source not in pixels_of:
+                pixels_of = {source: load_image(Path(uri_of[source]))}
+            if sharpness(pixels_of[source], (rows["x0"][r], rows["y0"][r], rows["x1"][r], rows["y1"][r])) < args.below:
+                score[r] -= shift
+                below += 1
+    rewrite_scores(args.scored_out, args.new_out, args.settings, names, parts, scores)
+    print(f"{args.new_out}: {below} candidates below sharpness {args.below:g} are taken last; run optidel on it with the same settings")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("measure", help="sharpness of a scored run's candidates, by kind")
+    one.add_argument("scored_out")
+    one.add_argument("--clean-images", metavar="KVASIR", help="also crops of images outside the pool")
+    two = commands.add_parser("reselect", help="NEW_OUT: SCORED_OUT's pass 1, blurred candidates taken last")
+    two.add_argument("scored_out")
+    two.add_argument("new_out")
+    two.add_argument("--below", type=float, required=True, help="sharpness threshold, grey levels per pixel")
+    two.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+    return measure(args) if args.command == "measure" else reselect(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
