@@ -22,9 +22,9 @@
 #   POOL=plain benchmarks/eval_kvasir.sh                       # the plain 700-image pool
 #   POOL=dirty COMPOSITION=1 ARMS="random optidel cleanvision lightly oracle" benchmarks/eval_kvasir.sh
 #                         # what each selection contains on the dirty pool (truth.csv), no pre-training
-#   POOL=dirty SPLIT=test ARMS="full random oracle optidel optidel-gates cleanvision lightly" \
+#   POOL=dirty SPLIT=test ARMS="full random oracle optidel-ungated optidel cleanvision lightly" \
 #       benchmarks/eval_kvasir.sh --seeds 3          # the dirty pool's downstream table, CPU-sized
-#   POOL=dirty SPLIT=test ARMS="full random oracle optidel optidel-gates cleanvision lightly" \
+#   POOL=dirty SPLIT=test ARMS="full random oracle optidel-ungated optidel cleanvision lightly" \
 #       RESULTS=benchmarks/results/eval/dirty-test-gpu WORK=/tmp/optidel-eval-gpu \
 #       benchmarks/eval_kvasir.sh --device cuda --model small --size 224 --steps 5000 --batch-size 256 --jobs 1 --seeds 3
 #                         # the same table on a GPU (--jobs 1: one unit at a time on the one device)
@@ -71,8 +71,10 @@ case "$POOL" in
     *) echo "eval_kvasir.sh: unknown POOL $POOL (video, plain, dirty, dirty-heldout)" >&2; exit 2 ;;
 esac
 
-# The proposer's artefact gates: at most 1% blown-out pixels, at most 10 grey levels of noise.
-GATES=(--set propose.max_bright_frac=0.01 --set propose.max_noise_sigma=10)
+# The proposer's artefact gates (at most 1% blown-out pixels, at most 10 grey levels of noise) are
+# on by default since 2026-12-07: `optidel` and `optidel-gates` are the same arm, and
+# `optidel-ungated` is the default before them, the `optidel` of the tables committed earlier.
+UNGATED=(--set propose.max_bright_frac=1 --set propose.max_noise_sigma=null)
 
 # Arms that differ from another arm only after pass 1: that arm, then their selection settings.
 reselected() {
@@ -108,7 +110,6 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
         settings=${settings#* }
         build "$base"
         for kv in $settings; do sets+=(--set "$kv"); done
-        case "$base" in optidel-gates) sets+=("${GATES[@]}") ;; esac
         [ -d "$out" ] || python "$REPO/benchmarks/reselect.py" "$WORK/arms-$POOL/$base" "$out" $settings >/dev/null
     else
         case "$arm" in
@@ -117,10 +118,11 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
             optidel-proxy1200) sets=(--selector optidel --set score.mae.train_steps=1200) ;;  # a 4x longer-trained proxy
             optidel-shared-masks) sets=(--selector optidel --set score.shared_masks=true) ;;  # every patch scored under the same masks
             # Artefact gates in the proposer (pass 1), thresholds from benchmarks/gate_measures.py on
-            # the dirty train pool: glare, sensor noise, both.
-            optidel-glare) sets=(--selector optidel "${GATES[@]:0:2}") ;;
-            optidel-noise) sets=(--selector optidel "${GATES[@]:2:2}") ;;
-            optidel-gates) sets=(--selector optidel "${GATES[@]}") ;;
+            # the dirty train pool: none, glare only, sensor noise only, both (the default).
+            optidel-ungated) sets=(--selector optidel "${UNGATED[@]}") ;;
+            optidel-glare) sets=(--selector optidel --set propose.max_noise_sigma=null) ;;
+            optidel-noise) sets=(--selector optidel --set propose.max_bright_frac=1) ;;
+            optidel-gates) sets=(--selector optidel) ;;
             # The tools a user would pick instead: a list of frames, every one a sample.
             cleanvision | lightly | oracle)
                 local scored=()

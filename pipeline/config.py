@@ -87,13 +87,17 @@ class ProposeConfig(Section):
     )
     dark_level: int = Field(20, ge=0, le=255, description="a pixel is near-black when no channel exceeds this")
     # An MAE cannot learn to reconstruct glare or sensor noise, so a loss-based hardness score
-    # ranks such crops hardest (docs/dirty-pool.md); these gates drop them on physical measures.
+    # ranks such crops hardest; these gates drop them on physical measures. On by default: on
+    # the dirty-pool bench they lift the clean share of the selection from 0.58 to 0.74, and on
+    # a clean pool they drop a few percent of crops (real highlights) and leave the downstream
+    # score where it was (docs/dirty-pool.md). 10 grey levels of noise sits far above clean
+    # images of any kind (p90 about 4) and below the mildest sensor noise of the bench.
     max_bright_frac: float = Field(
-        1.0, ge=0.0, le=1.0, description="drop a patch whose crop has more blown-out pixels than this (1 keeps all)"
+        0.01, ge=0.0, le=1.0, description="drop a patch whose crop has more blown-out pixels than this (1 keeps all)"
     )
     bright_level: int = Field(250, ge=0, le=255, description="a pixel is blown out when every channel reaches this")
     max_noise_sigma: float | None = Field(
-        None, ge=0.0,
+        10.0, ge=0.0,
         description="drop a patch whose estimated noise (Immerkaer 1996) is above this many grey levels (null: keep all)",
     )
 

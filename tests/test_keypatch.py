@@ -85,15 +85,16 @@ def test_crops_mostly_outside_the_field_of_view_are_dropped():
         record(34, 10, 64, 40, iou=0.9),  # crop [34, 64): a fifth black: kept
         record(70, 40, 110, 80, iou=0.8),  # tissue only: kept
     ]
-    boxes = [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)]
+    dark_only = dict(max_bright_frac=1.0, max_noise_sigma=None)  # the glare gate would take the text's crop too
+    boxes = [p.box for p in key_patches(masks, (H, W, 3), config(**dark_only), pixels=pixels)]
     assert boxes == [(34, 10, 64, 40), (70, 40, 110, 80)]
     # max_dark_frac = 1 keeps all; without pixels there is nothing to judge by.
-    assert len(key_patches(masks, (H, W, 3), config(max_dark_frac=1.0), pixels=pixels)) == 4
+    assert len(key_patches(masks, (H, W, 3), config(**dark_only, max_dark_frac=1.0), pixels=pixels)) == 4
     assert len(key_patches(masks, (H, W, 3), config())) == 4
     # The level: at dark_level below the black, nothing is near-black.
     pixels[:, :40] = 30
     pixels[10:14, 5:30] = 255
-    assert len(key_patches(masks, (H, W, 3), config(dark_level=20), pixels=pixels)) == 4
+    assert len(key_patches(masks, (H, W, 3), config(**dark_only, dark_level=20), pixels=pixels)) == 4
 
 
 def test_ordering_is_quality_then_area_then_position():
@@ -166,11 +167,13 @@ def test_glare_and_noise_gates_drop_crops_by_physical_measures():
         record(2, 5, 32, 35, iou=0.95),  # all in the noisy band
         record(50, 5, 80, 35, iou=0.9),  # clean tissue
     ]
-    assert len(key_patches(masks, (H, W, 3), config(), pixels=pixels)) == 3  # the gates are off by default
+    assert [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)] == [(50, 5, 80, 35)]  # on by default
+    off = dict(max_bright_frac=1.0, max_noise_sigma=None)
+    assert len(key_patches(masks, (H, W, 3), config(**off), pixels=pixels)) == 3
     kept = key_patches(masks, (H, W, 3), config(max_bright_frac=0.5, max_noise_sigma=8.0), pixels=pixels)
     assert [p.box for p in kept] == [(50, 5, 80, 35)]
-    assert len(key_patches(masks, (H, W, 3), config(max_bright_frac=0.6), pixels=pixels)) == 3  # 0.5625 <= 0.6
-    assert len(key_patches(masks, (H, W, 3), config(max_bright_frac=0.5, bright_level=256 - 1), pixels=pixels)) == 2
+    assert len(key_patches(masks, (H, W, 3), config(**{**off, "max_bright_frac": 0.6}), pixels=pixels)) == 3  # 0.5625 <= 0.6
+    assert len(key_patches(masks, (H, W, 3), config(**{**off, "max_bright_frac": 0.5, "bright_level": 256 - 1}), pixels=pixels)) == 2
 
 
 def test_noise_estimate_against_a_hand_computation():
