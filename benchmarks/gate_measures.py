@@ -61,9 +61,9 @@ def measures(out: str) -> dict[str, dict[str, list[float]]]:
 
 
 def clean_crops(kvasir: str, seed: int = 0):
-    """(set name, image number, image, box) for seeded random square crops (32 px to half the short side) of
-    scikit-image's bundled photos (the demo's, not endoscopy), 40 each, and of every tenth
-    kvasir-seg original at full resolution, 20 each: images outside the dirty pool."""
+    """(set name, image number, image, box) for seeded random square crops (32 px to half the
+    short side) of scikit-image's bundled photos (the demo's, not endoscopy), 40 each, and of
+    every tenth kvasir-seg original at full resolution, 20 each: images outside the dirty pool."""
     import skimage.data
 
     from optidel.eval.labeled import pairs
