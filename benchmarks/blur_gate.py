@@ -23,21 +23,18 @@ crops in their place; here the crops stay the same.
 from __future__ import annotations
 
 import argparse
-import posixpath
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from gate_measures import clean_crops
+from gate_measures import candidate_frames, clean_crops
 from learnability import rewrite_scores
 from PIL import Image
 
 from optidel.eval import artefacts
-from optidel.eval.composition import patch_kind, pool_truth
 from optidel.eval.labeled import load_image
-from optidel.manifests import layout, schema
 from optidel.pipeline.partitions import PASS1_DIR
 
 SCALE = 64
@@ -54,20 +51,9 @@ def sharpness(pixels: np.ndarray, box: tuple[int, int, int, int]) -> float:
 
 
 def measure(args) -> int:
-    folder, truth = pool_truth(args.scored_out)
-    output = layout.Output(args.scored_out)
-    sources = {s["source_id"]: s for s in output.read_manifest("sources", columns=["source_id", "uri", "status", "width", "height"]).to_pylist()
-               if s["status"] == schema.OK}
-    patches = output.read_manifest("patches", columns=["source_id", "x0", "y0", "x1", "y1", "mask_rle", "selected"])
-    by_source = defaultdict(list)
-    for p in patches.to_pylist():
-        if p["mask_rle"] is not None:  # a candidate (the copies of duplicate frames have none)
-            by_source[p["source_id"]].append(p)
     values, selected = defaultdict(list), defaultdict(list)
-    for source_id, rows in sorted(by_source.items()):
-        pixels = load_image(folder / posixpath.basename(sources[source_id]["uri"]))
-        for p in rows:
-            kind = patch_kind(p, sources[source_id], truth)
+    for pixels, rows in candidate_frames(args.scored_out):
+        for kind, p in rows:
             values[kind].append(sharpness(pixels, (p["x0"], p["y0"], p["x1"], p["y1"])))
             selected[kind].append(bool(p["selected"]))
     print(f"Candidates of {args.scored_out}: the share below each threshold, and (in brackets) the selected patches below it\n")

@@ -32,7 +32,10 @@ NOISE_THRESHOLDS = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
 BRIGHT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1)
 
 
-def measures(out: str) -> dict[str, dict[str, list[float]]]:
+def candidate_frames(out: str):
+    """(a frame's pixels, [(kind, patch row), ...]) for every frame of a scored run on a dirty pool
+    that has candidate patches, the kind being what the pool's truth says the patch shows; patch
+    rows hold their box, score and selected."""
     folder, truth = pool_truth(out)
     output = layout.Output(out)
     sources = {
@@ -40,20 +43,23 @@ def measures(out: str) -> dict[str, dict[str, list[float]]]:
         for s in output.read_manifest("sources", columns=["source_id", "uri", "status", "width", "height"]).to_pylist()
         if s["status"] == schema.OK
     }
-    patches = output.read_manifest("patches", columns=["source_id", "x0", "y0", "x1", "y1", "score", "mask_rle"])
+    patches = output.read_manifest("patches", columns=["source_id", "x0", "y0", "x1", "y1", "score", "selected", "mask_rle"])
     by_source = defaultdict(list)
     for p in patches.to_pylist():
-        if p["mask_rle"] is not None:
+        if p["mask_rle"] is not None:  # a candidate (the copies of duplicate frames have none)
             by_source[p["source_id"]].append(p)
-    found: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for source_id, rows in sorted(by_source.items()):
         source = sources[source_id]
-        pixels = load_image(folder / posixpath.basename(source["uri"]))
+        yield load_image(folder / posixpath.basename(source["uri"])), [(patch_kind(p, source, truth), p) for p in rows]
+
+
+def measures(out: str) -> dict[str, dict[str, list[float]]]:
+    found: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for pixels, rows in candidate_frames(out):
         bright = pixels.min(axis=2) >= BRIGHT_LEVEL
         residual = noise_residual(pixels)
-        for p in rows:
+        for kind, p in rows:
             box = (p["x0"], p["y0"], p["x1"], p["y1"])
-            kind = patch_kind(p, source, truth)
             found[kind]["bright"].append(float(bright[box[1] : box[3], box[0] : box[2]].mean()))
             found[kind]["noise"].append(noise_sigma(residual, box))
             found[kind]["score"].append(p["score"])
