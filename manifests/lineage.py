@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from optidel import imageio
+from optidel.sources import read_pixels
 
 from . import layout, schema
 from .masks import decode_mask
@@ -178,21 +179,17 @@ def _mosaic_bytes(output: layout.Output, sample: dict) -> bytes:
 
 def _source_image(src: dict) -> np.ndarray:
     """A source's pixels, read and decoded the way ingest read them, checked against its id."""
-    uri, member = src["uri"], src["member"]
-    where = schema.source_where(src)
-    if member:
-        offset, length = _tar_member_range(uri, member)
-        data = imageio.read_bytes(uri, offset, length, max_bytes=max(length, 1))
-    else:
-        data = imageio.read_bytes(uri)
-    if imageio.sha256_hex(data) != src["source_id"]:
-        raise ValueError(f"{where}: bytes changed since the run (sha256 differs from source_id {src['source_id']})")
-    return _decode(data, where, src["width"], src["height"])
+    offset, length = _tar_member_range(src["uri"], src["member"]) if src["member"] else (-1, -1)
+    frame_time = src.get("frame_time")
+    # The manifest's size passed ingest's limits already; allowing exactly that many pixels
+    # keeps the bomb check without needing the run's config.
+    return read_pixels(
+        schema.source_where(src), src["uri"], offset, length, float("nan") if frame_time is None else frame_time,
+        src["source_id"], max_pixels=max(1, src["width"] * src["height"]), min_side=1,
+    )
 
 
 def _decode(data: bytes, where: str, width: int, height: int) -> np.ndarray:
-    # The manifest's size passed ingest's limits already; allowing exactly that many pixels
-    # keeps the bomb check without needing the run's config.
     decoded = imageio.decode(data, max_pixels=max(1, width * height), min_side=1)
     if decoded.image is None:
         raise ValueError(f"{where}: cannot decode: {decoded.status}: {decoded.error}")

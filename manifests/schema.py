@@ -13,7 +13,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 2: mask_rle became a self-contained {size, counts} struct, each manifest its own folder.
-SCHEMA_VERSION = "2"
+# 3: sources gained frame_index and frame_time (video frames as sources).
+SCHEMA_VERSION = "3"
 
 # Source status values (sources.parquet `status`).
 OK = "ok"
@@ -64,14 +65,20 @@ def _schema(columns: list[tuple[str, pa.Field]]) -> tuple[pa.Schema, dict[str, s
 SOURCES, _SOURCES_BY = _schema(
     [
         (LISTING, pa.field("input_index", pa.int64(), nullable=False)),  # position in the sorted listing
-        (INGEST, pa.field("source_id", pa.string())),  # sha256 of the bytes; null when unreadable
+        # sha256 of the bytes (of a video frame: of its size and RGB pixels, optidel.video.frame_id);
+        # null when unreadable
+        (INGEST, pa.field("source_id", pa.string())),
         (LISTING, pa.field("uri", pa.string(), nullable=False)),  # file, or the tar holding it
         (LISTING, pa.field("member", pa.string())),  # tar member name, null for plain files
+        # A video frame's position at the stream's nominal rate, and its presentation time in
+        # seconds (the exact key: optidel.video.pts_of); null for images.
+        (INGEST, pa.field("frame_index", pa.int64())),
+        (INGEST, pa.field("frame_time", pa.float64())),
         (INGEST, pa.field("byte_size", pa.int64())),
         (INGEST, pa.field("width", pa.int32())),
         (INGEST, pa.field("height", pa.int32())),
-        (INGEST, pa.field("mode", pa.string())),  # PIL mode as stored, before conversion to RGB
-        (INGEST, pa.field("format", pa.string())),  # PIL format name (JPEG, PNG, ...)
+        (INGEST, pa.field("mode", pa.string())),  # PIL mode as stored (a video's pixel format), before RGB
+        (INGEST, pa.field("format", pa.string())),  # PIL format name (JPEG, PNG, ...), or the video codec
         (INGEST, pa.field("status", pa.string(), nullable=False)),
         (INGEST, pa.field("error", pa.string())),
         (BARRIER, pa.field("duplicate_of", pa.string())),  # source_id of the first identical source
@@ -138,8 +145,11 @@ _FILLED_BY = {"sources": _SOURCES_BY, "patches": _PATCHES_BY, "samples": _SAMPLE
 
 def source_where(source: dict) -> str:
     """A sources.parquet row's location as people read it: the file, with its tar member when it
-    came from a shard."""
-    return source["uri"] + (f" :: {source['member']}" if source.get("member") else "")
+    came from a shard, and a video frame's time and index."""
+    where = source["uri"] + (f" :: {source['member']}" if source.get("member") else "")
+    if source.get("frame_time") is not None:
+        where += f" @ {source['frame_time']:.3f} s (frame {source['frame_index']})"
+    return where
 
 
 def filled_by(name: str, *fillers: str) -> tuple[str, ...]:

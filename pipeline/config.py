@@ -33,6 +33,14 @@ class IngestConfig(Section):
     )
     max_bytes: int = Field(512 * 2**20, ge=1, description="larger files are refused unread")
     partition_size: int = Field(32, ge=1, description="sources per pass-1 partition (the unit a rerun resumes from)")
+    # One frame a second: frames of a scope video a second apart show the scene moved, while
+    # the 25-30 within a second are near copies; and 10^4-10^5 procedure videos of 15-30 min
+    # then give the 10^7-10^8 frames the pipeline is built for.
+    video_fps: float = Field(1.0, gt=0, description="frames taken per second of video, by presentation time")
+    video_max_frames: int | None = Field(None, ge=1, description="most frames taken from one video (null: no cap)")
+    video_time_limit_s: float = Field(
+        600.0, gt=0, description="decoding one video's frames in one batch stops after this many seconds"
+    )
 
 
 def selector_choices() -> list[str]:

@@ -1,12 +1,18 @@
 """INPUT arguments -> source references (where each source's bytes are), deterministically.
 
-An input is a directory tree, an image file, an uncompressed WebDataset tar, a brace pattern
-of those (`pool-{000..009}.tar`), or a list file (.parquet, .csv, .txt) naming images or tars.
-Local paths and fsspec URLs (`file://`, `memory://`, object stores) are accepted alike.
+An input is a directory tree, an image or video file, an uncompressed WebDataset tar, a brace
+pattern of those (`pool-{000..009}.tar`), or a list file (.parquet, .csv, .txt) naming images,
+videos or tars. Local paths and fsspec URLs (`file://`, `memory://`, object stores) are
+accepted alike.
 
 Order: inputs in argument order; within an input, files sorted by path and tar members in
-archive order. Tar members are located by (offset, length) and read in place: nothing is ever
-extracted, so member names such as `../x.jpg` or `/abs.jpg` are recorded as they are.
+archive order; a video's frames in time order. Tar members are located by (offset, length)
+and read in place: nothing is ever extracted, so member names such as `../x.jpg` or `/abs.jpg`
+are recorded as they are.
+
+A video is one source per sampled frame: its header is read here (optidel.video.probe) for
+its duration, and frame k is the one on screen at start + k / fps (`VideoSampling`). A video
+that cannot be probed is listed as one source, which ingest records with the reason.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import pyarrow.parquet as pq
 from braceexpand import braceexpand
 from fsspec.implementations.local import LocalFileSystem
 
+from optidel import video
+from optidel.video import VIDEO_EXTENSIONS
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+SOURCE_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 TAR_EXTENSION = ".tar"
 LIST_EXTENSIONS = (".parquet", ".csv", ".txt")
 COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -49,9 +59,17 @@ class SourceRef(NamedTuple):
     member: str  # tar member name; "" for plain files
     offset: int  # first byte of the member's data; -1 for plain files
     length: int  # the member's size; -1 for plain files
+    video_sample: int = -1  # k: the video's frame on screen at start + k / fps; -1 for images
 
 
-def iter_sources(inputs: Sequence[str]) -> Iterator[SourceRef]:
+class VideoSampling(NamedTuple):
+    """Which frames of a video are sources (ingest.video_fps, ingest.video_max_frames)."""
+
+    fps: float = 1.0
+    max_frames: int | None = None
+
+
+def iter_sources(inputs: Sequence[str], sampling: VideoSampling = VideoSampling()) -> Iterator[SourceRef]:
     """Every source named by `inputs`, one at a time: a list file of 10^8 lines is read as it
     is listed, never held (pipeline/listing.py writes the stream to disk). Every input is
     checked to exist before any is listed, so a typo fails at once; a list file's missing
@@ -59,12 +77,25 @@ def iter_sources(inputs: Sequence[str]) -> Iterator[SourceRef]:
     located = [(item, _locate(item)) for item in inputs]
     for item, locations in located:
         for fs, path in locations:
-            yield from _list_input(item, fs, path)
+            for ref in _list_input(item, fs, path):
+                yield from _frames(ref, sampling) if video.is_video(ref.member or ref.uri) else (ref,)
 
 
-def list_sources(inputs: Sequence[str]) -> list[SourceRef]:
+def list_sources(inputs: Sequence[str], sampling: VideoSampling = VideoSampling()) -> list[SourceRef]:
     """iter_sources as a list, for small pools (tests, benchmarks)."""
-    return list(iter_sources(inputs))
+    return list(iter_sources(inputs, sampling))
+
+
+def _frames(ref: SourceRef, sampling: VideoSampling) -> Iterator[SourceRef]:
+    """A video's sampled frames, one reference each; the video itself, once, when it cannot be
+    probed (ingest then records why, as for any bad source)."""
+    try:
+        stream = video.probe(ref.uri, ref.offset, ref.length)
+    except video.VideoError:
+        yield ref
+        return
+    for k in range(stream.sample_count(sampling.fps, sampling.max_frames)):
+        yield ref._replace(video_sample=k)
 
 
 def _locate(item: str) -> list[tuple[fsspec.AbstractFileSystem, str]]:
@@ -91,13 +122,13 @@ def _locate(item: str) -> list[tuple[fsspec.AbstractFileSystem, str]]:
 def _list_input(item: str, fs, path: str) -> Iterator[SourceRef]:
     if fs.isdir(path):
         for found in sorted(fs.find(path)):
-            if _extension(found) in IMAGE_EXTENSIONS:
+            if _extension(found) in SOURCE_EXTENSIONS:
                 yield _plain(fs, found)
             elif _extension(found) == TAR_EXTENSION:
                 yield from _list_tar(fs, found, strict=False)
         return
     lowered = path.lower()
-    if _extension(path) in IMAGE_EXTENSIONS:
+    if _extension(path) in SOURCE_EXTENSIONS:
         yield _plain(fs, path)
     elif lowered.endswith(COMPRESSED_TAR_EXTENSIONS):
         raise InputError(item, "compressed tars cannot be read by offset; decompress it to a .tar")
@@ -106,11 +137,12 @@ def _list_input(item: str, fs, path: str) -> Iterator[SourceRef]:
     elif lowered.endswith(LIST_EXTENSIONS):
         yield from _list_file(item, fs, path)
     else:
-        raise InputError(item, f"not a directory, image ({', '.join(sorted(IMAGE_EXTENSIONS))}), .tar or list file")
+        kinds = ", ".join(sorted(SOURCE_EXTENSIONS))
+        raise InputError(item, f"not a directory, image or video ({kinds}), .tar or list file")
 
 
 def _list_tar(fs, path: str, strict: bool) -> Iterator[SourceRef]:
-    """Regular-file image members in archive order. Headers are read by seeking past each
+    """Regular-file image and video members in archive order. Headers are read by seeking past each
     member's data; a truncated tar yields the members whose headers are whole (a cut member's
     data then reads short and decodes as corrupt).
 
@@ -130,7 +162,7 @@ def _list_tar(fs, path: str, strict: bool) -> Iterator[SourceRef]:
         with tar:
             try:
                 for info in tar:
-                    if info.isreg() and _extension(info.name) in IMAGE_EXTENSIONS:
+                    if info.isreg() and _extension(info.name) in SOURCE_EXTENSIONS:
                         yield SourceRef(uri, info.name, info.offset_data, info.size)
             except tarfile.ReadError:
                 pass  # truncated after the members listed so far

@@ -26,7 +26,9 @@ from ..stages import columns as C
 from .inputs import SourceRef
 
 ROWS_PER_GROUP = 65536  # references per row group: a few MB, the most the driver holds at once
-SCHEMA = pa.schema([(C.URI, pa.string()), (C.MEMBER, pa.string()), (C.OFFSET, pa.int64()), (C.LENGTH, pa.int64())])
+SCHEMA = pa.schema(
+    [(C.URI, pa.string()), (C.MEMBER, pa.string()), (C.OFFSET, pa.int64()), (C.LENGTH, pa.int64()), (C.VIDEO_SAMPLE, pa.int64())]
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Listing:
         with pq.ParquetWriter(path, SCHEMA) as writer:
             for group in batched(refs, ROWS_PER_GROUP):
                 for ref in group:
-                    digest.update(json.dumps(list(ref), separators=(",", ":")).encode() + b"\n")
+                    digest.update(_record(ref))
                 columns = [pa.array(values, type=field.type) for values, field in zip(zip(*group), SCHEMA)]
                 writer.write_table(pa.Table.from_arrays(columns, schema=SCHEMA), row_group_size=ROWS_PER_GROUP)
                 count += len(group)
@@ -80,6 +82,13 @@ class Listing:
         listing order: the proxy's training sources. A streaming top-n, so O(n) held."""
         keyed = ((seeding.derive(seed, "train-source", i), i) for i in range(self.count))
         return sorted(i for _, i in heapq.nsmallest(n, keyed))
+
+
+def _record(ref: SourceRef) -> bytes:
+    """A reference's line in the listing's digest. An image's has its four location fields
+    only, as before videos were read, so a job recorded then still resumes."""
+    fields = list(ref) if ref.video_sample >= 0 else list(ref)[:4]
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

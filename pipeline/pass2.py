@@ -35,6 +35,7 @@ def sample_rows(plan: Plan) -> list[dict]:
                 "members": [src[C.MEMBER][j] for j in s],
                 "offsets": [int(src[C.OFFSET][j]) for j in s],
                 "lengths": [int(src[C.LENGTH][j]) for j in s],
+                "frame_times": [float(src[C.FRAME_TIME][j]) for j in s],
                 "boxes": [[int(p[c][i]) for c in C.BOX_COLUMNS] for i in members],
                 "scores": [float(p["score"][i]) for i in members],
             }

@@ -22,7 +22,7 @@ from ..stages.weights import file_sha256
 from ..stages.write import shards_table
 from . import pass1, pass2, proxy_training, ray_logs, raydata, resume
 from .config import Config
-from .inputs import iter_sources
+from .inputs import VideoSampling, iter_sources
 from .listing import Listing
 from .partitions import PartStore
 from .resume import RunError  # the run's error type, imported from here by the CLI
@@ -64,9 +64,10 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
     timer = Timer()
     models = _check_models(config)  # a bad checkpoint fails here, before the pool is read
     with timer.stage("list"):  # before OUT is created: a missing input must leave no OUT behind
-        listing = Listing.write(iter_sources(inputs), listing_path)
+        sampling = VideoSampling(config.ingest.video_fps, config.ingest.video_max_frames)
+        listing = Listing.write(iter_sources(inputs, sampling), listing_path)
     if not len(listing):
-        raise RunError(f"no image sources found in {inputs}")
+        raise RunError(f"no image or video sources found in {inputs}")
     output, recorded = resume.open_output(out, config.overwrite)
     log.info("pool: %d sources", len(listing))
     finished = resume.claim(output, recorded, resume.job_record(inputs, config, listing, models))

@@ -7,7 +7,7 @@ missing int is -1, a missing float NaN, a missing string "" (manifests.schema.to
 them into nulls when a manifest is written).
 
 Pass 1 rows:
-  listing  -> INPUT_INDEX, URI, MEMBER, OFFSET, LENGTH             (made by the runner)
+  listing  -> INPUT_INDEX, URI, MEMBER, OFFSET, LENGTH, VIDEO_SAMPLE  (made by the runner)
   ingest   -> SOURCE_COLUMNS + IMAGE                                (one row per source)
   propose  -> CANDIDATE_COLUMNS + CROP                              (one source row + one row per patch)
   score    -> CANDIDATE_COLUMNS + SCORE + SCORE_EARLY + EMBEDDING   (crop dropped)
@@ -26,19 +26,22 @@ import pyarrow as pa
 from ..manifests import schema
 
 # Listing (where a source's bytes are). OFFSET/LENGTH locate a tar member's data; -1 for files.
+# VIDEO_SAMPLE k: the source is the video's frame on screen at start + k / fps; -1 for images.
 INPUT_INDEX = "input_index"
 URI = "uri"
 MEMBER = "member"
 OFFSET = "offset"
 LENGTH = "length"
-LISTING_COLUMNS = (INPUT_INDEX, URI, MEMBER, OFFSET, LENGTH)
+VIDEO_SAMPLE = "video_sample"
+LISTING_COLUMNS = (INPUT_INDEX, URI, MEMBER, OFFSET, LENGTH, VIDEO_SAMPLE)
 
 SOURCE_ID = "source_id"
 STATUS = "status"
 WIDTH = "width"
 HEIGHT = "height"
 # The sources.parquet columns of the listing and ingest (not the barrier's), plus the location.
-SOURCE_COLUMNS = schema.filled_by("sources", schema.LISTING, schema.INGEST) + (OFFSET, LENGTH)
+SOURCE_COLUMNS = schema.filled_by("sources", schema.LISTING, schema.INGEST) + (OFFSET, LENGTH, VIDEO_SAMPLE)
+FRAME_TIME = "frame_time"  # a video frame's time in seconds (float64: it must give back the exact timestamp)
 
 IMAGE = "image"  # decoded RGB uint8 (H, W, 3); shape (0, 0, 3) when the source is not ok
 
@@ -71,18 +74,28 @@ BARRIER_PATCH_COLUMNS = (
 )
 
 # Batch dtype and sentinel per column, from the manifest's type: ints travel as int64, floats
-# as float32, everything else as Python objects.
-_KINDS = {"int": (np.int64, -1), "float": (np.float32, float("nan")), "object": (object, "")}
+# as float32 (float64 ones as float64), everything else as Python objects.
+_KINDS = {
+    "int": (np.int64, -1),
+    "float": (np.float32, float("nan")),
+    "double": (np.float64, float("nan")),
+    "object": (object, ""),
+}
 
 
 def _kind(type_: pa.DataType) -> str:
-    return "int" if pa.types.is_integer(type_) else "float" if pa.types.is_floating(type_) else "object"
+    if pa.types.is_integer(type_):
+        return "int"
+    if pa.types.is_float64(type_):
+        return "double"
+    return "float" if pa.types.is_floating(type_) else "object"
 
 
 _KIND_OF = {
     **{field.name: _kind(field.type) for field in (*schema.SOURCES, *schema.PATCHES)},
     OFFSET: "int",  # the pipeline's own columns
     LENGTH: "int",
+    VIDEO_SAMPLE: "int",
     PATCH_INDEX: "int",
 }
 

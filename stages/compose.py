@@ -10,14 +10,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from optidel import imageio, seeding
+from optidel import seeding, sources
 
 from .crops import crop_resize
 from .execution import Execution
 from .write import sample_json
 
 # Per-slot columns of a pass-2 input row: each row holds a list of M values, in slot order.
-SLOT_COLUMNS = ("patch_ids", "source_ids", "uris", "members", "offsets", "lengths", "boxes", "scores")
+SLOT_COLUMNS = ("patch_ids", "source_ids", "uris", "members", "offsets", "lengths", "frame_times", "boxes", "scores")
 
 # Fixed encoder settings: same pixels => same bytes (for a given Pillow/libjpeg/libwebp build).
 # JPEG keeps full-resolution chroma (4:4:4) so colour does not bleed across tiles of different
@@ -173,17 +173,13 @@ class Compose:
     def _read_source(self, source_id: str, row: dict, slot: int) -> np.ndarray:
         uri, member = str(row["uris"][slot]), str(row["members"][slot])
         where = f"{uri} (member {member})" if member else uri
-        data = imageio.read_bytes(uri, int(row["offsets"][slot]), int(row["lengths"][slot]))
-        digest = imageio.sha256_hex(data)
-        if digest != source_id:
-            raise ValueError(
-                f"{where}: content sha256 {digest} is not the source_id {source_id} seen in pass 1; "
-                "the input pool changed between passes"
+        try:
+            return sources.read_pixels(
+                where, uri, int(row["offsets"][slot]), int(row["lengths"][slot]), float(row["frame_times"][slot]),
+                source_id, max_pixels=self.max_pixels, min_side=self.min_side,
             )
-        decoded = imageio.decode(data, max_pixels=self.max_pixels, min_side=self.min_side)
-        if decoded.image is None:
-            raise ValueError(f"{where}: cannot decode in pass 2 ({decoded.status}: {decoded.error})")
-        return decoded.image
+        except sources.SourceChanged as exc:
+            raise ValueError(f"{exc}; the input pool changed between passes") from None
 
     def _encode(self, canvas: np.ndarray) -> bytes:
         image = Image.fromarray(canvas, "RGB")

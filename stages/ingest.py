@@ -1,5 +1,8 @@
 """Ingest: the first pass-1 stage. Reads each listed source's bytes, hashes them and decodes
-them through `optidel.imageio` (which owns every safety limit), one row per source.
+them through `optidel.imageio` (which owns every safety limit), one row per source. A video
+frame is decoded through `optidel.video`: the frames of one video that arrive together are
+decoded in one pass from one seek, so a worker never decodes a video from its start to reach
+its range, and holds only its batch's frames.
 
 Byte-identical sources are not marked here: which copy is "first" is decided at the barrier,
 where the whole listing is known.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optidel import imageio
+from optidel import imageio, video
 
 from ..manifests import schema
 from . import columns
@@ -31,17 +34,23 @@ class Ingest:
         self.config = config
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        listed = [
+            {
+                columns.INPUT_INDEX: int(batch[columns.INPUT_INDEX][i]),
+                columns.URI: str(batch[columns.URI][i]),
+                columns.MEMBER: str(batch[columns.MEMBER][i]),
+                columns.OFFSET: int(batch[columns.OFFSET][i]),
+                columns.LENGTH: int(batch[columns.LENGTH][i]),
+                columns.VIDEO_SAMPLE: int(batch[columns.VIDEO_SAMPLE][i]),
+            }
+            for i in range(len(batch[columns.URI]))
+        ]
         rows, images = [], []
-        for i in range(len(batch[columns.URI])):
-            row, image = self._ingest(
-                input_index=int(batch[columns.INPUT_INDEX][i]),
-                uri=str(batch[columns.URI][i]),
-                member=str(batch[columns.MEMBER][i]),
-                offset=int(batch[columns.OFFSET][i]),
-                length=int(batch[columns.LENGTH][i]),
-            )
-            rows.append(row)
-            images.append(image)
+        for run in _runs_of_one_file(listed):
+            ingested = self._ingest_frames(run) if _is_video(run[0]) else [self._ingest(row) for row in run]
+            for row, image in ingested:
+                rows.append(row)
+                images.append(image)
         out = columns.to_batch(rows, columns.SOURCE_COLUMNS)
         # Filled one by one: np.array(list_of_images) would stack equal shapes into one array.
         out[columns.IMAGE] = np.empty(len(images), dtype=object)
@@ -49,7 +58,7 @@ class Ingest:
             out[columns.IMAGE][i] = image
         return out
 
-    def _ingest(self, **listing) -> tuple[dict, np.ndarray]:
+    def _ingest(self, listing: dict) -> tuple[dict, np.ndarray]:
         row = dict(listing)
         try:
             data = imageio.read_bytes(listing["uri"], listing["offset"], listing["length"], self.config.max_bytes)
@@ -71,6 +80,54 @@ class Ingest:
             error=decoded.error,
         )
         return row, decoded.image if decoded.image is not None else _no_image()
+
+    def _ingest_frames(self, run: list[dict]) -> list[tuple[dict, np.ndarray]]:
+        """Consecutive listing rows of one video, decoded in one pass. A row with no frame
+        (VIDEO_SAMPLE -1) stands for a video the listing could not probe: it gets the reason."""
+        first = run[0]
+        limits = {"max_pixels": self.config.max_pixels, "min_side": self.config.min_side}
+        fps = self.config.video_fps
+
+        def targets(stream: video.Stream) -> list[int]:
+            if first[columns.VIDEO_SAMPLE] < 0:  # it opens now, but failed when the pool was listed
+                raise video.VideoError(schema.CORRUPT, "could not be probed when the pool was listed")
+            return [stream.sample_pts(row[columns.VIDEO_SAMPLE], fps) for row in run]
+
+        try:
+            stream, frames = video.decode_at(
+                first[columns.URI], first[columns.OFFSET], first[columns.LENGTH], targets,
+                time_limit_s=self.config.video_time_limit_s, **limits,
+            )
+        except video.VideoError as exc:
+            return [(dict(row, status=exc.status, error=exc.reason), _no_image()) for row in run]
+        ingested = []
+        for row, frame in zip(run, frames):
+            row = dict(row, mode=stream.pix_fmt, format=stream.codec, status=frame.status, error=frame.error)
+            if frame.image is not None:
+                height, width = frame.image.shape[:2]
+                row.update(
+                    source_id=video.frame_id(frame.image), byte_size=frame.image.nbytes, width=width, height=height,
+                    frame_index=frame.index, frame_time=frame.time,
+                )
+            ingested.append((row, frame.image if frame.image is not None else _no_image()))
+        return ingested
+
+
+def _is_video(row: dict) -> bool:
+    return video.is_video(row[columns.MEMBER] or row[columns.URI])
+
+
+def _runs_of_one_file(rows: list[dict]) -> list[list[dict]]:
+    """The rows in listing order, cut into runs of one file (one tar member): a video's frames
+    arrive as a run, and are decoded together."""
+    runs: list[list[dict]] = []
+    for row in rows:
+        key = (row[columns.URI], row[columns.MEMBER])
+        if runs and (runs[-1][0][columns.URI], runs[-1][0][columns.MEMBER]) == key and _is_video(row):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
 
 
 def _no_image() -> np.ndarray:
