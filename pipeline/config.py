@@ -167,6 +167,12 @@ class SelectConfig(Section):
         0.95, ge=-1.0, le=1.0, description="patch embeddings of one cluster more similar than this are near-duplicates"
     )
     per_source_cap: int = Field(4, ge=1, description="most selected patches from one source")
+    # At 5% and M = 4 the budget averages 0.2 patches a frame, 2 per 10 s of video at 1 fps: a
+    # cap of 4 per 10 s lets a stretch take twice its share, then moves the selection along
+    # the video. A cap per whole video would give an hour of footage what one photo gets.
+    video_cap_window_s: float = Field(
+        10.0, gt=0, description="a video's frames within one window of this many seconds share per_source_cap"
+    )
     trim_top_frac: float = Field(0.01, ge=0.0, lt=1.0, description="hardest tail dropped as noise")
     kmeans_sample: int = Field(
         200_000,

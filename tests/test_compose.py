@@ -130,6 +130,7 @@ def sample_row(sources, picks, grid):
         "members": ["" for _ in picks],
         "offsets": [-1 for _ in picks],
         "lengths": [-1 for _ in picks],
+        "frame_times": [float("nan") for _ in picks],  # images, not video frames
         "boxes": [list(box) for _, box in picks],
         "scores": [0.25 + 0.125 * slot for slot in range(grid * grid)],
     }

@@ -26,8 +26,8 @@ def _old_digest(refs) -> str:
     """The job record's listing sha256 as runs before the on-disk listing wrote it: OUTs
     written then must still resume."""
     h = hashlib.sha256()
-    for ref in refs:
-        h.update(json.dumps(list(ref), separators=(",", ":")).encode() + b"\n")
+    for ref in refs:  # four location fields: images' references had no video_sample then
+        h.update(json.dumps(list(ref)[:4], separators=(",", ":")).encode() + b"\n")
     return h.hexdigest()
 
 

@@ -64,6 +64,11 @@ def _rows_of(out: dict, i: int) -> dict:
     return {col: out[col][i] for col in out}
 
 
+def _same(a, b) -> bool:
+    """Equal, NaN matching NaN (an image's frame_time)."""
+    return a == b or (isinstance(a, float) and np.isnan(a) and np.isnan(b))
+
+
 def _check_layout(batch, out, max_patches):
     """One source row per input, then its patches; crops are exactly crop_resize of the boxes."""
     assert set(out) == set(columns.CANDIDATE_COLUMNS) | {columns.CROP}
@@ -76,7 +81,7 @@ def _check_layout(batch, out, max_patches):
     for s, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         source_row = _rows_of(out, start)
         assert source_row[columns.PATCH_INDEX] == -1 and source_row[columns.PATCH_ID] == ""
-        assert all(source_row[col] == batch[col][s] for col in columns.SOURCE_COLUMNS)
+        assert all(_same(source_row[col], batch[col][s]) for col in columns.SOURCE_COLUMNS)
         image = batch[columns.IMAGE][s]
         if batch[columns.STATUS][s] != schema.OK:
             assert stop == start + 1 and not out[columns.CROP][start].any()

@@ -33,19 +33,40 @@ COMPETES_COLUMNS = (C.PATCH_INDEX, C.INPUT_INDEX, C.STATUS)
 PLAN_COLUMNS = tuple(name for name in C.BARRIER_PATCH_COLUMNS if name != C.EMBEDDING)  # a patch's plan row
 
 
+# What a row's cap group (the engine's SOURCE) is made of: its source's id, and where a video
+# frame sits in its video.
+CAP_COLUMNS = (C.SOURCE_ID, C.URI, C.MEMBER, C.FRAME_TIME)
+
+
+def cap_groups(sources: dict[str, np.ndarray], window_s: float) -> np.ndarray:
+    """The per-source cap's group of each source row: an image is its own group; a video's
+    frames share one per window of `window_s` seconds of the video (select.video_cap_window_s),
+    so the cap spreads a selection along a video as it spreads one over images."""
+    time = sources[C.FRAME_TIME].astype(np.float64)
+    groups = np.asarray(sources[C.SOURCE_ID], dtype=object).copy()
+    for i in np.flatnonzero(~np.isnan(time)).tolist():
+        groups[i] = f"{sources[C.URI][i]}::{sources[C.MEMBER][i]}@{int(time[i] // window_s)}"
+    return groups
+
+
 class _Unit:
     """load(p): part p's competing rows in its order, by the engine's names (keys.ID, ...)."""
 
     id_column: str  # the part's column the engine's ID reads
 
-    def __init__(self, store: PartStore, duplicates: Duplicates, selector: Selector):
+    def __init__(self, store: PartStore, duplicates: Duplicates, selector: Selector, cap_window_s: float):
         self.store, self.duplicates, self.selector = store, duplicates, selector
+        self.cap_window_s = cap_window_s
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         columns = columns or ((ID, SOURCE, SCORE, EMBEDDING) if self.selector.needs_scores else (ID, SOURCE))
-        names = {ID: self.id_column, SOURCE: C.SOURCE_ID, SCORE: C.SCORE, EMBEDDING: C.EMBEDDING}
-        rows = self.rows(partition, tuple(dict.fromkeys(names[name] for name in columns)))
-        return {name: rows[names[name]] for name in columns}
+        names = {ID: self.id_column, SCORE: C.SCORE, EMBEDDING: C.EMBEDDING}
+        wanted = tuple(dict.fromkeys(names[name] for name in columns if name != SOURCE))
+        if SOURCE not in columns:
+            rows = self.rows(partition, wanted)
+            return {name: rows[names[name]] for name in columns}
+        rows, groups = self.with_cap_groups(partition, wanted)
+        return {name: groups if name == SOURCE else rows[names[name]] for name in columns}
 
 
 class Patches(_Unit):
@@ -53,6 +74,11 @@ class Patches(_Unit):
 
     def rows(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...] = ()) -> dict:
         return self.with_sources(partition, columns, source_columns)[0]
+
+    def with_cap_groups(self, partition: int, columns: tuple[str, ...]) -> tuple[dict, np.ndarray]:
+        rows, sources = self.with_sources(partition, (*columns, C.INPUT_INDEX), (C.INPUT_INDEX, *CAP_COLUMNS))
+        group_of = dict(zip(sources[C.INPUT_INDEX].tolist(), cap_groups(sources, self.cap_window_s)))
+        return rows, np.array([group_of[i] for i in rows[C.INPUT_INDEX].tolist()], dtype=object)
 
     def with_sources(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...]) -> tuple[dict, dict]:
         """The `columns` of the part's competing patch rows, and the `source_columns` of its source
@@ -96,6 +122,10 @@ class Images(_Unit):
         keep = (rows[C.STATUS] == schema.OK) & (self.duplicates.at(rows[C.INPUT_INDEX]) < 0)
         return {name: rows[name][keep] for name in columns}
 
+    def with_cap_groups(self, partition: int, columns: tuple[str, ...]) -> tuple[dict, np.ndarray]:
+        rows = self.rows(partition, tuple(dict.fromkeys((*columns, *CAP_COLUMNS))))
+        return rows, cap_groups(rows, self.cap_window_s)
+
     def chosen(self, partition: int, keep_ids: IdTable) -> tuple[dict, dict, np.ndarray]:
         images = self.rows(partition, self._columns(C.SOURCE_COLUMNS))
         at = keep_ids.find(images[C.SOURCE_ID])
@@ -137,7 +167,7 @@ class Chosen:
 
 
 def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget: int, competing_images: int, config: Config) -> Chosen:
-    unit = (Patches if selector.unit == "patch" else Images)(store, duplicates, selector)
+    unit = (Patches if selector.unit == "patch" else Images)(store, duplicates, selector, config.select.video_cap_window_s)
     parts = list(range(store.n_partitions))
     # The engine's run(fn, calls): its results, the size of the budget together, through files.
     run = partial(spool.run_through_files, output=store.output, config=config.ray)
