@@ -12,15 +12,14 @@ import math
 import posixpath
 import tarfile
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from optidel import imageio
-from optidel.sources import read_pixels
 
 from . import layout, schema
 from .masks import decode_mask
+from .source_pixels import source_pixels
 
 PANEL_HEIGHT = 256  # every panel (mosaic and sources) is scaled to this height
 GAP = 8  # pixels around and between panels
@@ -98,7 +97,7 @@ def draw_lineage(out: str, key: str, png_path: str) -> list[tuple[int, int, int,
     output = layout.Output(out)
     where = f"{layout.SHARDS_DIR}/{sample['shard']}: sample {key}"
     mosaic = _decode(_mosaic_bytes(output, sample), where, sample["width"], sample["height"])
-    sources = [(src, _source_image(src)) for src in info["sources"]]
+    sources = [(src, source_pixels(src)) for src in info["sources"]]
 
     images = [mosaic] + [img for _, img in sources]
     widths = [max(1, round(img.shape[1] * PANEL_HEIGHT / img.shape[0])) for img in images]
@@ -177,29 +176,8 @@ def _mosaic_bytes(output: layout.Output, sample: dict) -> bytes:
     raise ValueError(f"{shard}: member {images[0]} not found")
 
 
-def _source_image(src: dict) -> np.ndarray:
-    """A source's pixels, read and decoded the way ingest read them, checked against its id."""
-    offset, length = _tar_member_range(src["uri"], src["member"]) if src["member"] else (-1, -1)
-    frame_time = src.get("frame_time")
-    # The manifest's size passed ingest's limits already; allowing exactly that many pixels
-    # keeps the bomb check without needing the run's config.
-    return read_pixels(
-        schema.source_where(src), src["uri"], offset, length, float("nan") if frame_time is None else frame_time,
-        src["source_id"], max_pixels=max(1, src["width"] * src["height"]), min_side=1,
-    )
-
-
 def _decode(data: bytes, where: str, width: int, height: int) -> np.ndarray:
     decoded = imageio.decode(data, max_pixels=max(1, width * height), min_side=1)
     if decoded.image is None:
         raise ValueError(f"{where}: cannot decode: {decoded.status}: {decoded.error}")
     return decoded.image
-
-
-def _tar_member_range(uri: str, member: str) -> tuple[int, int]:
-    """(offset, length) of a member's data in an uncompressed tar, found by walking its headers."""
-    with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for info in tar:
-            if info.name == member:
-                return info.offset_data, info.size
-    raise ValueError(f"{uri}: member {member} not found")

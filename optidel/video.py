@@ -24,7 +24,7 @@ import posixpath
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import av
 import fsspec
@@ -109,10 +109,10 @@ def frame_id(image: np.ndarray) -> str:
 
 
 def probe(uri: str, offset: int = -1, length: int = -1) -> Stream:
-    """The video's first video stream, read from its header (its packets only when the header
-    gives no duration); VideoError when there is none to read."""
+    """The video's first video stream: its header, and its last packets for where it ends;
+    VideoError when there is none to read."""
     with _open(uri, offset, length) as container:
-        return _stream_of(container, uri)
+        return _stream_of(container)
 
 
 def decode_at(
@@ -125,87 +125,143 @@ def decode_at(
     max_pixels: int,
     min_side: int,
 ) -> tuple[Stream, list[Frame]]:
-    """The video's stream, and the frames on screen at `targets(stream)` (stream timestamps,
-    ascending), in one pass: one seek to the keyframe before the first, then decoding forward.
-    A packet that fails to decode is skipped (FFmpeg conceals what it can); a target past the
-    last frame, or past the time limit, gets a Frame with the reason. VideoError when the video
-    cannot be opened at all, or its frames are over the size limits."""
+    """decode_frames, collected: the stream and every target's Frame."""
+    frames = decode_frames(uri, offset, length, targets, time_limit_s=time_limit_s, max_pixels=max_pixels, min_side=min_side)
+    stream = next(frames)
+    return stream, list(frames)
+
+
+def decode_frames(
+    uri: str,
+    offset: int,
+    length: int,
+    targets: Callable[[Stream], Sequence[int]],
+    *,
+    time_limit_s: float,
+    max_pixels: int,
+    min_side: int,
+) -> Iterator:
+    """The video's Stream first, then a Frame for each of `targets(stream)` (stream timestamps,
+    ascending), the frame on screen at that time, each yielded as soon as it is decoded, so a
+    caller holds one at a time. One pass: a seek to the keyframe before the first target, then
+    decoding forward. A target past the last frame, or past the time limit, gets a Frame with
+    the reason, and so does one whose picture FFmpeg had to patch over a damaged packet.
+    VideoError (before the Stream) when the video cannot be opened at all, or its frames are
+    over the size limits."""
     with _open(uri, offset, length) as container:
-        stream = _stream_of(container, uri)
+        stream = _stream_of(container)
         if stream.width * stream.height > max_pixels:
             reason = f"{stream.width}x{stream.height} = {stream.width * stream.height} pixels > max_pixels {max_pixels}"
             raise VideoError(schema.UNSUPPORTED, reason)
         if min(stream.width, stream.height) < min_side:
             reason = f"{stream.width}x{stream.height}: shorter side < min_side {min_side}"
             raise VideoError(schema.TOO_SMALL, reason)
-        return stream, _decode_targets(container, stream, list(targets(stream)), time_limit_s)
+        wanted = list(targets(stream))
+        yield stream
+        if wanted:
+            yield from _frames_at(container, stream, wanted, time.monotonic() + time_limit_s)
 
 
-def _decode_targets(container, stream: Stream, targets: list[int], time_limit_s: float) -> list[Frame]:
-    video = container.streams.video[0]
-    try:
-        container.seek(targets[0], stream=video, backward=True)
-    except av.error.FFmpegError:
-        container.seek(0)  # a container without an index: decode from the start
-    frames: list[Frame] = []
-    held = None  # the last decoded frame at or before the current target
-    deadline = time.monotonic() + time_limit_s
+def _frames_at(container, stream: Stream, targets: list[int], deadline: float) -> Iterator[Frame]:
+    done = 0
+    held = None  # the last decoded frame at or before targets[done], with its damage flag
     stopped = None  # why decoding stopped before the stream's end, if it did
-    for frame in _decoded(container, video, deadline):
-        if isinstance(frame, str):
-            stopped = frame
+    for decoded in _decoded_from(container, stream, targets[0], deadline):
+        if isinstance(decoded, _Stop):
+            stopped = decoded
             break
-        while len(frames) < len(targets) and frame.pts > targets[len(frames)]:
-            frames.append(_frame(stream, held, targets[len(frames)]))
-        if len(frames) == len(targets):
-            return frames
-        held = frame
+        frame, _ = decoded
+        while done < len(targets) and frame.pts > targets[done]:
+            yield _frame(stream, held, targets[done])
+            done += 1
+        if done == len(targets):
+            return
+        held = decoded
     # The last frame stays on screen for one nominal frame duration past its timestamp.
-    shown_until = None if held is None else held.pts + 1 / (stream.rate * stream.time_base)
-    while len(frames) < len(targets):
-        target = targets[len(frames)]
+    shown_until = None if held is None else held[0].pts + 1 / (stream.rate * stream.time_base)
+    for target in targets[done:]:
         if held is not None and stopped is None and target < shown_until:
-            frames.append(_frame(stream, held, target))
-        else:
-            at = float(target * stream.time_base)
-            reason = stopped or "the video ends before this time"
-            frames.append(Frame(None, -1, float("nan"), -1, schema.CORRUPT, f"no frame at {at:.3f} s: {reason}"))
-    return frames
+            yield _frame(stream, held, target)
+            continue
+        stop = stopped or _Stop(schema.CORRUPT, "the video ends before this time")
+        yield Frame(None, -1, float("nan"), -1, stop.status, f"no frame at {float(target * stream.time_base):.3f} s: {stop.reason}")
 
 
-def _frame(stream: Stream, frame, target: int) -> Frame:
-    if frame is None:
-        at = float(target * stream.time_base)
+def _frame(stream: Stream, held, target: int) -> Frame:
+    at = float(target * stream.time_base)
+    if held is None:
         return Frame(None, -1, float("nan"), -1, schema.CORRUPT, f"no frame at {at:.3f} s: nothing decodes before it")
-    image = frame.to_ndarray(format="rgb24")
-    return Frame(image, frame.pts, float(frame.pts * stream.time_base), stream.frame_index(frame.pts), schema.OK, "")
+    frame, damaged = held
+    time_s, index = float(frame.pts * stream.time_base), stream.frame_index(frame.pts)
+    if damaged:
+        reason = f"the frame at {time_s:.3f} s follows a damaged packet: FFmpeg patched it with older pixels"
+        return Frame(None, frame.pts, time_s, index, schema.CORRUPT, reason)
+    return Frame(frame.to_ndarray(format="rgb24"), frame.pts, time_s, index, schema.OK, "")
+
+
+def _decoded_from(container, stream: Stream, target: int, deadline: float) -> Iterator:
+    """_decoded after a seek that puts a frame at or before `target` first. The container's
+    index finds the keyframe before `target` in decode order; in open-GOP or B-frame video that
+    keyframe may be shown after `target`, so the seek steps back (1 s, then 2, 4, ...) until it
+    is not, or reaches the start."""
+    start = math.floor(stream.start / stream.time_base)
+    step = math.ceil(1 / stream.time_base)
+    at = target
+    while True:
+        try:
+            container.seek(max(at, start), stream=container.streams.video[0], backward=True)
+        except av.error.FFmpegError:
+            container.seek(0)  # a container without an index: decode from the start
+            at = start
+        decoded = _decoded(container, container.streams.video[0], deadline)
+        first = next(decoded, None)
+        if first is None or isinstance(first, _Stop) or first[0].pts <= target or at <= start:
+            if first is not None:
+                yield first
+            yield from decoded
+            return
+        at, step = at - step, 2 * step
+
+
+class _Stop(NamedTuple):
+    """Why decoding stopped before the stream's end: a failed run of the pipeline (the time
+    limit; a rerun with a larger one may succeed), or a corrupt file."""
+
+    status: str
+    reason: str
 
 
 def _decoded(container, video, deadline: float) -> Iterator:
-    """Decoded frames with a timestamp, in presentation order; a string (the reason) when
-    decoding stops early: the time limit, or a container that cannot be read further."""
+    """(frame, damaged) for each decoded frame with a timestamp, in presentation order, then a
+    _Stop if decoding stops early: the time limit, or a container that cannot be read further. A packet that fails to decode is skipped; the frames after it, up to the next
+    keyframe, are `damaged`: FFmpeg conceals the loss with older pixels."""
+    damaged = False
     packets = container.demux(video)
     while True:
         if time.monotonic() > deadline:
-            yield "the per-video decode time limit (ingest.video_time_limit_s) ran out"
+            yield _Stop(schema.FAILED, "the per-video decode time limit (ingest.video_time_limit_s) ran out")
             return
         try:
             packet = next(packets)
         except StopIteration:
             return
         except av.error.FFmpegError as exc:
-            yield f"the container breaks off ({_describe(exc)})"
+            yield _Stop(schema.CORRUPT, f"the container breaks off ({_describe(exc)})")
             return
         try:
-            decoded = packet.decode()
+            frames = packet.decode()
         except av.error.FFmpegError:
-            continue  # a corrupt packet: skip it; the decoder conceals its loss
-        yield from (f for f in decoded if f.pts is not None)
+            damaged = True
+            continue
+        for frame in frames:
+            damaged = (damaged and not frame.key_frame) or frame.is_corrupt
+            if frame.pts is not None:
+                yield frame, damaged
 
 
-def _stream_of(container, uri: str) -> Stream:
+def _stream_of(container) -> Stream:
     if not container.streams.video:
-        raise VideoError(schema.CORRUPT, "no video stream")
+        raise VideoError(schema.UNSUPPORTED, "no video stream")
     video = container.streams.video[0]
     context = video.codec_context
     if context is None or not context.name:
@@ -213,29 +269,34 @@ def _stream_of(container, uri: str) -> Stream:
     time_base = Fraction(video.time_base) if video.time_base else Fraction(1, 1_000_000)
     start = Fraction(video.start_time or 0) * time_base
     rate = Fraction(video.average_rate or video.guessed_rate or 0)
-    duration = _duration(container, video, time_base)
-    if duration <= 0 or rate <= 0:
+    end = _end(container, video, time_base)
+    if end is None or end <= start or rate <= 0:
         raise VideoError(schema.CORRUPT, "no frames (the stream has no duration or frame rate)")
-    return Stream(start, duration, time_base, rate, context.name, context.format.name if context.format else "",
+    return Stream(start, end - start, time_base, rate, context.name, context.format.name if context.format else "",
                   context.width, context.height)
 
 
-def _duration(container, video, time_base: Fraction) -> Fraction:
-    """The stream's duration from its header, else the container's, else its packets' last
-    timestamp (a demux, no decoding)."""
-    if video.duration:
-        return video.duration * time_base
-    if container.duration:
-        return Fraction(container.duration, av.time_base)
-    end = None
+def _end(container, video, time_base: Fraction) -> Fraction | None:
+    """When the stream's last frame leaves the screen, in seconds: the largest timestamp plus
+    duration of the packets from its last keyframe on (read, not decoded), or the stream's
+    header when it declares more (a file cut short: its missing frames are then listed, and
+    their rows say the video ends early). The container's duration is the last resort: for a
+    Matroska file it counts a late start twice, and an mp4's counts decode times, short of the
+    last frame shown when B-frames reorder."""
+    ends = []
     try:
+        container.seek(2**62, stream=video, backward=True)
         for packet in container.demux(video):
             if packet.pts is not None:
-                end = max(end or packet.pts, packet.pts + (packet.duration or 0))
+                ends.append((packet.pts + (packet.duration or 0)) * time_base)
     except av.error.FFmpegError:
         pass
     container.seek(0)
-    return Fraction(0) if end is None else (end - (video.start_time or 0)) * time_base
+    if video.duration:
+        ends.append(((video.start_time or 0) + video.duration) * time_base)
+    if ends:
+        return max(ends)
+    return Fraction(container.duration, av.time_base) if container.duration else None
 
 
 class _open:
@@ -250,11 +311,11 @@ class _open:
     def __enter__(self):
         try:
             fs, path = fsspec.core.url_to_fs(self.uri)
+            if (self.length if self.offset >= 0 else fs.size(path)) == 0:
+                raise VideoError(schema.CORRUPT, "empty file")
             self.file = fs.open(path, "rb")
             if self.offset >= 0:
                 self.file = _ByteRange(self.file, self.offset, self.length)
-            elif fs.size(path) == 0:
-                raise VideoError(schema.CORRUPT, "empty file")
             self.container = av.open(self.file, "r")
         except VideoError:
             self._close_file()

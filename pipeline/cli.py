@@ -130,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = command("verify", help="check every shard against the manifests")
     verify.add_argument("out")
+    verify.add_argument(
+        "--sources", action="store_true",
+        help="also re-read a sample of the sources (video frames re-decoded) and check their pixels against the ids pass 1 recorded",
+    )
+    verify.add_argument("--sample", type=int, default=None, metavar="N", help="sources re-read by --sources (default 100; 0: all)")
     verify.set_defaults(func=_verify)
 
     inspect = command("inspect", help="the lineage of one output sample")
@@ -206,7 +211,18 @@ def _verify(args) -> int:
     print(report.summary)
     for problem in report.problems[:20]:
         print(f"  {problem}")
-    return 0 if report.ok else 1
+    if not args.sources:
+        return 0 if report.ok else 1
+    from ..manifests.source_pixels import DEFAULT_SAMPLE, check_sources
+
+    checked, total, drifted = check_sources(args.out, DEFAULT_SAMPLE if args.sample is None else args.sample)
+    if drifted:
+        print(f"verify --sources FAILED: {len(drifted)} of {checked} sources re-read ({total} ok in all) differ from pass 1")
+    else:
+        print(f"verify --sources OK: {checked} of {total} ok sources re-read, every one as pass 1 saw it")
+    for problem in drifted[:20]:
+        print(f"  {problem}")
+    return 0 if report.ok and not drifted else 1
 
 
 def _inspect(args) -> int:

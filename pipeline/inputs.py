@@ -69,7 +69,10 @@ class VideoSampling(NamedTuple):
     max_frames: int | None = None
 
 
-def iter_sources(inputs: Sequence[str], sampling: VideoSampling = VideoSampling()) -> Iterator[SourceRef]:
+DEFAULT_SAMPLING = VideoSampling()
+
+
+def iter_sources(inputs: Sequence[str], sampling: VideoSampling = DEFAULT_SAMPLING) -> Iterator[SourceRef]:
     """Every source named by `inputs`, one at a time: a list file of 10^8 lines is read as it
     is listed, never held (pipeline/listing.py writes the stream to disk). Every input is
     checked to exist before any is listed, so a typo fails at once; a list file's missing
@@ -81,7 +84,7 @@ def iter_sources(inputs: Sequence[str], sampling: VideoSampling = VideoSampling(
                 yield from _frames(ref, sampling) if video.is_video(ref.member or ref.uri) else (ref,)
 
 
-def list_sources(inputs: Sequence[str], sampling: VideoSampling = VideoSampling()) -> list[SourceRef]:
+def list_sources(inputs: Sequence[str], sampling: VideoSampling = DEFAULT_SAMPLING) -> list[SourceRef]:
     """iter_sources as a list, for small pools (tests, benchmarks)."""
     return list(iter_sources(inputs, sampling))
 

@@ -14,7 +14,7 @@ import numpy as np
 from ..manifests import schema
 from ..stages import columns as C
 from ..stages.execution import MODEL_ACTOR, TASK
-from ..stages.ingest import Ingest
+from ..stages.ingest import Ingest, as_batch
 from ..stages.propose import Propose
 from .inputs import SourceRef
 from .partitions import ROWS_OF_SOURCE
@@ -35,12 +35,11 @@ def _with_rows_of_source(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class IngestWithoutPixels(Ingest):
-    """Ingest for whole-image selectors: validate, keep the record, drop the pixels."""
+    """Ingest for whole-image selectors: validate, keep the record, drop the pixels (each as
+    soon as it is decoded)."""
 
     def __call__(self, batch):
-        out = super().__call__(batch)
-        del out[C.IMAGE]
-        return _with_rows_of_source(out)
+        return _with_rows_of_source(C.to_batch([row for row, _ in self.each(batch)], C.SOURCE_COLUMNS))
 
 
 class IsolatedPropose(Propose):
@@ -76,7 +75,8 @@ class IngestAndPropose:
     """Ingest, then IsolatedPropose, one source at a time: the weight-free proposer's one task.
     Ray Data would fuse the two stages anyway, but as two calls on the whole batch, holding all
     its decoded frames at once (8 full-HD frames are 50 MB). One at a time, a worker's peak is
-    set by its largest frame, which a larger pool of such frames does not raise."""
+    set by its largest frame, which a larger pool of such frames does not raise; and a video's
+    frames in the batch are still decoded in one pass (Ingest.each)."""
 
     execution = TASK
 
@@ -85,9 +85,8 @@ class IngestAndPropose:
         self.propose = IsolatedPropose(**propose)
 
     def __call__(self, batch):
-        n = len(batch[C.INPUT_INDEX])
-        rows = [slice(i, i + 1) for i in range(n)] or [slice(0, 0)]
-        return C.concat([self.propose(self.ingest(C.take(batch, r))) for r in rows])
+        proposed = [self.propose(as_batch([source])) for source in self.ingest.each(batch)]
+        return C.concat(proposed or [self.propose(as_batch([]))])
 
 
 class ScoreInActor:

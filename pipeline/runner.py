@@ -32,7 +32,7 @@ from .selection.selectors import selector
 
 log = logging.getLogger("optidel")
 
-PACKAGES = ("torch", "torchvision", "ray", "segment-anything", "timm", "webdataset", "pyarrow", "numpy", "pillow", "faiss-cpu", "pycocotools", "scikit-image")
+PACKAGES = ("torch", "torchvision", "ray", "segment-anything", "timm", "webdataset", "pyarrow", "numpy", "pillow", "av", "faiss-cpu", "pycocotools", "scikit-image")
 
 
 class Timer:

@@ -10,6 +10,8 @@ where the whole listing is known.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from optidel import imageio, video
@@ -34,6 +36,11 @@ class Ingest:
         self.config = config
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return as_batch(list(self.each(batch)))
+
+    def each(self, batch: dict[str, np.ndarray]) -> Iterator[tuple[dict, np.ndarray]]:
+        """(source row, image) for each listing row of `batch`, in order, one at a time: a
+        caller that lets each go before the next holds one decoded image, whatever the batch."""
         listed = [
             {
                 columns.INPUT_INDEX: int(batch[columns.INPUT_INDEX][i]),
@@ -45,18 +52,11 @@ class Ingest:
             }
             for i in range(len(batch[columns.URI]))
         ]
-        rows, images = [], []
         for run in _runs_of_one_file(listed):
-            ingested = self._ingest_frames(run) if _is_video(run[0]) else [self._ingest(row) for row in run]
-            for row, image in ingested:
-                rows.append(row)
-                images.append(image)
-        out = columns.to_batch(rows, columns.SOURCE_COLUMNS)
-        # Filled one by one: np.array(list_of_images) would stack equal shapes into one array.
-        out[columns.IMAGE] = np.empty(len(images), dtype=object)
-        for i, image in enumerate(images):
-            out[columns.IMAGE][i] = image
-        return out
+            if _is_video(run[0]):
+                yield from self._ingest_frames(run)
+            else:
+                yield from (self._ingest(row) for row in run)
 
     def _ingest(self, listing: dict) -> tuple[dict, np.ndarray]:
         row = dict(listing)
@@ -81,9 +81,10 @@ class Ingest:
         )
         return row, decoded.image if decoded.image is not None else _no_image()
 
-    def _ingest_frames(self, run: list[dict]) -> list[tuple[dict, np.ndarray]]:
-        """Consecutive listing rows of one video, decoded in one pass. A row with no frame
-        (VIDEO_SAMPLE -1) stands for a video the listing could not probe: it gets the reason."""
+    def _ingest_frames(self, run: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
+        """Consecutive listing rows of one video, decoded in one pass, yielded frame by frame. A
+        row with no frame (VIDEO_SAMPLE -1) stands for a video the listing could not probe: it
+        gets the reason."""
         first = run[0]
         limits = {"max_pixels": self.config.max_pixels, "min_side": self.config.min_side}
         fps = self.config.video_fps
@@ -93,14 +94,15 @@ class Ingest:
                 raise video.VideoError(schema.CORRUPT, "could not be probed when the pool was listed")
             return [stream.sample_pts(row[columns.VIDEO_SAMPLE], fps) for row in run]
 
+        frames = video.decode_frames(
+            first[columns.URI], first[columns.OFFSET], first[columns.LENGTH], targets,
+            time_limit_s=self.config.video_time_limit_s, **limits,
+        )
         try:
-            stream, frames = video.decode_at(
-                first[columns.URI], first[columns.OFFSET], first[columns.LENGTH], targets,
-                time_limit_s=self.config.video_time_limit_s, **limits,
-            )
+            stream = next(frames)
         except video.VideoError as exc:
-            return [(dict(row, status=exc.status, error=exc.reason), _no_image()) for row in run]
-        ingested = []
+            yield from ((dict(row, status=exc.status, error=exc.reason), _no_image()) for row in run)
+            return
         for row, frame in zip(run, frames):
             row = dict(row, mode=stream.pix_fmt, format=stream.codec, status=frame.status, error=frame.error)
             if frame.image is not None:
@@ -109,8 +111,17 @@ class Ingest:
                     source_id=video.frame_id(frame.image), byte_size=frame.image.nbytes, width=width, height=height,
                     frame_index=frame.index, frame_time=frame.time,
                 )
-            ingested.append((row, frame.image if frame.image is not None else _no_image()))
-        return ingested
+            yield row, frame.image if frame.image is not None else _no_image()
+
+
+def as_batch(ingested: list[tuple[dict, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Ingest's output batch: SOURCE_COLUMNS + IMAGE from (source row, image) pairs."""
+    out = columns.to_batch([row for row, _ in ingested], columns.SOURCE_COLUMNS)
+    # Filled one by one: np.array(list_of_images) would stack equal shapes into one array.
+    out[columns.IMAGE] = np.empty(len(ingested), dtype=object)
+    for i, (_, image) in enumerate(ingested):
+        out[columns.IMAGE][i] = image
+    return out
 
 
 def _is_video(row: dict) -> bool:
