@@ -217,7 +217,6 @@ def observe_run_calls(paths: list[str], sample_fps: float) -> dict:
         "calls": out,
         "step": first.stage.__name__,
         "proposer": proposer.name,
-        "step_batch_size": first.batch_size or first.stage.execution.batch_size or config.ray.model_batch_size,
         "model_batch_size": config.ray.model_batch_size,
         "video_rows_per_block": pass1.VIDEO_ROWS_PER_BLOCK,
         "rows_per_block": max(config.ray.model_batch_size, pass1.VIDEO_ROWS_PER_BLOCK),
@@ -390,8 +389,8 @@ def markdown(summary: dict, meta: dict) -> str:
         "",
         f"**Default run** (row `{RUN}`): pass1._stream hands Ray blocks of max(ray.model_batch_size "
         f"{run['model_batch_size']}, VIDEO_ROWS_PER_BLOCK {run['video_rows_per_block']}) = {run['rows_per_block']} "
-        f"rows; Ray {run['ray']} then called the first step ({run['step']}, proposer {run['proposer']}) on batches of "
-        f"its batch size {run['step_batch_size']}, observed per video: "
+        f"rows; Ray {run['ray']} then called the first step ({run['step']}, proposer {run['proposer']}), "
+        "observed per video: "
         + "; ".join(f"GOP {gop}: {len(c)} calls of {','.join(str(r) for _, r, _ in c)} rows in "
                     f"{len({p for _, _, p in c})} worker(s)" for gop, c in meta["run_calls"].items())
         + f". Row `{run['rows_per_block']}` is one call per block.",

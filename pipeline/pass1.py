@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,21 +40,23 @@ NAMED_SOURCES = 3  # sources named per unfinished partition in a failure message
 # 40 MB (tests/test_listing.py). Each wave starts the steps' actors again (model loads): waves
 # this large keep that small against the wave's own work.
 WAVE_SOURCES = 65536
-# A block's frames of one video are decoded in one pass from the keyframe before the first. At
+# A batch's frames of one video are decoded in one pass from the keyframe before the first. At
 # 1 fps, 32 frames span 32 s: against a 10 s keyframe interval (libx264's default at 25 fps),
-# the lead-in costs a fraction of the block, and the stage decodes at the speed of PyAV alone
-# (benchmarks/decode_floor.py; 8-frame blocks reached 0.64 of it, 30-frame ones 1.0).
+# the lead-in is a fraction of the batch (benchmarks/decode_floor.py: 8-frame batches reached
+# 0.6 of PyAV's own speed on such a video, 32-frame ones about 0.8).
 VIDEO_ROWS_PER_BLOCK = 32
 
 
 def _stream(rows: list[dict], steps: list[raydata.Step], config: Config):
     """Listing rows through the steps, in blocks of one model batch: partitions (the resume
     unit) are far larger, and blocks that size would leave cores idle on small pools and at the
-    end of large ones. Video frames go in blocks of VIDEO_ROWS_PER_BLOCK at least: each block
-    seeks back to a keyframe before its first frame and decodes from there."""
+    end of large ones. Video frames go in blocks, and to the ingesting step in batches, of
+    VIDEO_ROWS_PER_BLOCK at least: each batch seeks back to a keyframe before its first frame
+    and decodes from there."""
     per_block = config.ray.model_batch_size
     if any(row[C.VIDEO_SAMPLE] >= 0 for row in rows):
         per_block = max(per_block, VIDEO_ROWS_PER_BLOCK)
+        steps = [replace(steps[0], batch_size=per_block), *steps[1:]]
     return raydata.stream(rows, steps, config.ray, rows_per_block=per_block)
 
 
