@@ -10,8 +10,13 @@ core: Ray runs pinned to 1, then 2 cores, with the default Ray settings). The pr
 trained once up front (timed apart) and passed to the runs as a file, so every run does the
 same work. The last line reads `overhead=<ratio> scaling=<ratio> pass2_fraction=<fraction>`.
 
+With `--videos` the same images are the frames of H.264 videos of VIDEO_FRAMES frames each, at
+one frame a second (the default ingest.video_fps), so the pool has the same sources and the
+decode stage decodes video (results: throughput-{quick,full}-video.json).
+
     python benchmarks/throughput.py --quick      # 64 images, a few minutes on 2 cores
     python benchmarks/throughput.py              # 400 images
+    python benchmarks/throughput.py --quick --videos
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from optidel.stages.write import ShardWriter
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "datasets" / "kvasir-seg" / "images"
 RESULTS = REPO / "benchmarks" / "results"
+VIDEO_FRAMES = 16  # --videos: frames a video
+VIDEO_SIZE = (576, 480)  # --videos: frame width and height (kvasir-seg's images are about 600 x 500)
 
 
 def main(argv=None) -> int:
@@ -57,6 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, help="pool size (default 400, or 64 with --quick)")
     parser.add_argument("--data", type=Path, default=KVASIR)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--videos", action="store_true", help="the images as the frames of videos, read as videos")
     args = parser.parse_args(argv)
     n = args.images or (64 if args.quick else 400)
     paths = sorted(args.data.glob("*.jpg"))[:n]
@@ -67,7 +75,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="optidel-bench-") as tmp:
         tmp = Path(tmp)
         listing = tmp / "pool.txt"
-        listing.write_text("".join(f"{p}\n" for p in paths))
+        listing.write_text("".join(f"{p}\n" for p in (_videos(paths, tmp) if args.videos else paths)))
         config = config_mod.load(sets=sets)
         _local_ray(2)
 
@@ -94,7 +102,8 @@ def main(argv=None) -> int:
     overhead = wall / total
     scaling = pass1_s[1] / pass1_s[2]
     fraction = pass2_reads / n
-    print(f"\npool: {n} kvasir-seg images; proxy trained once in {train_s:.1f} s (not in the figures)")
+    kind = f"frames of {-(-n // VIDEO_FRAMES)} videos" if args.videos else "images"
+    print(f"\npool: {n} kvasir-seg {kind}; proxy trained once in {train_s:.1f} s (not in the figures)")
     print(f"{'stage':<16}{'seconds':>10}{'images/s':>11}{'share':>8}")
     for name, seconds in kernels.items():
         print(f"{name:<16}{seconds:>10.2f}{n / seconds:>11.1f}{seconds / total:>8.1%}")
@@ -103,7 +112,8 @@ def main(argv=None) -> int:
     print(f"pass 1: 1 worker {pass1_s[1]:.2f} s, 2 workers {pass1_s[2]:.2f} s")
     print(f"pass 2 read {pass2_reads} sources of {n} (bound M*keep = {config.mosaic * config.keep:.2f})")
     result = {
-        "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else "") + "".join(f" --set {s}" for s in args.sets),
+        "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else "") + (" --videos" if args.videos else "")
+        + "".join(f" --set {s}" for s in args.sets),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "images": n,
         "kernels_s": kernels,
@@ -116,11 +126,32 @@ def main(argv=None) -> int:
         "pass2_fraction": fraction,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"throughput-{'quick' if args.quick else 'full'}.json"
+    out = RESULTS / f"throughput-{'quick' if args.quick else 'full'}{'-video' if args.videos else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written: {out.relative_to(REPO)}")
     print(f"overhead={overhead:.3f} scaling={scaling:.3f} pass2_fraction={fraction:.3f}")
     return 0
+
+
+def _videos(paths: list[Path], tmp: Path) -> list[Path]:
+    """The images as frames of H.264 videos (VIDEO_FRAMES each, one a second, VIDEO_SIZE),
+    libx264 at its defaults: one keyframe a video, as its 250-frame interval gives."""
+    import av
+    from PIL import Image
+
+    videos = []
+    for first in range(0, len(paths), VIDEO_FRAMES):
+        path = tmp / f"video-{first // VIDEO_FRAMES:04d}.mp4"
+        frames = [np.asarray(Image.open(p).convert("RGB").resize(VIDEO_SIZE)) for p in paths[first : first + VIDEO_FRAMES]]
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=1)
+            stream.width, stream.height = VIDEO_SIZE
+            stream.pix_fmt = "yuv420p"
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        videos.append(path)
+    return videos
 
 
 def _pinned_pass1(workers: int, listing: Path, sets: list[str], out: Path) -> float:

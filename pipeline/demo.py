@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from optidel import seeding
 from optidel.camera_path import camera_path
@@ -18,9 +19,10 @@ PHOTOS = ("retina", "immunohistochemistry", "hubble_deep_field", "coffee", "astr
 # The demo's videos run at 5 frames a second, so the default sampling (ingest.video_fps = 1)
 # takes every fifth frame: the pool shows sampling by time, not a copy of every frame.
 VIDEO_FPS = 5
-# H.264 at a fixed quality, one thread, and x264's plain C code: with its assembly, x264 wrote
-# different bytes for the same frames from run to run (measured on this wheel's x264 165).
-ENCODER_OPTIONS = {"crf": "20", "preset": "superfast", "threads": "1", "g": str(2 * VIDEO_FPS), "x264-params": "asm=0"}
+# H.264 at a fixed quality, a keyframe every 2 s, one thread, and x264's plain C code: with its
+# assembly, x264 wrote different bytes for the same frames from run to run (this wheel's x264
+# 165). Without assembly only its fastest preset keeps the pool's build to a few seconds.
+ENCODER_OPTIONS = {"crf": "20", "preset": "ultrafast", "threads": "1", "g": str(2 * VIDEO_FPS), "x264-params": "asm=0"}
 
 
 def build_pool(directory: Path, frames_per_photo: int = 30, frame_size: int = 320, seed: int = 0) -> list[Path]:
@@ -37,14 +39,23 @@ def build_pool(directory: Path, frames_per_photo: int = 30, frame_size: int = 32
         written.append(path)
         if path.exists():
             continue
-        photo = np.asarray(getattr(skimage.data, name)())
-        if photo.ndim == 2:
-            photo = np.stack([photo] * 3, axis=-1)
+        photo = _photo(getattr(skimage.data, name)(), 2 * frame_size)
         frames = camera_path(photo, frames_per_photo * VIDEO_FPS, frame_size, seeding.rng(seed, name))
         tmp = path.with_name(path.name + ".tmp")
         _write_video(tmp, frames, frame_size)
         tmp.replace(path)
     return written
+
+
+def _photo(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """RGB, its shorter side at most max_side: a camera window is at most the shorter side and
+    is resized to the frame size, so a larger photo only makes each of the video's frames
+    slower to cut (retina's 1411 px: most of the pool's build time)."""
+    image = Image.fromarray(pixels).convert("RGB")
+    scale = max_side / min(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    return np.asarray(image)
 
 
 def _write_video(path: Path, frames, size: int) -> None:

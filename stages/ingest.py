@@ -2,7 +2,7 @@
 them through `optidel.imageio` (which owns every safety limit), one row per source. A video
 frame is decoded through `optidel.video`: the frames of one video that arrive together are
 decoded in one pass from one seek, so a worker never decodes a video from its start to reach
-its range, and holds only its batch's frames.
+its range, and handed over one at a time (`Ingest.each`).
 
 Byte-identical sources are not marked here: which copy is "first" is decided at the barrier,
 where the whole listing is known.

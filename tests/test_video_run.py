@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from optidel.manifests import layout, lineage
+from optidel.manifests.report import build_report
 from optidel.manifests.source_pixels import check_sources
 from optidel.manifests.verify import verify
 from optidel.pipeline.runner import run
@@ -23,6 +24,8 @@ import resume_fixtures as rf
 from killable import optidel_run
 from test_readme_readers import PROBES, run_snippet
 from videos import tar_with, write_video
+
+pytestmark = pytest.mark.slow  # real Ray runs, about 2 minutes
 
 FPS = 25  # the test videos' frame rate
 SAMPLED_FPS = 5  # ingest.video_fps in these runs
@@ -74,6 +77,21 @@ def test_every_sampled_frame_is_a_source_with_its_video_index_and_time(video_run
     assert len(images) == 2 and all(r["frame_index"] is None and r["format"] == "JPEG" for r in images)
 
 
+def test_the_per_source_cap_holds_per_video_window(video_run):
+    """Each clip is shorter than select.video_cap_window_s (10 s): all its frames share one
+    cap of select.per_source_cap (4) patches, as one photo would."""
+    _, out, _ = video_run
+    where = {r["source_id"]: (r["uri"], r["member"], r["frame_time"] // 10) for r in _sources(out)
+             if r["status"] == "ok" and r["frame_time"] is not None}
+    patches = pq.read_table(out / layout.manifest_relpath("patches")).to_pylist()
+    per_window: dict[tuple, int] = {}
+    for p in patches:
+        if p["selected"] and p["source_id"] in where:
+            per_window[where[p["source_id"]]] = per_window.get(where[p["source_id"]], 0) + 1
+    assert per_window and max(per_window.values()) <= 4
+    assert any(p["reason"] == "source_cap" and p["source_id"] in where for p in patches)
+
+
 def test_lineage_verify_and_sources_check_read_the_frames_again(video_run, tmp_path):
     videos, out, _ = video_run
     assert verify(str(out)).ok
@@ -87,6 +105,14 @@ def test_lineage_verify_and_sources_check_read_the_frames_again(video_run, tmp_p
     assert " s (frame " in text and str(videos) in text
     panels = lineage.draw_lineage(str(out), sample["sample_key"], str(tmp_path / "lineage.png"))
     assert len(panels) == 1 + len(set(sample["source_ids"]))  # the mosaic, then each source read again
+
+
+def test_report_draws_every_sample_lineage_from_the_frames(video_run, caplog):
+    _, out, info = video_run
+    index = build_report(str(out))
+    drawn = sorted((out / "report" / "lineage").glob("*.jpg"))
+    assert index.endswith("index.html") and len(drawn) == info["counts"]["samples"] > 0
+    assert "not drawn" not in caplog.text
 
 
 def test_sources_check_names_a_video_that_changed(video_run, tmp_path):
