@@ -10,7 +10,7 @@ import tarfile
 import fsspec
 import numpy as np
 
-from optidel.sources import SourceChanged, read_pixels
+from optidel.sources import SourceChanged, SourceRead, read_pixels
 
 from . import layout, schema
 
@@ -21,13 +21,11 @@ def source_pixels(src: dict) -> np.ndarray:
     """RGB uint8 of a sources.parquet row; SourceChanged (a ValueError) naming it when its
     pixels are not what pass 1 saw."""
     offset, length = tar_member_range(src["uri"], src["member"]) if src["member"] else (-1, -1)
-    frame_time = src.get("frame_time")
+    frame_time = float("nan") if src.get("frame_time") is None else src["frame_time"]
+    read = SourceRead(schema.source_where(src), src["uri"], offset, length, frame_time, src["source_id"])
     # The manifest's size passed ingest's limits already; allowing exactly that many pixels
     # keeps the bomb check without needing the run's config.
-    return read_pixels(
-        schema.source_where(src), src["uri"], offset, length, float("nan") if frame_time is None else frame_time,
-        src["source_id"], max_pixels=max(1, src["width"] * src["height"]), min_side=1,
-    )
+    return read_pixels(read, max_pixels=max(1, src["width"] * src["height"]), min_side=1)
 
 
 def tar_member_range(uri: str, member: str) -> tuple[int, int]:
@@ -47,7 +45,7 @@ def check_sources(out: str, sample: int = DEFAULT_SAMPLE) -> tuple[int, int, lis
     chosen = rows if sample == 0 else rows[:sample]
     chosen.sort(key=lambda r: r["input_index"])  # a video's frames in time order
     problems = []
-    for src in chosen:
+    for src in chosen:  # one at a time: a changed source is named, and the others still checked
         try:
             source_pixels(src)
         except (OSError, ValueError) as exc:

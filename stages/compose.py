@@ -151,35 +151,35 @@ class Compose:
 
     def _cut_tiles(self, rows: list[dict]) -> dict[tuple[int, int], np.ndarray]:
         """Every tile of the batch, keyed (row, slot). Each distinct source is read and decoded
-        once, and its pixels are let go as soon as its tiles are cut."""
+        once (a video's frames in one pass), and its pixels are let go as soon as its tiles
+        are cut."""
         uses: dict[str, list[tuple[int, int]]] = {}
         for r, row in enumerate(rows):
             for slot, source_id in enumerate(row["source_ids"]):
                 uses.setdefault(str(source_id), []).append((r, slot))
+        places = list(uses.values())
+        reads = [self._source_read(source_id, rows[r], slot) for source_id, ((r, slot), *_) in uses.items()]
         tiles = {}
-        for source_id, places in uses.items():
-            first_row, first_slot = places[0]
-            image = self._read_source(source_id, rows[first_row], first_slot)
-            for r, slot in places:
-                x0, y0, x1, y1 = self.tiles[slot]
-                box = tuple(int(v) for v in rows[r]["boxes"][slot])
-                try:
-                    tiles[r, slot] = crop_resize(image, box, (x1 - x0, y1 - y0))
-                except ValueError as exc:
-                    patch = rows[r]["patch_ids"][slot]
-                    raise ValueError(f"{rows[r]['uris'][slot]}: patch {patch}: {exc}") from exc
-        return tiles
-
-    def _read_source(self, source_id: str, row: dict, slot: int) -> np.ndarray:
-        uri, member = str(row["uris"][slot]), str(row["members"][slot])
-        where = f"{uri} (member {member})" if member else uri
         try:
-            return sources.read_pixels(
-                where, uri, int(row["offsets"][slot]), int(row["lengths"][slot]), float(row["frame_times"][slot]),
-                source_id, max_pixels=self.max_pixels, min_side=self.min_side,
-            )
+            for i, image in sources.read_all(reads, max_pixels=self.max_pixels, min_side=self.min_side):
+                for r, slot in places[i]:
+                    x0, y0, x1, y1 = self.tiles[slot]
+                    box = tuple(int(v) for v in rows[r]["boxes"][slot])
+                    try:
+                        tiles[r, slot] = crop_resize(image, box, (x1 - x0, y1 - y0))
+                    except ValueError as exc:
+                        patch = rows[r]["patch_ids"][slot]
+                        raise ValueError(f"{rows[r]['uris'][slot]}: patch {patch}: {exc}") from exc
         except sources.SourceChanged as exc:
             raise ValueError(f"{exc}; the input pool changed between passes") from None
+        return tiles
+
+    @staticmethod
+    def _source_read(source_id: str, row: dict, slot: int) -> sources.SourceRead:
+        uri, member = str(row["uris"][slot]), str(row["members"][slot])
+        where = f"{uri} (member {member})" if member else uri
+        offset, length, frame_time = int(row["offsets"][slot]), int(row["lengths"][slot]), float(row["frame_times"][slot])
+        return sources.SourceRead(where, uri, offset, length, frame_time, source_id)
 
     def _encode(self, canvas: np.ndarray) -> bytes:
         image = Image.fromarray(canvas, "RGB")

@@ -188,9 +188,7 @@ def test_each_frame_read_alone_is_the_frame_ingest_decoded(tmp_path, name, argum
     ok = [row for row in rows if row["status"] == schema.OK]
     assert len(ok) >= N_FRAMES - 1
     for row in ok:
-        again = sources.read_pixels(
-            name, str(path), -1, -1, float(row["frame_time"]), row["source_id"], max_pixels=64 * 64, min_side=1
-        )
+        again = _read_again(row, name, str(path))
         np.testing.assert_array_equal(again, row["image"])
 
 
@@ -442,17 +440,16 @@ def test_read_pixels_gives_ingests_frame_and_notices_a_replaced_video(clips, tmp
     path = tmp_path / "again.mp4"
     path.write_bytes(clips["clip.mp4"].read_bytes())
     rows = ingest(list_sources([str(path)], VideoSampling(fps=5)), video_fps=5)
-    limits = {"max_pixels": 64 * 64, "min_side": 1}
     for row in rows:
-        again = sources.read_pixels(str(path), str(path), -1, -1, float(row["frame_time"]), row["source_id"], **limits)
+        again = _read_again(row, str(path), str(path))
         np.testing.assert_array_equal(again, row["image"])
     row = rows[len(rows) // 2]
     videos.write_video(path, N_FRAMES, fps=FPS, seed=9)  # same name, another video
     with pytest.raises(sources.SourceChanged, match=re.escape(str(path)) + ".*source_id"):
-        sources.read_pixels(str(path), str(path), -1, -1, float(row["frame_time"]), row["source_id"], **limits)
+        _read_again(row, str(path), str(path))
     videos.write_not_a_video(path)
     with pytest.raises(sources.SourceChanged, match=re.escape(str(path)) + ".*cannot decode"):
-        sources.read_pixels(str(path), str(path), -1, -1, float(row["frame_time"]), row["source_id"], **limits)
+        _read_again(row, str(path), str(path))
 
 
 def test_read_pixels_reads_a_frame_inside_a_tar(clips, tmp_path):
@@ -460,8 +457,25 @@ def test_read_pixels_reads_a_frame_inside_a_tar(clips, tmp_path):
     videos.tar_with(tar, {"clip.mkv": clips["clip.mkv"]})
     rows = ingest(list_sources([str(tar)], VideoSampling(fps=2)), video_fps=2)
     row = rows[-1]
-    again = sources.read_pixels(
-        f"{tar} (member clip.mkv)", str(tar), int(row["offset"]), int(row["length"]), float(row["frame_time"]),
-        row["source_id"], max_pixels=64 * 64, min_side=1,
-    )
+    again = _read_again(row, f"{tar} (member clip.mkv)", str(tar), int(row["offset"]), int(row["length"]))
     np.testing.assert_array_equal(again, row["image"])
+
+
+def test_read_all_gives_every_source_once_whatever_the_order(clips):
+    """Pass 2 asks for frames of several videos, and images, in sample order: each comes back
+    once, with the pixels ingest gave it."""
+    rows = [row for name in ("clip.mp4", "clip.mkv") for row in
+            ingest(list_sources([str(clips[name])], VideoSampling(fps=5)), video_fps=5)]
+    order = np.random.default_rng(0).permutation(len(rows)).tolist()
+    reads = [sources.SourceRead(rows[i]["uri"], rows[i]["uri"], -1, -1, float(rows[i]["frame_time"]), rows[i]["source_id"])
+             for i in order]
+    got = dict(sources.read_all(reads, max_pixels=64 * 64, min_side=1))
+    assert sorted(got) == list(range(len(reads)))
+    for position, i in enumerate(order):
+        np.testing.assert_array_equal(got[position], rows[i]["image"])
+
+
+def _read_again(row: dict, where: str, uri: str, offset: int = -1, length: int = -1) -> np.ndarray:
+    """An ingested frame's pixels read again the way pass 2 and the lineage view read them."""
+    read = sources.SourceRead(where, uri, offset, length, float(row["frame_time"]), row["source_id"])
+    return sources.read_pixels(read, max_pixels=64 * 64, min_side=1)
