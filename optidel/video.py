@@ -115,18 +115,9 @@ def probe(uri: str, offset: int = -1, length: int = -1) -> Stream:
         return _stream_of(container)
 
 
-def decode_at(
-    uri: str,
-    offset: int,
-    length: int,
-    targets: Callable[[Stream], Sequence[int]],
-    *,
-    time_limit_s: float,
-    max_pixels: int,
-    min_side: int,
-) -> tuple[Stream, list[Frame]]:
-    """decode_frames, collected: the stream and every target's Frame."""
-    frames = decode_frames(uri, offset, length, targets, time_limit_s=time_limit_s, max_pixels=max_pixels, min_side=min_side)
+def decode_at(uri: str, offset: int, length: int, targets: Callable[[Stream], Sequence[int]], **limits) -> tuple[Stream, list[Frame]]:
+    """decode_frames (same arguments), collected: the stream and every target's Frame."""
+    frames = decode_frames(uri, offset, length, targets, **limits)
     stream = next(frames)
     return stream, list(frames)
 
