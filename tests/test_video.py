@@ -479,3 +479,11 @@ def _read_again(row: dict, where: str, uri: str, offset: int = -1, length: int =
     """An ingested frame's pixels read again the way pass 2 and the lineage view read them."""
     read = sources.SourceRead(where, uri, offset, length, float(row["frame_time"]), row["source_id"])
     return sources.read_pixels(read, max_pixels=64 * 64, min_side=1)
+
+
+def test_an_empty_video_inside_a_tar_is_one_empty_file_row(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    videos.write_zero_length(empty)
+    videos.tar_with(tmp_path / "one.tar", {"clips/empty.mp4": empty})
+    (row,) = ingest(list_sources([str(tmp_path / "one.tar")]))
+    assert (row["member"], row["video_sample"], row["status"], row["error"]) == ("clips/empty.mp4", -1, schema.CORRUPT, "empty file")
