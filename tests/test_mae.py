@@ -35,7 +35,10 @@ SPEC = MAESpec(
 
 
 def kvasir_crops(n_images: int, per_image: int, size: int, seed: int = 0) -> np.ndarray:
-    """Seeded square crops of real Kvasir-SEG frames, resized to `size`."""
+    """Seeded square crops of real Kvasir-SEG frames, resized to `size`; the test skips where
+    the dataset is not beside the checkout."""
+    if not KVASIR.is_dir():
+        pytest.skip(f"kvasir-seg not found at {KVASIR}")
     out = []
     for path in sorted(KVASIR.glob("*.jpg"))[:n_images]:
         with Image.open(path) as img:

@@ -31,6 +31,8 @@ PATCHES_PER_SOURCE = 5
 
 
 def load_sources(n: int) -> list[tuple[str, np.ndarray]]:
+    if not KVASIR.is_dir():  # the test skips where the dataset is not beside the checkout
+        pytest.skip(f"kvasir-seg not found at {KVASIR}")
     out = []
     for path in sorted(KVASIR.glob("*.jpg"))[:n]:
         with Image.open(path) as img:
