@@ -57,7 +57,9 @@ class Stream:
     """What sampling and decoding need of a video's first video stream. Times in seconds."""
 
     start: Fraction  # timestamp of the stream's first frame
-    duration: Fraction
+    # Measured by probe() from the last packets; None where the stream was opened to decode
+    # frames, which never needs its end (a seek and a read of the last keyframe's packets).
+    duration: Fraction | None
     time_base: Fraction  # seconds per timestamp unit
     rate: Fraction  # average frames per second, the nominal rate frame indices count at
     codec: str
@@ -112,7 +114,7 @@ def probe(uri: str, offset: int = -1, length: int = -1) -> Stream:
     """The video's first video stream: its header, and its last packets for where it ends;
     VideoError when there is none to read."""
     with _open(uri, offset, length) as container:
-        return _stream_of(container)
+        return _stream_of(container, measure_end=True)
 
 
 def decode_at(uri: str, offset: int, length: int, targets: Callable[[Stream], Sequence[int]], **limits) -> tuple[Stream, list[Frame]]:
@@ -140,7 +142,7 @@ def decode_frames(
     VideoError (before the Stream) when the video cannot be opened at all, or its frames are
     over the size limits."""
     with _open(uri, offset, length) as container:
-        stream = _stream_of(container)
+        stream = _stream_of(container, measure_end=False)
         if stream.width * stream.height > max_pixels:
             reason = f"{stream.width}x{stream.height} = {stream.width * stream.height} pixels > max_pixels {max_pixels}"
             raise VideoError(schema.UNSUPPORTED, reason)
@@ -224,8 +226,9 @@ class _Stop(NamedTuple):
 
 def _decoded(container, video, deadline: float) -> Iterator:
     """(frame, damaged) for each decoded frame with a timestamp, in presentation order, then a
-    _Stop if decoding stops early: the time limit, or a container that cannot be read further. A packet that fails to decode is skipped; the frames after it, up to the next
-    keyframe, are `damaged`: FFmpeg conceals the loss with older pixels."""
+    _Stop if decoding stops early: the time limit, or a container that cannot be read further.
+    A packet that fails to decode is skipped; the frames after it, up to the next keyframe, are
+    `damaged`: FFmpeg conceals the loss with older pixels."""
     damaged = False
     packets = container.demux(video)
     while True:
@@ -250,7 +253,7 @@ def _decoded(container, video, deadline: float) -> Iterator:
                 yield frame, damaged
 
 
-def _stream_of(container) -> Stream:
+def _stream_of(container, measure_end: bool) -> Stream:
     if not container.streams.video:
         raise VideoError(schema.UNSUPPORTED, "no video stream")
     video = container.streams.video[0]
@@ -260,10 +263,10 @@ def _stream_of(container) -> Stream:
     time_base = Fraction(video.time_base) if video.time_base else Fraction(1, 1_000_000)
     start = Fraction(video.start_time or 0) * time_base
     rate = Fraction(video.average_rate or video.guessed_rate or 0)
-    end = _end(container, video, time_base)
-    if end is None or end <= start or rate <= 0:
+    end = _end(container, video, time_base) if measure_end else None
+    if (measure_end and (end is None or end <= start)) or rate <= 0:
         raise VideoError(schema.CORRUPT, "no frames (the stream has no duration or frame rate)")
-    return Stream(start, end - start, time_base, rate, context.name, context.format.name if context.format else "",
+    return Stream(start, None if end is None else end - start, time_base, rate, context.name, context.format.name if context.format else "",
                   context.width, context.height)
 
 

@@ -31,10 +31,9 @@ from braceexpand import braceexpand
 from fsspec.implementations.local import LocalFileSystem
 
 from optidel import video
-from optidel.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
-SOURCE_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+SOURCE_EXTENSIONS = IMAGE_EXTENSIONS | video.VIDEO_EXTENSIONS
 TAR_EXTENSION = ".tar"
 LIST_EXTENSIONS = (".parquet", ".csv", ".txt")
 COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")

@@ -43,7 +43,7 @@ WAVE_SOURCES = 65536
 # A batch's frames of one video are decoded in one pass from the keyframe before the first. At
 # 1 fps, 32 frames span 32 s: against a 10 s keyframe interval (libx264's default at 25 fps),
 # the lead-in is a fraction of the batch (benchmarks/decode_floor.py: 8-frame batches reached
-# 0.6 of PyAV's own speed on such a video, 32-frame ones about 0.8).
+# 0.64 of PyAV's own speed on such a video, 32-frame ones 0.93).
 VIDEO_ROWS_PER_BLOCK = 32
 
 

@@ -86,22 +86,19 @@ class Ingest:
         row with no frame (VIDEO_SAMPLE -1) stands for a video the listing could not probe: it
         gets the reason."""
         first = run[0]
-        limits = {"max_pixels": self.config.max_pixels, "min_side": self.config.min_side}
+        where = (first[columns.URI], first[columns.OFFSET], first[columns.LENGTH])
+        if first[columns.VIDEO_SAMPLE] < 0:
+            yield from _failed(run, _probe_failure(*where))
+            return
         fps = self.config.video_fps
-
-        def targets(stream: video.Stream) -> list[int]:
-            if first[columns.VIDEO_SAMPLE] < 0:  # it opens now, but failed when the pool was listed
-                raise video.VideoError(schema.CORRUPT, "could not be probed when the pool was listed")
-            return [stream.sample_pts(row[columns.VIDEO_SAMPLE], fps) for row in run]
-
         frames = video.decode_frames(
-            first[columns.URI], first[columns.OFFSET], first[columns.LENGTH], targets,
-            time_limit_s=self.config.video_time_limit_s, **limits,
+            *where, lambda stream: [stream.sample_pts(row[columns.VIDEO_SAMPLE], fps) for row in run],
+            time_limit_s=self.config.video_time_limit_s, max_pixels=self.config.max_pixels, min_side=self.config.min_side,
         )
         try:
             stream = next(frames)
         except video.VideoError as exc:
-            yield from ((dict(row, status=exc.status, error=exc.reason), _no_image()) for row in run)
+            yield from _failed(run, exc)
             return
         for row, frame in zip(run, frames):
             row = dict(row, mode=stream.pix_fmt, format=stream.codec, status=frame.status, error=frame.error)
@@ -112,6 +109,19 @@ class Ingest:
                     frame_index=frame.index, frame_time=frame.time,
                 )
             yield row, frame.image if frame.image is not None else _no_image()
+
+
+def _failed(run: list[dict], exc: video.VideoError) -> Iterator[tuple[dict, np.ndarray]]:
+    return ((dict(row, status=exc.status, error=exc.reason), _no_image()) for row in run)
+
+
+def _probe_failure(uri: str, offset: int, length: int) -> video.VideoError:
+    """Why the listing could not probe this video: the same probe, again."""
+    try:
+        video.probe(uri, offset, length)
+    except video.VideoError as exc:
+        return exc
+    return video.VideoError(schema.CORRUPT, "could not be probed when the pool was listed")
 
 
 def as_batch(ingested: list[tuple[dict, np.ndarray]]) -> dict[str, np.ndarray]:
