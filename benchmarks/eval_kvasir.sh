@@ -55,20 +55,22 @@ case "$POOL" in
         input="$WORK/plain.txt"
         description="kvasir-seg train images, 700"
         ;;
-    dirty | dirty-heldout)
+    dirty | dirty-heldout | dirty-recordings | dirty-heldout-recordings)
         # The video pool with 45% artefact frames and frozen clips (truth.csv beside the frames):
         # `dirty` from the train images (settings are chosen on it), `dirty-heldout` from the
         # validation and test images with another seed (composition only: the leak guard refuses
-        # to pre-train on it; no setting is chosen on it).
-        from=train seed=0
-        [ "$POOL" = dirty-heldout ] && from=held-out seed=1
+        # to pre-train on it; no setting is chosen on it). `-recordings`: the same frames, each
+        # clip one lossless video, so the per-recording cap (select.video_cap_window_s) applies.
+        from=train seed=0 as=()
+        case "$POOL" in dirty-heldout*) from=held-out seed=1 ;; esac
+        case "$POOL" in *-recordings) as=(--recordings) ;; esac
         [ -d "$WORK/$POOL" ] || optidel eval --write-video-pool "$WORK/$POOL.tmp" --artefacts 0.45 \
-            --pool-from "$from" --pool-seed "$seed" --labeled "$KVASIR" >/dev/null
+            --pool-from "$from" --pool-seed "$seed" "${as[@]}" --labeled "$KVASIR" >/dev/null
         [ -d "$WORK/$POOL" ] || mv "$WORK/$POOL.tmp" "$WORK/$POOL"
         input="$WORK/$POOL"
-        description="kvasir-seg dirty video frames, $(find "$input" -name '*.jpg' | wc -l) ($from images, 45% artefacts)"
+        description="kvasir-seg dirty video frames, $(($(wc -l < "$input/truth.csv") - 1)) ($from images, 45% artefacts)"
         ;;
-    *) echo "eval_kvasir.sh: unknown POOL $POOL (video, plain, dirty, dirty-heldout)" >&2; exit 2 ;;
+    *) echo "eval_kvasir.sh: unknown POOL $POOL (video, plain, dirty, dirty-heldout, dirty-recordings, dirty-heldout-recordings)" >&2; exit 2 ;;
 esac
 
 # The proposer's artefact gates (at most 1% blown-out pixels, at most 10 grey levels of noise) are
@@ -96,6 +98,13 @@ reselected() {
         optidel-gates-nd90) echo "optidel-gates select.near_duplicate_cosine=0.9" ;;
         optidel-gates-mosaic1-clusters64) echo "optidel-gates mosaic=1 select.clusters=64" ;;
         optidel-gates-mosaic1-nd90) echo "optidel-gates mosaic=1 select.near_duplicate_cosine=0.9" ;;
+        # On a -recordings pool (one video a clip, one frame a second): the cap per frame, as a
+        # folder of frames has it, and per whole clip (none is longer than 16 s), against the
+        # default of per_source_cap patches per 10 s of a recording.
+        optidel-capframe) echo "optidel select.video_cap_window_s=1" ;;
+        optidel-capclip) echo "optidel select.video_cap_window_s=16" ;;
+        optidel-mosaic1-capframe) echo "optidel mosaic=1 select.video_cap_window_s=1" ;;
+        optidel-mosaic1-capclip) echo "optidel mosaic=1 select.video_cap_window_s=16" ;;
         *) return 1 ;;
     esac
 }

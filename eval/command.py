@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "images (a composition-only pool that the leak guard refuses to pre-train on)",
     )
     parser.add_argument(
+        "--recordings", action="store_true",
+        help="video pool: write each clip as one lossless video (FFV1 .mkv, one frame a second) instead of JPEG "
+        "frames, so a run knows which frames are one recording (its per-recording cap applies)",
+    )
+    parser.add_argument(
         "--write-peer-list", metavar="PEER=FILE",
         help="only write the frames a peer keeps from the dirty pool --frames DIR, at optidel's budget, as a list "
         "for `optidel run FILE --selector random --keep 1.0`; PEER: cleanvision, lightly (needs --scored), oracle",
@@ -87,6 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--composition", action="store_true",
         help="only measure what each arm's selection contains on its dirty pool (its truth.csv): clean and "
         "artefact shares, clip coverage, mean proxy score; no pre-training, no --labeled",
+    )
+    parser.add_argument(
+        "--versus", metavar="NAME",
+        help="--composition: also each arm's clean share against this arm's, a paired interval (e.g. an ablation "
+        "against the setting it changes)",
     )
     parser.add_argument(
         "--scored", metavar="OUT",
@@ -174,7 +184,7 @@ def _composition(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise EvalError("--out RESULTS_DIR is required")
-    evaluate(_arm_specs(args), args.out, args.scored)
+    evaluate(_arm_specs(args), args.out, args.scored, args.versus)
     print((Path(args.out) / RESULTS_MD).read_text())
     print(f"results: {args.out}/{RESULTS_JSON}, {RESULTS_MD}")
     return 0
@@ -207,7 +217,7 @@ def _write_video_pool(args: argparse.Namespace, split) -> None:
         from .pools import write_video_pool
 
         n = write_video_pool(pairs, args.write_video_pool, args.frame_size, args.max_clip, seed=args.pool_seed)
-        print(f"wrote {n} video frames from {what} to {args.write_video_pool}")
+        print(f"wrote {n} video frames from {what} to {args.write_video_pool}{_as_recordings(args)}")
         return
     from .dirty_pool import TRUTH_CSV, write_dirty_video_pool
 
@@ -218,8 +228,17 @@ def _write_video_pool(args: argparse.Namespace, split) -> None:
     frozen = sum(bool(row.frozen_of) for row in truth)
     print(
         f"wrote {len(truth)} video frames from {what} to {args.write_video_pool}: {dirty} with an artefact, "
-        f"{frozen} frozen repeats; truth in {TRUTH_CSV}"
+        f"{frozen} frozen repeats; truth in {TRUTH_CSV}{_as_recordings(args)}"
     )
+
+
+def _as_recordings(args: argparse.Namespace) -> str:
+    """With --recordings, turn the pool's clips into videos; the words that say so."""
+    if not args.recordings:
+        return ""
+    from .recordings import encode_recordings
+
+    return f", as {encode_recordings(args.write_video_pool)} lossless videos (one per clip)"
 
 
 def settings_from(args: argparse.Namespace) -> EvalConfig:

@@ -12,8 +12,8 @@ mosaic's four patches count one by one):
 - `score`: the mean proxy score of the selected units, beside `pool_score`, the mean over every
   candidate of the same unit (patches for a patch selector, whole frames for an image one), so
   a selector that stays above the pool's mean still selects for hardness;
-- `clean_ci95`, and `clean_vs_random` (and against each peer present): a paired bootstrap over
-  the pool's clips (clean_intervals).
+- `clean_ci95`, and `clean_vs_random` (and against each peer present, and the `--versus` arm):
+  a paired bootstrap over the pool's clips (clean_intervals).
 
 A patch arm's scores come from its own patches.parquet. A whole-image arm's come from a scored
 run on the same pool when one is given (`scored`, e.g. the optidel arm: its pass-1 parts keep
@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 from optidel import seeding
 from ..manifests import layout, schema
 from ..pipeline.partitions import PASS1_DIR  # where a run keeps its scored candidates
-from . import artefacts
+from . import artefacts, recordings
 from .arms import open_arm
 from .dirty_pool import TRUTH_CSV, FrameTruth, decode_truth_mask, read_truth
 from .labeled import EvalError
@@ -85,7 +85,9 @@ def selected(out: str, truth: dict[str, FrameTruth], frame_scores: dict[str, flo
     """What the run `out` selected from the pool whose truth is `truth`; `frame_scores` are the
     scored run's whole-frame scores (whole_image_scores), or None."""
     output = layout.Output(out)
-    sources = output.read_manifest("sources", columns=["source_id", "uri", "status", "width", "height"]).to_pylist()
+    sources = output.read_manifest(
+        "sources", columns=["source_id", "uri", "frame_index", "status", "width", "height"]
+    ).to_pylist()
     frame_of = {s["source_id"]: s for s in sources if s["status"] == schema.OK}
     patches = output.read_manifest(
         "patches", columns=["source_id", "x0", "y0", "x1", "y1", "score", "selected", "mask_rle"]
@@ -94,7 +96,7 @@ def selected(out: str, truth: dict[str, FrameTruth], frame_scores: dict[str, flo
     if not chosen:
         raise EvalError(f"{out}: no selected patch in its patches.parquet")
     kinds = [patch_kind(p, frame_of[p["source_id"]], truth) for p in chosen]
-    frames = [posixpath.basename(frame_of[p["source_id"]]["uri"]) for p in chosen]
+    frames = [truth_frame(frame_of[p["source_id"]]) for p in chosen]
     clips = [truth[f].clip for f in frames]
     whole_images = all(p["mask_rle"] is None for p in chosen)
     composition = {"patches": len(chosen), **_shares(kinds)}
@@ -144,12 +146,19 @@ def pool_composition(truth: dict[str, FrameTruth]) -> dict:
 def patch_kind(patch: dict, source: dict, truth: dict[str, FrameTruth]) -> str:
     """What a patches.parquet row shows: its frame's kind, or clean when the frame's artefact is
     local and the patch's box misses its mask (gate_measures.py classifies candidates by it too)."""
-    row = truth[posixpath.basename(source["uri"])]
+    row = truth[truth_frame(source)]
     mask = decode_truth_mask(row, source["height"], source["width"])
     if mask is None or patch["x0"] is None:
         return row.kind  # a global artefact, a clean frame, or a whole-frame patch
     touched = mask[patch["y0"] : patch["y1"], patch["x0"] : patch["x1"]].any()
     return row.kind if touched else artefacts.CLEAN
+
+
+def truth_frame(source: dict) -> str:
+    """The truth.csv frame a sources.parquet row is: its file, or the frame a recording's frame
+    replaced (recordings.py)."""
+    name = posixpath.basename(source["uri"])
+    return name if source.get("frame_index") is None else recordings.frame_of(name, source["frame_index"])
 
 
 def _shares(kinds: list[str]) -> dict[str, float]:
@@ -207,18 +216,23 @@ def add_to(summaries: dict, arms: list, scored: str | None) -> dict | None:
     return pool_composition(truth)
 
 
-def evaluate(arm_specs: list[tuple[str, str]], out: str, scored: str | None = None) -> dict:
-    """Every arm's composition, and the pool's, into OUT/results.json and results.md."""
+def evaluate(arm_specs: list[tuple[str, str]], out: str, scored: str | None = None, versus: str | None = None) -> dict:
+    """Every arm's composition, and the pool's, into OUT/results.json and results.md; `versus`
+    names one more arm that every other's clean share is compared with."""
     from .report import RESULTS_JSON, RESULTS_MD, composition_markdown
 
     if not arm_specs:
         raise EvalError("no arms: pass --arm NAME=OUT at least once")
     for name, arm_out in arm_specs:
         open_arm(name, arm_out)  # a finished `optidel run` output, or a one-line error naming it
-    folder, truth, picked = _compose(dict(arm_specs), scored, required=True)
+    if versus is not None and versus not in dict(arm_specs):
+        raise EvalError(f"--versus {versus}: no arm of that name")
+    baselines = BASELINES + (() if versus is None else (versus,))
+    folder, truth, picked = _compose(dict(arm_specs), scored, required=True, baselines=baselines)
     results = {
         "kind": "composition",
         "pool": str(folder),
+        "versus": versus,
         "pool_composition": pool_composition(truth),
         "scored": scored,
         "arms": {name: {"out": out, "composition": picked[name].composition} for name, out in arm_specs},
@@ -229,7 +243,7 @@ def evaluate(arm_specs: list[tuple[str, str]], out: str, scored: str | None = No
     return results
 
 
-def _compose(outs: dict[str, str], scored: str | None, required: bool = False):
+def _compose(outs: dict[str, str], scored: str | None, required: bool = False, baselines=BASELINES):
     """(the pool's folder, its truth, {name: Selected} with intervals) for arms that all come
     from one dirty pool; otherwise None, or an EvalError naming the arm when `required`. The
     truth and the scored run's frame scores are read once for all arms."""
@@ -250,5 +264,5 @@ def _compose(outs: dict[str, str], scored: str | None, required: bool = False):
     truth = read_truth(folder / TRUTH_CSV)
     frame_scores = whole_image_scores(scored) if scored else None
     picked = {name: selected(out, truth, frame_scores) for name, out in outs.items()}
-    clean_intervals(picked, sorted({row.clip for row in truth.values()}))
+    clean_intervals(picked, sorted({row.clip for row in truth.values()}), baselines)
     return folder, truth, picked

@@ -85,15 +85,17 @@ def composition_markdown(results: dict) -> str:
     if not rows:
         return ""
     pool = results["pool_composition"]
-    head = ["arm", "unit", "patches", "clean [95% CI]", "clean vs random", "easy", "hard", *KINDS, "clips", "frames",
-            "score (pool)"]
+    versus = results.get("versus")
+    head = ["arm", "unit", "patches", "clean [95% CI]", "clean vs random", *([f"clean vs {versus}"] if versus else []),
+            "easy", "hard", *KINDS, "clips", "frames", "score (pool)"]
     lines = [
         f"**Composition** on the dirty pool ({results['pool']}): the share of "
         "selected patches by what they show (a patch missing a local artefact's mask is clean)",
         "",
         "| " + " | ".join(head) + " |",
         "| --- | --- |" + " ---: |" * (len(head) - 2),
-        "| pool (distinct frames) | frame | " + f"{pool['frames']} | {pool['clean']:.3f} | — | "
+        "| pool (distinct frames) | frame | " + f"{pool['frames']} | {pool['clean']:.3f} | "
+        + "— | " * (2 if versus else 1)
         + " | ".join(f"{pool[k]:.3f}" for k in ("easy", "hard", *KINDS))
         + f" | {pool['clips']} | {pool['frames']} | — |",
     ]
@@ -103,6 +105,7 @@ def composition_markdown(results: dict) -> str:
         lines.append(
             f"| {name} | {c['unit']} | {c['patches']} | {c['clean']:.3f} [{low:.3f}, {high:.3f}] | "
             f"{_diff(c.get('clean_vs_random'))} | "
+            + (f"{_diff(c.get(f'clean_vs_{versus}'))} | " if versus else "")
             + " | ".join(f"{c[k]:.3f}" for k in ("easy", "hard", *KINDS))
             + f" | {c['clips']} | {c['frames']} | {score} |"
         )

@@ -5,6 +5,8 @@ hand-made dirty pool whose every frame's kind is known, through real `optidel ru
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,7 +18,8 @@ from optidel.eval import artefacts, composition, labeled, peers
 from optidel.eval.arms import check_no_held_out_images, open_arm
 from optidel.eval.dirty_pool import TRUTH_CSV, FrameTruth, write_truth
 from optidel.eval.labeled import EvalError
-from optidel.eval.pools import write_record
+from optidel.eval.pools import POOL_RECORD, write_record
+from optidel.eval.recordings import encode_recordings
 from optidel.pipeline import cli
 from optidel.pipeline import config as config_mod
 from optidel.pipeline.runner import run
@@ -102,9 +105,46 @@ def test_composition_cli_writes_results(whole_pool_arm, tmp_path, capsys):
     assert results["arms"]["all"]["composition"]["clean"] == pytest.approx(2 / 6)
     assert "| all | image | 6 | 0.333 [" in (tmp_path / "r" / "results.md").read_text()
     capsys.readouterr()
+    # --versus: every arm against a named one, paired; the same selection differs by nothing
+    argv = ["eval", "--composition", "--arm", f"all={whole_pool_arm}", "--arm", f"again={whole_pool_arm}",
+            "--versus", "all", "--out", str(tmp_path / "v")]
+    assert cli.main(argv) == 0
+    again = json.loads((tmp_path / "v" / "results.json").read_text())["arms"]["again"]["composition"]
+    assert again["clean_vs_all"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    assert "| clean vs all |" in (tmp_path / "v" / "results.md").read_text()
+    capsys.readouterr()
+    assert cli.main(argv[:-4] + ["--versus", "nope", "--out", str(tmp_path / "w")]) == 2
+    assert "--versus nope: no arm of that name" in capsys.readouterr().err
     # an arm from a pool without truth is refused, naming it
     assert cli.main(["eval", "--composition", "--arm", f"x={tmp_path}", "--out", str(tmp_path / "s")]) == 2
     assert "x" in capsys.readouterr().err
+
+
+def test_a_pool_of_recordings_counts_as_its_frames_do(hand_pool, tmp_path, ray_local):
+    """The hand pool with each clip as one video: every frame is read from its recording and
+    found in the truth by its place in it, so the composition is the hand count again."""
+    folder, truth = hand_pool
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    new_name = {}
+    for clip in "abc":  # a recording's frames are numbered from 000 in a row
+        rows = sorted((row for row in truth.values() if row.clip == clip), key=lambda r: r.index)
+        new_name.update({row.frame: f"{clip}-{index:03d}.jpg" for index, row in enumerate(rows)})
+    for old, new in new_name.items():
+        (recordings / new).write_bytes((folder / old).read_bytes())
+    write_truth(recordings / TRUTH_CSV, [
+        replace(row, frame=new_name[row.frame], index=int(new_name[row.frame][2:5]),
+                frozen_of=new_name.get(row.frozen_of, "")) for row in truth.values()
+    ])
+    shutil.copy(folder / POOL_RECORD, recordings / POOL_RECORD)
+    assert encode_recordings(recordings) == 3
+    out = tmp_path / "all"
+    run([str(recordings)], str(out), config_mod.load(overrides={"selector": "random", "keep": 1.0},
+                                                      sets=["output.size=64"]))
+    c = composition.arm_composition(str(out))
+    assert (c["patches"], c["clips"], c["frames"]) == (6, 3, 6)  # the frozen repeat is a duplicate
+    assert c["clean"] == pytest.approx(2 / 6)
+    assert (c["noise"], c["specular"], c["dark"], c["low_contrast"]) == pytest.approx((1 / 6,) * 4)
 
 
 def test_patch_arm_composition_adds_up_and_reads_its_scores(hand_pool, tmp_path, ray_local):

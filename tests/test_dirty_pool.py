@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +17,7 @@ from optidel.eval import artefacts, labeled
 from optidel.eval.arms import derived_from
 from optidel.eval.dirty_pool import TRUTH_CSV, decode_truth_mask, read_truth, write_dirty_video_pool
 from optidel.eval.pools import POOL_RECORD
+from optidel.eval.recordings import encode_recordings, frame_of
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,30 @@ def test_cli_writes_the_dirty_pool_and_refuses_a_bad_share(split, tmp_path, caps
     assert cli.main(["eval", "--write-video-pool", str(tmp_path / "q"), "--artefacts", "1.5",
                      "--labeled", str(root)]) == 2
     assert "--artefacts 1.5" in capsys.readouterr().err
+
+
+def test_recordings_hold_each_clip_losslessly_in_one_video(pool, tmp_path):
+    folder, truth = pool
+    copies = [tmp_path / "a", tmp_path / "b"]
+    for copy in copies:
+        shutil.copytree(folder, copy)
+        assert encode_recordings(copy) == len({row.clip for row in truth})
+    assert not list(copies[0].glob("*.jpg"))
+    for recording in sorted(copies[0].glob("*.mkv")):
+        assert recording.read_bytes() == (copies[1] / recording.name).read_bytes()  # same pool, same bytes
+        with av.open(str(recording)) as container:
+            frames = [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+        assert [t for t, _ in frames] == [float(k) for k in range(len(frames))]  # one frame a second
+        names = [frame_of(recording.name, k) for k in range(len(frames))]
+        assert names == [row.frame for row in truth if row.clip == recording.stem]
+        for name, frame in zip(names, frames):  # each frame is its JPEG's pixels, exactly
+            assert np.array_equal(frame[1], np.asarray(Image.open(folder / name).convert("RGB")))
+
+
+def test_recordings_refuse_a_clip_with_a_gap(pool, tmp_path):
+    folder, truth = pool
+    shutil.copytree(folder, tmp_path / "p")
+    long_clip = max({row.clip for row in truth}, key=lambda c: sum(row.clip == c for row in truth))
+    (tmp_path / "p" / f"{long_clip}-001.jpg").unlink()
+    with pytest.raises(ValueError, match=f"{long_clip}-000.jpg: clip {long_clip}'s frames are not numbered"):
+        encode_recordings(tmp_path / "p")
