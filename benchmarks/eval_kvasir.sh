@@ -132,6 +132,9 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
             optidel-glare) sets=(--selector optidel --set propose.max_noise_sigma=null) ;;
             optidel-noise) sets=(--selector optidel --set propose.max_bright_frac=1) ;;
             optidel-gates) sets=(--selector optidel) ;;
+            # Hardness over a Gaussian low-pass of the patch (sigma in proxy pixels): fine detail
+            # that no model predicts (noise, compression blocks) no longer counts as hard.
+            optidel-lowpass1 | optidel-lowpass2) sets=(--selector optidel --set "score.lowpass_sigma=${arm#optidel-lowpass}") ;;
             # The tools a user would pick instead: a list of frames, every one a sample.
             cleanvision | lightly | oracle)
                 local scored=()

@@ -158,6 +158,12 @@ class ScoreConfig(Section):
     shared_masks: bool = Field(
         False, description="every row gets the same R masks (PASS's consistent masks): scores differ by content only"
     )
+    lowpass_sigma: float | None = Field(
+        None,
+        gt=0.0,
+        description="score the reconstruction error of a Gaussian low-pass of the patch (sigma in proxy pixels), "
+        "so detail no model predicts (sensor noise, compression blocks) is not hardness; null: the pixels",
+    )
     mae: MAEConfig = Field(MAEConfig(), description="the self-trained proxy MAE (score.proxy = self)")
 
 

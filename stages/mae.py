@@ -33,6 +33,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, PatchEmbed
 from timm.optim import param_groups_weight_decay
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
 from optidel import seeding
 
@@ -166,13 +167,30 @@ class MAE(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
-    def masked_mse(self, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-        """Per-sample MSE (N,) over the masked patches, in normalised pixel space."""
+    def masked_mse(
+        self, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float, lowpass_sigma: float | None = None
+    ) -> torch.Tensor:
+        """Per-sample MSE (N,) over the masked patches, in normalised pixel space. With
+        `lowpass_sigma` (pixels), over a Gaussian low-pass of the image instead: the
+        reconstruction where masked, the image where visible, both blurred, so that detail finer
+        than sigma, which no model predicts from context (sensor noise, compression blocks),
+        stops counting."""
         keep = self.keep_index(noise, mask_ratio)
         pred = self.forward_decoder(self.forward_encoder(images, keep), keep)
-        per_patch = (pred - self.patchify(images)).pow(2).mean(dim=-1)
+        target = self.patchify(images)
+        if lowpass_sigma is not None:
+            visible = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device).scatter(1, keep, True)
+            pred = torch.where(visible.unsqueeze(-1), target, pred)
+            pred, target = (self.patchify(_blur(self.unpatchify(x), lowpass_sigma)) for x in (pred, target))
+        per_patch = (pred - target).pow(2).mean(dim=-1)
         masked = torch.ones_like(per_patch).scatter(1, keep, 0.0)
         return (per_patch * masked).sum(dim=1) / masked.sum(dim=1)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """patchify's inverse: (N, L, p*p*3) -> (N, 3, S, S)."""
+        p, s = self.spec.patch_size, self.spec.image_size
+        n, g = patches.shape[0], s // p
+        return patches.reshape(n, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s, s)
 
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder features of every patch (N, L, D), nothing masked, without the cls token."""
@@ -190,6 +208,11 @@ class MAE(nn.Module):
         model = MAE(self.spec)
         model.load_state_dict(self.early, strict=True)
         return model.eval()
+
+
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian blur out to 3 sigma, reflected at the borders (torchvision's)."""
+    return gaussian_blur(images, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,6 +16,11 @@ a label-free analogue of RHO-LOSS (arXiv 2206.07137): what the proxy learned to 
 Sensor noise and glare stay hard under both checkpoints; tissue the proxy learns drops. Both
 checkpoints see the same repeated images and noise: one more masked forward pass per micro-batch.
 
+With score.lowpass_sigma the mse is taken over a Gaussian low-pass of the patch (MAE.masked_mse):
+what a loss counts as hard includes what no model can predict, the aleatoric part (sensor noise,
+compression blocks), which RHO-LOSS removes with a reference model's loss; blurring both the
+reconstruction and the target removes its finest part without a second model.
+
 The masks of row k derive from (seed, k, r) through optidel.seeding, k being the patch_id (or
 the source_id for a source row), so a score never depends on luck, batch or worker. With
 score.shared_masks every row gets the same R masks, from (seed, r) alone: PASS (AAAI 2024)
@@ -169,7 +174,7 @@ class Score:
         repeated, noise = images.repeat_interleave(r, dim=0), noise.flatten(0, 1).to(self.device)
 
         def entropy(model: MAE) -> np.ndarray:
-            mse = model.masked_mse(repeated, noise, self.config.mask_ratio)
+            mse = model.masked_mse(repeated, noise, self.config.mask_ratio, self.config.lowpass_sigma)
             mse = mse.double().view(ROWS_PER_FORWARD, r).mean(dim=1)[:n].clamp_min(_MSE_FLOOR)
             return (0.5 * torch.log(2 * math.pi * math.e * mse)).float().cpu().numpy()
 
