@@ -191,7 +191,7 @@ def pass_two_rows(chosen: Chosen, keep_ids: IdTable, config: Config) -> tuple[di
 
 
 def _plan_keys(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_pieces) -> dict:
-    """What the plan holds of the chosen rows of the parts in `group`, fixed-width (about 100 B a
+    """What the plan holds of the chosen rows of the parts in `group`, fixed-width (about 120 B a
     row, its ids as UTF-8 bytes): the engine's id (keys.ID), patch and source ids, score, cluster
     and rank."""
     rows, _ = _chosen_rows(unit, group, keep_ids, *rank_pieces)
