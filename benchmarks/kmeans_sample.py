@@ -89,7 +89,7 @@ def main() -> None:
             parts, list(range(args.parts)), run_here, split_here, budget=budget, selector=selector("optidel"), config=config, seed=seed
         )
         seconds = time.perf_counter() - start
-        chosen = sorted(verdict.chosen["id"].tolist())
+        chosen = verdict.chosen.ids.astype(str)  # sorted
         rows = np.searchsorted(columns["id"].astype(str), chosen)
         unit = centred_unit_rows(columns["embedding"][rows], verdict.mean)
         stats = diversity_stats(assign_clusters(unit, verdict.centroids), verdict.k)

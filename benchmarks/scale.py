@@ -126,7 +126,7 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, sets: list[str])
     stage_done("manifests")
     return {
         "candidate_patches": candidate_patches,
-        "selected_patches": int(np.sum(plan.patches["selected"])),
+        "selected_patches": int(np.sum(plan.patches.columns["selected"])),
         "samples": len(plan.samples),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "driver_peak_rss_by_stage_mib": peaks,

@@ -261,7 +261,7 @@ def _timed_kernels(listing: Path, config, tmp: Path) -> dict[str, float]:
     store.write(0, scored)
     plan = timed("select", selection_plan.plan, store, config)
 
-    sample_rows = pass2.sample_rows(plan)
+    sample_rows = pass2.sample_rows(plan, config)
     compose_batch = {k: _column([r[k] for r in sample_rows]) for k in sample_rows[0]}
     compose = Compose(config.output, plan.grid, config.ingest.max_pixels, config.ingest.min_side)
     composed = timed("compose+encode", compose, compose_batch)

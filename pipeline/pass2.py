@@ -13,22 +13,21 @@ from ..stages import columns as C
 from ..stages.compose import Compose
 from ..stages.write import ShardWriter
 from . import progress, raydata
-from .selection.plan import Plan
+from .selection.plan import Plan, pass_two_rows
 from .config import Config
 from .resume import RunError
 
 
-def sample_rows(plan: Plan) -> list[dict]:
+def sample_rows(plan: Plan, config: Config) -> list[dict]:
     """One row per output sample, slots in order, with where each slot's source bytes are."""
-    src = plan.sources
+    p, src = pass_two_rows(plan, config)
     where = {sid: i for i, sid in enumerate(src[C.SOURCE_ID]) if src[C.STATUS][i] == schema.OK}
-    p = plan.patches
     rows = []
-    for members in plan.samples:
+    for members in plan.samples.tolist():
         s = [where[p["source_id"][i]] for i in members]
         rows.append(
             {
-                "sample_key": p["sample_key"][members[0]],
+                "sample_key": plan.patches.column("sample_key", np.asarray(members[:1]))[0],
                 "patch_ids": [p["patch_id"][i] for i in members],
                 "source_ids": [p["source_id"][i] for i in members],
                 "uris": [src[C.URI][j] for j in s],
@@ -45,7 +44,7 @@ def sample_rows(plan: Plan) -> list[dict]:
 
 def compose_and_write(plan: Plan, config: Config, output: Output) -> tuple[dict, list]:
     """Returns the samples.parquet columns and the shard records."""
-    rows = sample_rows(plan)
+    rows = sample_rows(plan, config)
     samples: dict[str, list] = {f.name: [] for f in schema.SAMPLES}
     # On an error the open shard's temporary file is dropped; finished shards stay.
     with ShardWriter(output, config.output.shard_max_count, config.output.shard_max_bytes) as writer:

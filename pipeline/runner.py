@@ -119,7 +119,7 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
             "sources": sum(plan.by_status.values()),
             "by_status": plan.by_status,
             "candidate_patches": n_candidates,
-            "selected_patches": int(np.sum(plan.patches["selected"])),
+            "selected_patches": int(np.sum(plan.patches.columns["selected"])),
             "samples": len(samples["sample_key"]),
             "samples_target": plan.accounting["samples_target"],
             "shortfall": plan.accounting["samples_target"] - len(samples["sample_key"]),

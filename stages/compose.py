@@ -26,9 +26,9 @@ PNG_COMPRESS_LEVEL = 6
 WEBP_METHOD = 4
 
 
-def group_patches(source_ids, clusters, ranks, mosaic: int, seed: int) -> tuple[list[list[int]], list[int]]:
+def group_patches(source_ids, clusters, ranks, mosaic: int, seed: int) -> tuple[np.ndarray, list[int]]:
     """Indices of the selected patches (rows of the inputs) grouped `mosaic` per output sample,
-    in slot order, plus the leftover indices that do not fill a group.
+    in slot order (one row per sample), plus the leftover indices that do not fill a group.
 
     Ranks are the patches' unique hardness ranks, the stable key that makes the grouping ignore
     input order. The leftover are the easiest patches, preferring those of a source that has
@@ -36,53 +36,56 @@ def group_patches(source_ids, clusters, ranks, mosaic: int, seed: int) -> tuple[
     source order, rank) and dealt round-robin to the groups: a source's patches are adjacent in
     that order, so they land in different groups whenever it has no more patches than there are
     groups, and each group draws from M evenly spaced points of the cluster order.
+
+    The source ids are text, or its UTF-8 bytes (which sort as the text does). The work is on
+    numpy columns, no Python object per patch: the driver groups the whole budget.
     """
-    sources = np.asarray(source_ids, dtype=object)
+    names, source = np.unique(np.asarray(source_ids), return_inverse=True)  # source codes, in id order
     cluster = np.asarray(clusters, dtype=np.int64)
     rank = np.asarray(ranks, dtype=np.int64)
     n = len(rank)
-    if sources.shape != (n,) or cluster.shape != (n,):
-        lengths = (len(sources), len(cluster), n)
+    if source.shape != (n,) or cluster.shape != (n,):
+        lengths = (len(source), len(cluster), n)
         raise ValueError(f"group_patches: source_ids, clusters and ranks differ in length {lengths}")
     if len(np.unique(rank)) != n:
         raise ValueError("group_patches: ranks must be unique (they are the patches' stable key)")
     if mosaic < 1:
         raise ValueError(f"group_patches: mosaic must be >= 1, got {mosaic}")
     n_groups = n // mosaic
-    leftover = _leftover(sources, rank, n - n_groups * mosaic, n_groups)
+    leftover = _leftover(source, rank, n - n_groups * mosaic, n_groups)
     kept = np.setdiff1d(np.arange(n), leftover)
 
     # A source sorts under the cluster of its hardest kept patch, so its patches stay adjacent.
-    home_cluster = {}
-    for i in kept[np.argsort(rank[kept])].tolist():
-        home_cluster.setdefault(sources[i], int(cluster[i]))
-
-    def deal_key(i: int):
-        c, s = home_cluster[sources[i]], sources[i]
-        return (seeding.derive(seed, "cluster", c), c, seeding.derive(seed, "source", s), s, int(rank[i]))
-
-    dealt = sorted(kept.tolist(), key=deal_key)
-    groups = [dealt[g::n_groups] for g in range(n_groups)]
+    by_rank = kept[np.argsort(rank[kept])]
+    _, hardest = np.unique(source[by_rank], return_index=True)
+    home = np.zeros(len(names), dtype=np.int64)
+    home[source[by_rank[hardest]]] = cluster[by_rank[hardest]]
+    home_cluster = home[source[kept]]
+    text = (name.decode() if isinstance(name, bytes) else name for name in names)  # one at a time: no copy as text
+    source_draw = np.fromiter((seeding.derive(seed, "source", s) for s in text), dtype=np.uint64, count=len(names))
+    homes, home_of = np.unique(home_cluster, return_inverse=True)
+    cluster_draw = np.array([seeding.derive(seed, "cluster", c) for c in homes.tolist()], dtype=np.uint64)[home_of]
+    # The deal's key, last the first: (cluster's draw, cluster, source's draw, source id, rank).
+    dealt = kept[np.lexsort((rank[kept], source[kept], source_draw[source[kept]], home_cluster, cluster_draw))]
+    groups = dealt.reshape(mosaic, n_groups).T.copy()  # group g: dealt[g::n_groups]
     # The deal puts the first cluster block in slot 0 of every group; shuffle slots per group.
     for g, members in enumerate(groups):
-        order = seeding.rng(seed, "slots", min(int(rank[i]) for i in members)).permutation(mosaic)
-        groups[g] = [members[j] for j in order]
+        groups[g] = members[seeding.rng(seed, "slots", int(rank[members].min())).permutation(mosaic)]
     return groups, sorted(leftover, key=lambda i: rank[i])
 
 
-def _leftover(sources: np.ndarray, rank: np.ndarray, count: int, n_groups: int) -> list[int]:
+def _leftover(source: np.ndarray, rank: np.ndarray, count: int, n_groups: int) -> list[int]:
     """`count` rows to leave out: the easiest of a source with more rows than groups while there
     is one (it cannot spread over the groups anyway), else the easiest."""
-    remaining = set(range(len(rank)))
-    per_source: dict = {}
-    for i in remaining:
-        per_source[sources[i]] = per_source.get(sources[i], 0) + 1
+    remaining = np.ones(len(rank), dtype=bool)
+    per_source = np.bincount(source, minlength=source.max() + 1 if len(source) else 0)
     out = []
     for _ in range(count):
-        crowded = [i for i in remaining if per_source[sources[i]] > n_groups]
-        i = max(crowded or remaining, key=lambda j: rank[j])
-        remaining.discard(i)
-        per_source[sources[i]] -= 1
+        crowded = remaining & (per_source[source] > n_groups)
+        candidates = np.flatnonzero(crowded if crowded.any() else remaining)
+        i = int(candidates[np.argmax(rank[candidates])])
+        remaining[i] = False
+        per_source[source[i]] -= 1
         out.append(i)
     return out
 

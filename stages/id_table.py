@@ -20,16 +20,22 @@ class IdTable:
     """Columns aligned with `ids` (unique), found by id."""
 
     def __init__(self, ids, **columns):
-        ids = _utf8(ids)  # fixed width: the longest id's
+        ids = utf8(ids)  # fixed width: the longest id's
         order = np.argsort(ids, kind="stable")
-        if len(ids) > 1 and (ids[order][1:] == ids[order][:-1]).any():
-            raise ValueError("IdTable: an id occurs twice")
-        columns = {name: _fixed(values) for name, values in columns.items()}
-        for name, values in columns.items():
-            if len(values) != len(ids):
-                raise ValueError(f"IdTable: column {name!r} has {len(values)} rows for {len(ids)} ids")
         self.ids = ids[order]
-        self.columns = {name: values[order] for name, values in columns.items()}
+        if len(ids) > 1 and (self.ids[1:] == self.ids[:-1]).any():
+            raise ValueError("IdTable: an id occurs twice")
+        self.columns = {name: self._checked(name, values)[order] for name, values in columns.items()}
+
+    def add(self, **columns) -> None:
+        """More columns, aligned with self.ids (in its order, not the order given at first)."""
+        self.columns.update({name: self._checked(name, values) for name, values in columns.items()})
+
+    def _checked(self, name: str, values) -> np.ndarray:
+        values = _fixed(values)
+        if len(values) != len(self.ids):
+            raise ValueError(f"IdTable: column {name!r} has {len(values)} rows for {len(self.ids)} ids")
+        return values
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,7 +45,7 @@ class IdTable:
         found = np.full(len(ids), -1, dtype=np.int64)
         if not len(self.ids) or not len(ids):
             return found
-        asked = _utf8(ids)
+        asked = utf8(ids)
         # A longer id cannot be here; cast to this width it would be cut, and might match.
         fits = np.char.str_len(asked) <= self.ids.dtype.itemsize
         wanted = asked.astype(self.ids.dtype)
@@ -61,12 +67,13 @@ class IdTable:
         return out
 
 
-def _utf8(text) -> np.ndarray:
-    """Text as fixed-width UTF-8 bytes, the longest one's width."""
-    return np.char.encode(np.asarray(text, dtype=str), "utf-8")
+def utf8(text) -> np.ndarray:
+    """Text as fixed-width UTF-8 bytes, the longest one's width (bytes already so: as they are)."""
+    text = np.asarray(text)
+    return text if text.dtype.kind == "S" else np.char.encode(text.astype(str), "utf-8")
 
 
 def _fixed(values) -> np.ndarray:
     """A column as a fixed-width array (text: _utf8)."""
     values = np.asarray(values)
-    return _utf8(values) if values.dtype == object or values.dtype.kind == "U" else values
+    return utf8(values) if values.dtype == object or values.dtype.kind == "U" else values

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from optidel import imageio
+from optidel import imageio, seeding
 from optidel.pipeline.config import OutputConfig
 from optidel.stages.compose import Compose, group_patches, sample_key, tile_boxes
 from optidel.stages.crops import crop_resize
@@ -81,6 +81,47 @@ def test_unavoidable_same_source_pairs_still_fill_groups():
     groups, leftover = group_patches(sources, np.zeros(8), np.arange(8), 4, seed=0)
     assert leftover == [] and sorted(i for g in groups for i in g) == list(range(8))
     assert all(Counter(sources[g]) == {"a": 2, "b": 2} for g in groups)
+
+
+def plain_group_patches(sources, clusters, ranks, mosaic: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """group_patches as its docstring states it, a Python object per patch: the reference."""
+    n = len(ranks)
+    n_groups = n // mosaic
+    remaining, per_source, leftover = set(range(n)), Counter(sources.tolist()), []
+    for _ in range(n - n_groups * mosaic):
+        crowded = [i for i in remaining if per_source[sources[i]] > n_groups]
+        i = max(crowded or remaining, key=lambda j: ranks[j])
+        remaining.discard(i)
+        per_source[sources[i]] -= 1
+        leftover.append(i)
+    home = {}
+    for i in sorted(remaining, key=lambda j: ranks[j]):
+        home.setdefault(sources[i], int(clusters[i]))
+
+    def deal_key(i: int):
+        c, s = home[sources[i]], sources[i]
+        return (seeding.derive(seed, "cluster", c), c, seeding.derive(seed, "source", s), s, int(ranks[i]))
+
+    dealt = sorted(remaining, key=deal_key)
+    groups = [dealt[g::n_groups] for g in range(n_groups)]
+    for g, members in enumerate(groups):
+        order = seeding.rng(seed, "slots", min(int(ranks[i]) for i in members)).permutation(mosaic)
+        groups[g] = [members[j] for j in order]
+    return groups, sorted(leftover, key=lambda i: ranks[i])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grouping_is_the_plain_one_on_text_and_on_utf8_ids(seed):
+    """The numpy grouping against the plain one, on pools with crowded sources (more patches
+    than groups), a remainder to leave out, several clusters and non-ASCII ids."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 120))
+    sources = np.array([f"s{i}-é" for i in rng.integers(0, max(n // 3, 1), n)], dtype=object)
+    clusters, ranks = rng.integers(0, 5, n), rng.permutation(10 * n)[:n]
+    expected = plain_group_patches(sources, clusters, ranks, 4, seed)
+    for ids in (sources, np.char.encode(sources.astype(str), "utf-8")):
+        groups, leftover = group_patches(ids, clusters, ranks, 4, seed)
+        assert (groups.tolist(), leftover) == expected
 
 
 def test_sample_key_comes_from_content():

@@ -44,14 +44,14 @@ def assert_chosen(parts: Parts, n_parts: int, verdict, expected: dict):
     """The verdict's chosen rows, with their clusters and their ranks from the parts' ranks (as the
     plan takes them), are the reference's selected rows: all the plan needs of them."""
     ids = parts.columns["id"].astype(str)
-    chosen = verdict.chosen
-    assert sorted(chosen["id"].tolist()) == sorted(ids[expected["selected"]].tolist())
+    chosen = verdict.chosen.ids.astype(str).tolist()
+    assert sorted(chosen) == sorted(ids[expected["selected"]].tolist())
     rows = {i: r for r, i in enumerate(ids.tolist())}
-    at = np.array([rows[i] for i in chosen["id"].tolist()], dtype=np.int64)
-    assert np.array_equal(chosen["cluster"], expected["cluster"][at])
+    at = np.array([rows[i] for i in chosen], dtype=np.int64)
+    assert np.array_equal(verdict.chosen.columns["cluster"], expected["cluster"][at])
     part_ranks, _ = ranks_here(parts, list(range(n_parts)), [list(range(n_parts))], "hardness")
     rank_of = {i: r for p in range(n_parts) for i, r in zip(ids[parts.rows[p]].tolist(), part_ranks[p].tolist())}
-    assert np.array_equal([rank_of[i] for i in chosen["id"].tolist()], expected["rank"][at])
+    assert np.array_equal([rank_of[i] for i in chosen], expected["rank"][at])
     assert float(exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0]) == pytest.approx(parts.columns["score"].mean())
 
 
@@ -337,7 +337,9 @@ def test_a_kept_row_the_cap_skips_is_worked_out_again_when_it_blocked_one(twin):
     shortlists = engine._Shortlists(run_here, 0.95, 2)
     shortlists.merge({0: 3, 1: 1}, [pieces], {})
     assert shortlists.queues[0]["near"].tolist() == [False, twin, False]  # the task's guess: x kept
-    merged = shortlists.in_order()
+    # What the driver holds of a shortlist is fixed-width, with no Python object per row.
+    assert all(values.dtype.kind in "biuS" for name, values in shortlists.queues[0].items() if name != "first")
+    merged = shortlists.laid_out()
     decided = np.full(4, schema.DROP_BUDGET, dtype=object)
     take_round_robin(np.arange(4), merged["group"], merged["source"], 4, 1, np.zeros(4, dtype=bool), decided, shortlists.guard)
     assert decided.tolist() == reason.tolist()

@@ -19,7 +19,7 @@ from optidel.manifests.verify import verify
 from optidel.pipeline import config as config_mod, pass2, raydata
 from optidel.pipeline.partitions import PartStore
 from optidel.pipeline.selection import write
-from optidel.pipeline.selection.plan import Plan, plan
+from optidel.pipeline.selection.plan import Plan, pass_two_rows, plan
 from optidel.pipeline.selection.ranks import part_ranks, pool_ranks
 from optidel.stages import columns as C
 from optidel.stages.write import shards_table
@@ -115,7 +115,10 @@ def test_plan_over_parts_on_ray_is_the_reference(ray_local, tmp_path, monkeypatc
     n_ok = N_SOURCES - 1
     expected = reference(pool, selector, (config.mosaic if unit == "patch" else 1) * config.budget(n_ok), config.select, config.seed)
     assert result.by_status == {"duplicate": 1, "ok": n_ok}
-    assert result.samples and len(result.sources[C.STATUS]) == len(set(result.patches[C.SOURCE_ID])) < N_SOURCES  # pass 2's only
+    # The driver holds fixed-width columns of the chosen rows, no Python object per row.
+    assert all(values.dtype.kind in "biufS" for values in (result.patches.ids, result.samples, *result.patches.columns.values()))
+    chosen_rows, sources = pass_two_rows(result, config)
+    assert len(result.samples) and len(sources[C.STATUS]) == len(set(chosen_rows[C.SOURCE_ID])) < N_SOURCES  # pass 2's only
 
     rows = output.read_manifest("patches").to_pylist()
     # The copy's patches are out, its original's compete: the same ids, told apart by position.

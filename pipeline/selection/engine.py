@@ -27,7 +27,8 @@ shortlists; what it receives is counted per round (Verdict.rows_received).
    have changed a later decision, the task works its queue out again (_Speculated). A group cut
    too soon is fetched again with a cut twice as far; one the round-robin ran to the end of, twice
    as long. Then every row it looked at, and every decision, is what a selection holding the
-   whole pool would make (tests/selection_reference.py).
+   whole pool would make (tests/selection_reference.py). The driver holds the shortlists as
+   fixed-width columns, about 44 B a row (_compact), and no Python object per row.
 4. parts_selection labels every row of some parts (cluster, rank, selected, reason) from the
    verdict and the parts' ranks (ranks.py).
 """
@@ -46,9 +47,9 @@ from optidel import seeding
 
 from ...manifests import schema
 from ...stages import exact_mean
-from ...stages.id_table import IdTable
+from ...stages.id_table import IdTable, utf8
 from . import embeddings
-from .keys import EMBEDDING, ID, SCORE, SOURCE, Key, at_or_before, ids_of, key_order, order_of, primary
+from .keys import EMBEDDING, ID, SCORE, SOURCE, Key, at_or_before, ids_of, key_order, order_of, primary, source_digests
 from .round_robin import speculate_queue, take_round_robin
 from .selectors import Selector
 
@@ -82,7 +83,7 @@ class Verdict:
     last_trimmed: Key | None = None  # rows up to this key are the noise tail ("window" order)
     last_in_reach: Key | None = None  # rows up to this key a pick by the order alone would take (quotas)
     decided: IdTable = field(default_factory=lambda: IdTable([], reason=[]))  # the rows decided: reason ("" = selected)
-    chosen: dict[str, np.ndarray] = field(default_factory=dict)  # the selected rows: id, cluster
+    chosen: IdTable = field(default_factory=lambda: _chosen([], []))  # the selected rows, with their cluster
     score_sum: int | None = None  # exact sum of the scores (exact_mean units) of a scored pool
     fetches: int = 0  # shortlist rounds it took (1 when no group was fetched again), recuts included
     recut: int = 0  # of those, rounds that fetched again groups whose cut came too soon
@@ -94,8 +95,16 @@ class Verdict:
     rows_received: dict[str, int] = field(default_factory=dict)
 
     def for_labels(self) -> Verdict:
-        """The verdict without its chosen rows, which every labelling task would unpickle whole."""
-        return replace(self, chosen={})
+        """The verdict as patches.parquet's labelling tasks take it, where the plan's own word on
+        the chosen rows (selected, reason) replaces the verdict's: without the chosen rows, and of
+        the rows decided, the refused alone. Every task maps it whole: a few per cent of the
+        budget's rows, not all of them twice."""
+        refused = self.decided.columns["reason"] != b""
+        return replace(self, chosen=_chosen([], []), decided=IdTable(self.decided.ids[refused], reason=self.decided.columns["reason"][refused]))
+
+
+def _chosen(ids, cluster) -> IdTable:
+    return IdTable(ids, cluster=np.asarray(cluster, dtype=np.int32))
 
 
 @dataclass
@@ -136,12 +145,12 @@ def choose(
     if selector.head_is_choice or n_trim or selector.quotas:
         keys, ids = _pool_head(load, parts, run, verdict, sample, n_trim + budget)
         if n_trim:
-            verdict.last_trimmed = (keys[n_trim - 1], ids[n_trim - 1])
+            verdict.last_trimmed = (keys[n_trim - 1], ids[n_trim - 1].decode())
         if selector.quotas and budget and len(ids) > n_trim:
-            verdict.last_in_reach = (keys[-1], ids[-1])
+            verdict.last_in_reach = (keys[-1], ids[-1].decode())
         if selector.head_is_choice:
             verdict.decided = IdTable(ids, reason=np.full(len(ids), "", dtype=object))
-            verdict.chosen = {ID: ids, "cluster": np.full(len(ids), -1, np.int32)}
+            verdict.chosen = _chosen(ids, np.full(len(ids), -1, np.int32))
             return verdict
     n_groups = max(verdict.k, 1) if selector.quotas else 1
     lengths = dict.fromkeys(range(n_groups), shortlist or _first_length(budget, n_groups))
@@ -167,8 +176,8 @@ def choose(
             reach.update({g: 2 * reach[g] for g in too_soon})
             pending = too_soon
             continue
-        merged = shortlists.in_order()
-        n = len(merged[ID])
+        merged = shortlists.laid_out()
+        n = len(merged["group"])
         selected = np.zeros(n, dtype=bool)
         reason = np.full(n, schema.DROP_BUDGET, dtype=object)
         cap = config.per_source_cap if selector.per_source_cap else None
@@ -176,9 +185,9 @@ def choose(
         short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
         if not short:
             decided = reason != schema.DROP_BUDGET
-            verdict.decided = IdTable(merged[ID][decided], reason=reason[decided])
+            verdict.decided = IdTable(shortlists.column(ID, decided), reason=reason[decided])
             verdict.worked_again = shortlists.worked_again
-            verdict.chosen = {name: merged[name][selected] for name in (ID, "cluster")}
+            verdict.chosen = _chosen(shortlists.column(ID, selected), shortlists.column("cluster", selected))
             return verdict
         lengths.update({g: 2 * length for g, length in short.items()})
         pending = list(short)
@@ -287,7 +296,8 @@ def _sample_draws(ids: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample | None, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Round 2: the pool's first `count` keys in the order. Parts send their keys only up to a cut
+    """Round 2: the pool's first `count` keys in the order, the ids as UTF-8 bytes (a noise tail
+    and a budget of them: O(pool) rows in the driver). Parts send their keys only up to a cut
     (_cut): a head that came back shorter than `count` (and than the pool) was cut too soon, and
     is fetched again with a cut twice as far."""
     queue = (sample.primary, sample.ids) if sample is not None else None
@@ -311,7 +321,7 @@ def _head(load, part, by, count: int, cut: Key | None):
     first = key_order(keys, ids)[:count]
     if cut is not None:
         first = first[at_or_before(keys[first], ids[first], cut)]
-    return keys[first], ids[first]
+    return keys[first], utf8(ids[first])
 
 
 def _first_keys(heads: Iterable, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +405,8 @@ def _shortlist_rows(load, part, verdict: Verdict, lengths: dict[int, int], cuts:
 def group_queue(length: int, threshold: float | None, capacity: int, skipped: Sequence[int], *pieces: dict) -> dict:
     """Round 3's reduce, one group: its pieces merged in the order, cut to `length` rows; with the
     near-duplicate rule, each row's decisions (speculate_queue) in place of the unit rows, which
-    stay here. Run again by _Speculated with the rows the per-source cap skipped."""
+    stay here. Run again by _Speculated with the rows the per-source cap skipped. What it returns
+    the driver holds for every row of every shortlist, so each column is fixed-width (_compact)."""
     pieces = [piece for piece in pieces if len(piece[ID])]
     if not pieces:
         return {}
@@ -406,7 +417,20 @@ def group_queue(length: int, threshold: float | None, capacity: int, skipped: Se
         queue["near"] = queue["blocks"] = queue["borderline"] = np.zeros(len(order), dtype=bool)
     else:
         queue["near"], queue["blocks"], queue["borderline"] = speculate_queue(queue.pop("unit"), threshold, capacity, skipped)
-    return queue
+    return _compact(queue)
+
+
+def _compact(queue: dict) -> dict:
+    """A group's queue as the driver keeps it, about 44 B a row: its ids as UTF-8 bytes, the
+    per-source cap's groups as 16-byte digests (keys.source_digests), clusters and decisions;
+    of the keys, the first alone, which places the group among the others."""
+    return {
+        ID: utf8(queue[ID]),
+        SOURCE: source_digests(queue[SOURCE]),
+        "cluster": queue["cluster"].astype(np.int32),
+        "near": queue["near"], "blocks": queue["blocks"], "borderline": queue["borderline"],
+        "first": (queue["primary"][0], queue[ID][0]),
+    }
 
 
 class _Shortlists:
@@ -418,6 +442,7 @@ class _Shortlists:
         self.lengths: dict[int, int] = {}
         self.queues: dict[int, dict] = {}
         self.pieces: dict[int, list] = {}
+        self.layout: list[int] = []  # the groups in laid_out's order
         self.worked_again = 0
 
     def merge(self, lengths: dict[int, int], pieces: list[list], received: dict[str, int]) -> None:
@@ -431,12 +456,25 @@ class _Shortlists:
     def length(self, group: int) -> int:
         return len(self.queues[group].get(ID, ()))
 
-    def in_order(self) -> dict:
-        """Every group's shortlist, merged in the order."""
-        queues = [queue for queue in self.queues.values() if queue]
-        columns = {name: np.concatenate([queue[name] for queue in queues]) for name in (ID, SOURCE, "primary", "cluster", "group")}
-        order = key_order(columns["primary"], columns[ID])
-        return {name: values[order] for name, values in columns.items()}
+    def laid_out(self) -> dict:
+        """The shortlists laid out one group after another, the groups in the order of their first
+        rows: each row's group and its cap group's digest, what the round-robin reads. Its turns
+        and each group's queue are those of the shortlists merged in the order, without a merge."""
+        self.layout = sorted((g for g, queue in self.queues.items() if queue), key=lambda g: _key(self.queues[g]["first"]))
+        lengths = [self.length(g) for g in self.layout]
+        return {
+            "group": np.repeat(np.asarray(self.layout, dtype=np.int32), lengths),
+            SOURCE: np.concatenate([self.queues[g][SOURCE] for g in self.layout] or [np.zeros(0, "S16")]),
+        }
+
+    def column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Column `name` of the rows of laid_out's layout where `rows` (a mask over it) is set."""
+        pieces, start = [], 0
+        for g in self.layout:
+            values = self.queues[g][name]
+            pieces.append(values[rows[start : start + len(values)]])
+            start += len(values)
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int32 if name == "cluster" else "S1")
 
     def guard(self, group: int, queue, capacity: int) -> _Speculated:
         return _Speculated(self.queues[group], partial(self._again, group))
@@ -445,6 +483,12 @@ class _Shortlists:
         self.worked_again += 1
         call = (self.lengths[group], self.threshold, self.capacity, tuple(skipped), *self.pieces[group])
         return next(iter(self.run(group_queue, [call])))
+
+
+def _key(first: Key) -> tuple:
+    """A key, comparable with another of the same order (primary as a Python number)."""
+    primary, row_id = first
+    return primary.item() if isinstance(primary, np.generic) else primary, row_id
 
 
 class _Speculated:

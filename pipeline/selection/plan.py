@@ -1,7 +1,8 @@
 """The selection's plan, between pass 1 and pass 2: the duplicates found, the budget chosen by
 the configured selector over the pass-1 parts (rows.py, engine.py), the chosen patches grouped
-into mosaics (an image is a sample of its own), and every sample named. The plan holds the
-chosen rows and their sources only; both manifests are written from the parts (write.py)."""
+into mosaics (an image is a sample of its own), and every sample named. The plan holds a few
+fixed-width columns of the chosen rows; pass 2 reads the rest of them and their sources from
+the parts (pass_two_rows), and both manifests are written from the parts (write.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from ...manifests import schema
 from ...stages import columns as C
 from ...stages import exact_mean
 from ...stages.compose import group_patches, sample_key
+from ...stages.id_table import IdTable
 from ..config import Config
 from ..partitions import PartStore
 from . import duplicates, rows
 from .duplicates import Duplicates
 from .embeddings import diversity_stats
+from .keys import ID
 from .selectors import selector
 
 log = logging.getLogger("optidel")
@@ -26,9 +29,11 @@ log = logging.getLogger("optidel")
 
 @dataclass
 class Plan:
-    sources: dict[str, np.ndarray]  # the chosen rows' sources (C.SOURCE_COLUMNS): what pass 2 reads
-    patches: dict[str, np.ndarray]  # the chosen rows' plan columns, with cluster, rank, selected, reason, sample_key, slot
-    samples: list[list[int]]  # per output sample, its rows in slot order
+    # The chosen rows by the engine's id (their patch ids; source ids for images): cluster, rank,
+    # score, and the plan's selected, reason, sample_key and slot. About 80 B a row, all the
+    # driver holds of them; pass 2 reads the rest from the parts (pass_two_rows).
+    patches: IdTable
+    samples: np.ndarray  # per output sample (a row), its rows of `patches` in slot order
     grid: int
     accounting: dict
     chosen: rows.Chosen  # for patches.parquet's labels of every row of the pool
@@ -43,19 +48,21 @@ def plan(store: PartStore, config: Config) -> Plan:
     n_samples = config.budget(n_ok) if n_ok else 0
     entry = selector(config.selector)
     mosaics = entry.unit == "patch"
-    chosen = rows.choose(store, found, entry, (config.mosaic if mosaics else 1) * n_samples, n_ok, config)
-    patches = chosen.rows
-    n = len(patches[C.PATCH_ID])
+    chosen, keys = rows.choose(store, found, entry, (config.mosaic if mosaics else 1) * n_samples, n_ok, config)
+    patches = IdTable(keys.pop(ID), **keys)
+    del keys  # held by `patches` alone from here, in its order
+    patch_ids, source_ids = (patches.columns.pop(name) for name in (C.PATCH_ID, C.SOURCE_ID))  # for the samples alone
+    n = len(patches)
     selected, reason = np.ones(n, bool), np.full(n, "", dtype=object)
+    rank = patches.columns["rank"]
     if mosaics:
-        samples, leftover = group_patches(patches[C.SOURCE_ID], patches["cluster"], patches["rank"], config.mosaic, config.seed)
+        samples, leftover = group_patches(source_ids, patches.columns["cluster"], rank, config.mosaic, config.seed)
         selected[leftover], reason[leftover] = False, schema.DROP_INCOMPLETE_GROUP
     else:  # one image a sample, in rank order, so that the output never depends on listing order
-        patches = C.take(patches, np.argsort(patches["rank"], kind="stable"))
-        samples = [[i] for i in range(n)]
-    patches.update(selected=selected, reason=reason)
-    _assign_samples(patches, samples)
-    result = Plan(chosen.sources, patches, samples, grid=config.grid if mosaics else 1,
+        samples = np.argsort(rank, kind="stable").reshape(-1, 1)
+    sample_keys, slots = _sample_keys(patch_ids, samples)
+    patches.add(selected=selected, reason=reason, sample_key=sample_keys, slot=slots)
+    result = Plan(patches, samples, grid=config.grid if mosaics else 1,
                   accounting=_accounting(patches, chosen.verdict), chosen=chosen, duplicates=found, by_status=by_status)
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(samples))
     if len(samples) < n_samples:
@@ -66,22 +73,30 @@ def plan(store: PartStore, config: Config) -> Plan:
     return result
 
 
-def _assign_samples(patches: dict, samples: list[list[int]]) -> None:
-    n = len(patches[C.PATCH_ID])
-    keys, slots = np.full(n, "", dtype=object), np.full(n, -1, np.int64)
+def pass_two_rows(plan: Plan, config: Config) -> tuple[dict, dict]:
+    """The chosen rows' plan columns, aligned with plan.patches, and their sources' rows: what
+    pass 2 reads, read again from the parts (the plan does not hold them)."""
+    chosen_rows, sources = rows.pass_two_rows(plan.chosen, plan.patches, config)
+    return C.take(chosen_rows, np.argsort(plan.patches.find(chosen_rows[plan.chosen.unit.id_column]))), sources
+
+
+def _sample_keys(patch_ids: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sample key (from its sample's patch ids in slot order) and slot; "" and -1 for
+    a row in no sample."""
+    keys, slots = np.full(len(patch_ids), "", dtype=object), np.full(len(patch_ids), -1, np.int64)
     for members in samples:
-        key = sample_key([patches[C.PATCH_ID][i] for i in members])
-        for slot, i in enumerate(members):
-            keys[i], slots[i] = key, slot
-    patches["sample_key"], patches["slot"] = keys, slots
+        keys[members] = sample_key(np.char.decode(patch_ids[members], "utf-8").tolist())
+        slots[members] = np.arange(len(members))
+    return keys, slots
 
 
-def _accounting(patches: dict, verdict) -> dict:
+def _accounting(patches: IdTable, verdict) -> dict:
     """V-information accounting: hardness (mean conditional entropy, nats/dim) of the pool vs
     the selection, and diversity of the selection over the proxy's clusters. Exact means: the
     same bits whatever the order the parts were summed in."""
     scored = verdict.score_sum is not None and verdict.n
-    selected = np.asarray(patches[C.SCORE], dtype=np.float32)[patches["selected"]]
+    columns = patches.columns
+    selected = np.asarray(columns[C.SCORE], dtype=np.float32)[columns["selected"]]
     selected = selected[np.isfinite(selected)]
     out = {
         "pool_mean_entropy_nats": float(exact_mean.mean_of_sums([verdict.score_sum], verdict.n)[0]) if scored else None,
@@ -89,5 +104,5 @@ def _accounting(patches: dict, verdict) -> dict:
         if len(selected) else None,
     }
     if verdict.k:
-        out.update(diversity_stats(patches["cluster"][patches["selected"]], verdict.k))
+        out.update(diversity_stats(columns["cluster"][columns["selected"]], verdict.k))
     return out

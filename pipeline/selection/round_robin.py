@@ -6,8 +6,6 @@ shortlists, with the near-duplicate decisions worked out by one task per cluster
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from ...manifests import schema
@@ -30,16 +28,17 @@ def take_round_robin(eligible, cluster, sources, budget: int, cap: int | None, s
     guards, whose answers tasks worked out (engine._Speculated).
 
     Returns how far it went down each group's queue (a queue cut short and run to its end could
-    have gone on)."""
-    queues: dict[int, list[int]] = {}
-    for i in eligible.tolist():
-        queues.setdefault(int(cluster[i]), []).append(i)
+    have gone on). The queues and the cap's counts are numpy arrays, not a Python object per
+    row: the engine runs this in the driver over twice the budget's rows."""
+    queues = _queues(np.asarray(eligible), np.asarray(cluster))
     position = dict.fromkeys(queues, 0)
     active = list(queues)
     # Each guard starts at an even share of the budget (at most its queue) and grows as needed.
     share = -(-budget // max(len(queues), 1))
     guards = {c: guard(c, q, min(len(q), share)) for c, q in queues.items()}
-    taken = Counter()
+    # Rows of one source share a code: the cap counts codes.
+    _, source_code = np.unique(np.asarray(sources), return_inverse=True)
+    taken = np.zeros(len(source_code) and source_code.max() + 1, dtype=np.int64)
     n_selected = 0
     while active and n_selected < budget:
         owing = active
@@ -50,14 +49,14 @@ def take_round_robin(eligible, cluster, sources, budget: int, cap: int | None, s
                     break
                 i = queues[c][position[c]]
                 position[c] += 1
-                if cap is not None and taken[sources[i]] >= cap:
+                if cap is not None and taken[source_code[i]] >= cap:
                     reason[i] = schema.DROP_SOURCE_CAP
                     guards[c].skip(position[c] - 1)
                 elif guards[c].near_at(position[c] - 1):
                     reason[i] = schema.DROP_DUPLICATE
                 else:
                     guards[c].keep(position[c] - 1)
-                    taken[sources[i]] += 1
+                    taken[source_code[i]] += 1
                     selected[i], reason[i] = True, ""
                     n_selected += 1
                     continue
@@ -66,6 +65,13 @@ def take_round_robin(eligible, cluster, sources, budget: int, cap: int | None, s
             owing = still_owing
         active = [c for c in active if position[c] < len(queues[c])]
     return position
+
+
+def _queues(eligible: np.ndarray, cluster: np.ndarray) -> dict[int, np.ndarray]:
+    """Each group's rows of `eligible`, in its order, the groups in the order of their first row."""
+    groups, first, group_of = np.unique(cluster[eligible], return_index=True, return_inverse=True)
+    by_group = np.split(eligible[np.argsort(group_of, kind="stable")], np.cumsum(np.bincount(group_of, minlength=len(groups)))[:-1])
+    return {int(groups[g]): by_group[g] for g in np.argsort(first, kind="stable").tolist()}
 
 
 _LOOKAHEAD = 32  # queue rows a group checks in one product

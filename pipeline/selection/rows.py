@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ...manifests import schema
 from ...stages import columns as C
-from ...stages.id_table import IdTable
+from ...stages.id_table import IdTable, utf8
 from .. import raydata
 from ..config import Config
 from ..partitions import MASK_COLUMNS, PartStore, part_groups, patch_masks
@@ -155,18 +155,18 @@ class Images(_Unit):
 
 @dataclass
 class Chosen:
-    """A selector's choice over the parts: the verdict (for_labels), every competing row's rank
-    (kept in the object store, for the labels), the chosen rows' plan columns (with cluster and
-    rank) and their sources' rows (C.SOURCE_COLUMNS: what pass 2 reads), each in part order."""
+    """A selector's choice over the parts: the verdict (for_labels), and every competing row's
+    rank (kept in the object store, for the labels and pass 2)."""
 
     unit: Patches | Images
     verdict: engine.Verdict
     ranks: PoolRanks
-    rows: dict[str, np.ndarray]
-    sources: dict[str, np.ndarray]
 
 
-def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget: int, competing_images: int, config: Config) -> Chosen:
+def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget: int, competing_images: int,
+           config: Config) -> tuple[Chosen, dict[str, np.ndarray]]:
+    """The choice, and what the plan holds of each chosen row (_plan_keys), in part order: the
+    rest of its row and its source's, what pass 2 reads, stay in the parts (pass_two_rows)."""
     unit = (Patches if selector.unit == "patch" else Images)(store, duplicates, selector, config.select.video_cap_window_s)
     parts = list(range(store.n_partitions))
     # The engine's run(fn, calls): its results, the size of the budget together, through files.
@@ -176,9 +176,27 @@ def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget:
         config=config.select, seed=config.seed, pool=competing_images, groups=part_groups(len(parts)),
     )
     ranks = pool_ranks(unit, parts, rank_order(selector, config.seed), config.ray)
-    keep_ids = IdTable(verdict.chosen.get(ID, []), cluster=verdict.chosen.get("cluster", np.zeros(0, np.int32)))
-    rows, sources = zip(*run(_chosen_rows, [(unit, group, keep_ids, *ranks.of(g)) for g, group in enumerate(ranks.groups)]))
-    return Chosen(unit, verdict.for_labels(), ranks, C.concat(list(rows)), C.concat(list(sources)))
+    keys = run(_plan_keys, [(unit, group, verdict.chosen, *ranks.of(g)) for g, group in enumerate(ranks.groups)])
+    return Chosen(unit, verdict.for_labels(), ranks), C.concat(list(keys))
+
+
+def pass_two_rows(chosen: Chosen, keep_ids: IdTable, config: Config) -> tuple[dict, dict]:
+    """The chosen rows' plan columns (with cluster and rank) and their sources' rows
+    (C.SOURCE_COLUMNS), each in part order: what pass 2 reads, read again from the parts by
+    tasks. `keep_ids`: the chosen rows by the engine's id, with their cluster."""
+    run = partial(spool.run_through_files, output=chosen.unit.store.output, config=config.ray)
+    calls = [(chosen.unit, group, keep_ids, *chosen.ranks.of(g)) for g, group in enumerate(chosen.ranks.groups)]
+    rows, sources = zip(*run(_chosen_rows, calls))
+    return C.concat(list(rows)), C.concat(list(sources))
+
+
+def _plan_keys(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_pieces) -> dict:
+    """What the plan holds of the chosen rows of the parts in `group`, fixed-width (about 120 B a
+    row, its ids as UTF-8 bytes): the engine's id (keys.ID), patch and source ids, score, cluster
+    and rank."""
+    rows, _ = _chosen_rows(unit, group, keep_ids, *rank_pieces)
+    return {ID: utf8(rows[unit.id_column]), C.PATCH_ID: utf8(rows[C.PATCH_ID]), C.SOURCE_ID: utf8(rows[C.SOURCE_ID]),
+            **{name: rows[name] for name in (C.SCORE, "cluster", "rank")}}
 
 
 def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_pieces) -> tuple[dict, dict]:
@@ -198,8 +216,8 @@ def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *r
 
 def manifest_pieces(chosen: Chosen, plan_rows: IdTable, store: PartStore, config: Config) -> Iterator[pa.Table]:
     """patches.parquet's rows, one table per part in part order, each group of parts labelled by
-    a task, given the plan's word on the chosen rows (`plan_rows`: patch id -> selected, reason,
-    sample_key, slot); through the spool: the driver holds one part's piece at a time."""
+    a task, given the plan's word on the chosen rows (`plan_rows`: the engine's id -> selected,
+    reason, sample_key, slot); through the spool: the driver holds one part's piece at a time."""
     calls = [(chosen.unit, chosen.verdict, plan_rows, group, *chosen.ranks.of(g)) for g, group in enumerate(chosen.ranks.groups)]
     yield from spool.run_spooled(_labelled_pieces, calls, store.output, config.ray)
 
@@ -217,7 +235,7 @@ def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows:
             selection.cluster, selection.rank, selection.selected, selection.reason
         )
         sample_key, slot = np.full(n, "", dtype=object), np.full(n, -1, np.int64)
-        found = plan_rows.find(rows[C.PATCH_ID])
+        found = plan_rows.find(rows[unit.id_column])
         planned = competing & (found >= 0)
         at = found[planned]
         selected[planned], slot[planned] = plan_rows.column("selected", at), plan_rows.column("slot", at)

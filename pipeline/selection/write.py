@@ -10,8 +10,6 @@ from ...manifests import schema
 from ...manifests.layout import Output
 from ..config import Config
 from ..partitions import PartStore, part_groups
-from ...stages import columns as C
-from ...stages.id_table import IdTable
 from . import rows, spool
 from .duplicates import Duplicates, marked
 from .plan import Plan
@@ -22,8 +20,6 @@ PART_COLUMNS = schema.filled_by("sources", schema.LISTING, schema.INGEST)
 
 def patches(output: Output, plan: Plan, store: PartStore, config: Config) -> int:
     """patches.parquet; returns its rows (the candidate patches, or the competing images)."""
-    chosen = plan.patches
-    plan_rows = IdTable(chosen[C.PATCH_ID], **{name: chosen[name] for name in ("selected", "reason", "sample_key", "slot")})
     written = 0
 
     def counted(pieces):
@@ -32,7 +28,7 @@ def patches(output: Output, plan: Plan, store: PartStore, config: Config) -> int
             written += piece.num_rows
             yield piece
 
-    output.write_manifest_pieces("patches", counted(rows.manifest_pieces(plan.chosen, plan_rows, store, config)))
+    output.write_manifest_pieces("patches", counted(rows.manifest_pieces(plan.chosen, plan.patches, store, config)))
     return written
 
 
