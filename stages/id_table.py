@@ -74,6 +74,6 @@ def utf8(text) -> np.ndarray:
 
 
 def _fixed(values) -> np.ndarray:
-    """A column as a fixed-width array (text: _utf8)."""
+    """A column as a fixed-width array (text: utf8)."""
     values = np.asarray(values)
     return utf8(values) if values.dtype == object or values.dtype.kind == "U" else values
