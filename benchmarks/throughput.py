@@ -136,20 +136,15 @@ def main(argv=None) -> int:
 def _videos(paths: list[Path], tmp: Path) -> list[Path]:
     """The images as frames of H.264 videos (VIDEO_FRAMES each, one a second, VIDEO_SIZE),
     libx264 at its defaults: one keyframe a video, as its 250-frame interval gives."""
-    import av
     from PIL import Image
+
+    from optidel import video
 
     videos = []
     for first in range(0, len(paths), VIDEO_FRAMES):
         path = tmp / f"video-{first // VIDEO_FRAMES:04d}.mp4"
         frames = [np.asarray(Image.open(p).convert("RGB").resize(VIDEO_SIZE)) for p in paths[first : first + VIDEO_FRAMES]]
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("libx264", rate=1)
-            stream.width, stream.height = VIDEO_SIZE
-            stream.pix_fmt = "yuv420p"
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
+        video.encode(path, frames, codec="libx264", rate=1, pix_fmt="yuv420p")
         videos.append(path)
     return videos
 

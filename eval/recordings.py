@@ -14,9 +14,10 @@ from __future__ import annotations
 from itertools import groupby
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
+
+from optidel import video
 
 RECORDING_FPS = 1
 _CONTAINER_OPTIONS = {"fflags": "+bitexact"}
@@ -43,19 +44,11 @@ def encode_recordings(directory: str | Path) -> int:
         if names != [frame_of(clip, index) for index in range(len(names))]:
             raise ValueError(f"{directory / names[0]}: clip {clip}'s frames are not numbered 000, 001, ... in a row")
         pixels = [np.asarray(Image.open(directory / name).convert("RGB")) for name in names]
-        _write_lossless(directory / f"{clip}.mkv", pixels)
+        # bgr0: the RGB planes as they are, no colour conversion, so no loss.
+        video.encode(directory / f"{clip}.mkv", pixels, codec="ffv1", rate=RECORDING_FPS, pix_fmt="bgr0",
+                     options=_ENCODER_OPTIONS, container_format="matroska", container_options=_CONTAINER_OPTIONS)
         for name in names:
             (directory / name).unlink()
         written += 1
     return written
 
-
-def _write_lossless(path: Path, frames: list[np.ndarray]) -> None:
-    height, width = frames[0].shape[:2]
-    with av.open(str(path), "w", format="matroska", container_options=dict(_CONTAINER_OPTIONS)) as container:
-        stream = container.add_stream("ffv1", rate=RECORDING_FPS, options=dict(_ENCODER_OPTIONS))
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "bgr0"  # RGB planes as they are: no colour conversion, so no loss
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())

@@ -7,6 +7,9 @@ frame "at" time t is the one on screen at t, the last frame whose timestamp is a
 So the same sampling gives the same frames on any machine, whatever the container's packet
 layout, and a frame can be found again from its time alone (`pts_of`).
 
+`encode` writes frames as a video, for the pools optidel builds itself (the demo, the eval's
+recordings, benchmarks).
+
 A video is read from a byte range as well as a whole file, so a video inside an uncompressed
 tar is decoded in place, never extracted.
 
@@ -115,6 +118,24 @@ def probe(uri: str, offset: int = -1, length: int = -1) -> Stream:
     VideoError when there is none to read."""
     with _open(uri, offset, length) as container:
         return _stream_of(container, measure_end=True)
+
+
+def encode(
+    path, frames, *, codec: str, rate: int, pix_fmt: str, options: dict | None = None,
+    container_format: str | None = None, container_options: dict | None = None,
+) -> None:
+    """Write `frames` (RGB uint8 arrays, all of one size) to `path` as a one-stream video at
+    `rate` frames a second; the container from `container_format`, else from the extension."""
+    frames = iter(frames)
+    first = next(frames)
+    # Copies: FFmpeg takes the options it uses out of the dicts it is given.
+    with av.open(str(path), "w", format=container_format, container_options=dict(container_options or {})) as container:
+        stream = container.add_stream(codec, rate=rate, options=dict(options or {}))
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = pix_fmt
+        for frame in (first, *frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def decode_at(uri: str, offset: int, length: int, targets: Callable[[Stream], Sequence[int]], **limits) -> tuple[Stream, list[Frame]]:

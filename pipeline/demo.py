@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
-from optidel import seeding
+from optidel import seeding, video
 from optidel.camera_path import camera_path
 
 # Photos bundled with scikit-image (no download): tissue, fundus, and everyday scenes.
@@ -42,7 +41,8 @@ def build_pool(directory: Path, frames_per_photo: int = 30, frame_size: int = 32
         photo = _photo(getattr(skimage.data, name)(), 2 * frame_size)
         frames = camera_path(photo, frames_per_photo * VIDEO_FPS, frame_size, seeding.rng(seed, name))
         tmp = path.with_name(path.name + ".tmp")
-        _write_video(tmp, frames, frame_size)
+        video.encode(tmp, frames, codec="libx264", rate=VIDEO_FPS, pix_fmt="yuv420p", options=ENCODER_OPTIONS,
+                     container_format="mp4")
         tmp.replace(path)
     return written
 
@@ -57,13 +57,3 @@ def _photo(pixels: np.ndarray, max_side: int) -> np.ndarray:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     return np.asarray(image)
 
-
-def _write_video(path: Path, frames, size: int) -> None:
-    with av.open(str(path), "w", format="mp4") as container:
-        # A copy: FFmpeg takes the options it uses out of the dict it is given.
-        stream = container.add_stream("libx264", rate=VIDEO_FPS, options=dict(ENCODER_OPTIONS))
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
