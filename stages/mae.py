@@ -178,12 +178,11 @@ class MAE(nn.Module):
         keep = self.keep_index(noise, mask_ratio)
         pred = self.forward_decoder(self.forward_encoder(images, keep), keep)
         target = self.patchify(images)
+        masked = torch.ones(pred.shape[:2], dtype=pred.dtype, device=pred.device).scatter(1, keep, 0.0)
         if lowpass_sigma is not None:
-            visible = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device).scatter(1, keep, True)
-            pred = torch.where(visible.unsqueeze(-1), target, pred)
+            pred = torch.where(masked.bool().unsqueeze(-1), pred, target)
             pred, target = (self.patchify(_blur(self.unpatchify(x), lowpass_sigma)) for x in (pred, target))
         per_patch = (pred - target).pow(2).mean(dim=-1)
-        masked = torch.ones_like(per_patch).scatter(1, keep, 0.0)
         return (per_patch * masked).sum(dim=1) / masked.sum(dim=1)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
