@@ -12,7 +12,8 @@ checkpoints. Rerunning on the same OUT:
 - OUT holding the same job, complete (run.json status complete): nothing to do; the run
   returns the recorded run.json.
 - OUT holding a different job, or anything else: refused, naming the difference, unless
-  --overwrite (which empties OUT first).
+  --overwrite (which empties OUT first). A config key added to optidel since OUT was written
+  counts at the value that does what optidel did before it (BEFORE_ADDED).
 
 Sources are identified by location (uri, tar member, offset, length), not content: an image
 rewritten in place between two attempts is not detected.
@@ -46,6 +47,14 @@ VOLATILE_KEYS = frozenset(
         "ray.max_retries",
     }
 )
+# Config keys added to optidel since 2026-12-07, each with the value that does what optidel did
+# before it: an OUT whose record lacks one ran with that value, so a run that sets it so (a new
+# key's default may differ) is the same job. A key missing here that OUT lacks is a difference.
+BEFORE_ADDED = {
+    "score.lowpass_sigma": None,
+    "propose.max_clipped_frac": 1.0,
+    "propose.max_blockiness": None,
+}
 MAX_DIFFERENCES = 5  # named in a refusal; the rest are counted
 
 
@@ -110,6 +119,8 @@ def differences(recorded: dict, now: dict) -> list[str]:
         )
     for section, label in (("config", "config key"), ("models", "model")):
         was, is_ = _flatten(recorded.get(section) or {}), _flatten(now[section])
+        if section == "config":
+            was = {**{k: v for k, v in BEFORE_ADDED.items() if k in is_}, **was}
         for key in sorted(was.keys() | is_.keys()):
             if was.get(key, "(unset)") != is_.get(key, "(unset)"):
                 found.append(f"{label} {key}: {_show(was.get(key, '(unset)'))} in OUT, {_show(is_.get(key, '(unset)'))} now")

@@ -101,6 +101,20 @@ def test_other_job_refused_naming_the_difference(reference, tmp_path):
     assert rf.tree(reference_out) == before
 
 
+def test_a_key_added_since_out_was_written_counts_at_the_value_from_before_it():
+    listing = {"sources": 1, "sha256": "0" * 64}
+    now = {"format": resume.JOB_FORMAT, "inputs": ["a"], "listing": listing, "models": {},
+           "config": {"propose": {"max_blockiness": None, "max_clipped_frac": 1.0, "max_noise_sigma": 6.0, "margin": 0.1}}}
+    older = json.loads(json.dumps(now))
+    del older["config"]["propose"]["max_blockiness"]  # written before the keys existed
+    del older["config"]["propose"]["max_clipped_frac"]
+    assert resume.differences(older, now) == []
+    now["config"]["propose"]["max_clipped_frac"] = 0.4  # today's default does something new
+    assert resume.differences(older, now) == ["config key propose.max_clipped_frac: 1.0 in OUT, 0.4 now"]
+    del older["config"]["propose"]["max_noise_sigma"]  # a key not added since: missing is a difference
+    assert len(resume.differences(older, now)) == 2
+
+
 def test_output_of_something_else_refused_unless_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
