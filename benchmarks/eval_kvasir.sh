@@ -73,10 +73,14 @@ case "$POOL" in
     *) echo "eval_kvasir.sh: unknown POOL $POOL (video, plain, dirty, dirty-heldout, dirty-recordings, dirty-heldout-recordings)" >&2; exit 2 ;;
 esac
 
-# The proposer's artefact gates (at most 1% blown-out pixels, at most 10 grey levels of noise) are
-# on by default since 2026-12-07: `optidel` and `optidel-gates` are the same arm, and
-# `optidel-ungated` is the default before them, the `optidel` of the tables committed earlier.
-UNGATED=(--set propose.max_bright_frac=1 --set propose.max_noise_sigma=null)
+# The proposer's artefact gates. `optidel-ungated` has none but the black border's (the default
+# until 2026-12-07, the `optidel` of the tables committed before then); `optidel-gates` the glare
+# and noise gates at 1% blown-out pixels and 10 grey levels (the default from then until
+# 2026-12-08, the `optidel` of the tables committed in between); `optidel` and `optidel-allgates`
+# today's default, which adds over-exposure and heavy compression and takes noise from 6 grey levels.
+UNGATED=(--set propose.max_bright_frac=1 --set propose.max_noise_sigma=null --set propose.max_clipped_frac=1
+         --set propose.max_blockiness=null)
+TWO_GATES=(--set propose.max_noise_sigma=10 --set propose.max_clipped_frac=1 --set propose.max_blockiness=null)
 
 # Arms that differ from another arm only after pass 1: that arm, then their selection settings.
 reselected() {
@@ -127,11 +131,18 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
             optidel-proxy1200) sets=(--selector optidel --set score.mae.train_steps=1200) ;;  # a 4x longer-trained proxy
             optidel-shared-masks) sets=(--selector optidel --set score.shared_masks=true) ;;  # every patch scored under the same masks
             # Artefact gates in the proposer (pass 1), thresholds from benchmarks/gate_measures.py on
-            # the dirty train pool: none, glare only, sensor noise only, both (the default).
+            # the dirty train pool: none, glare only, sensor noise only, both (the default until
+            # 2026-12-08); then over the two, heavy compression (block-edge ratio above 2),
+            # over-exposure (a channel clipped on more than 40% of the crop), noise above 6 grey
+            # levels instead of 10, and all three (today's default).
             optidel-ungated) sets=(--selector optidel "${UNGATED[@]}") ;;
-            optidel-glare) sets=(--selector optidel --set propose.max_noise_sigma=null) ;;
-            optidel-noise) sets=(--selector optidel --set propose.max_bright_frac=1) ;;
-            optidel-gates) sets=(--selector optidel) ;;
+            optidel-glare) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_noise_sigma=null) ;;
+            optidel-noise) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_bright_frac=1) ;;
+            optidel-gates) sets=(--selector optidel "${TWO_GATES[@]}") ;;
+            optidel-block2) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_blockiness=2) ;;
+            optidel-clip40) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_clipped_frac=0.4) ;;
+            optidel-noise6) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_noise_sigma=6) ;;
+            optidel-allgates) sets=(--selector optidel) ;;
             # Hardness over a Gaussian low-pass of the patch (sigma in proxy pixels): fine detail
             # that no model predicts (noise, compression blocks) no longer counts as hard.
             optidel-lowpass1 | optidel-lowpass2) sets=(--selector optidel --set "score.lowpass_sigma=${arm#optidel-lowpass}") ;;

@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from optidel.pipeline.config import ProposeConfig
-from optidel.stages.keypatch import greedy_nms, key_patches, mask_to_rle, noise_residual, noise_sigma
+from optidel.stages.keypatch import blockiness, greedy_nms, key_patches, mask_to_rle, noise_residual, noise_sigma
 
 from masks import rle_to_mask
 
@@ -85,7 +85,9 @@ def test_crops_mostly_outside_the_field_of_view_are_dropped():
         record(34, 10, 64, 40, iou=0.9),  # crop [34, 64): a fifth black: kept
         record(70, 40, 110, 80, iou=0.8),  # tissue only: kept
     ]
-    dark_only = dict(max_bright_frac=1.0, max_noise_sigma=None)  # the glare gate would take the text's crop too
+    # The glare gate would take the text's crop too, and the compression gate the crop whose black
+    # border's edge falls on the 8-pixel grid (x = 40).
+    dark_only = dict(max_bright_frac=1.0, max_noise_sigma=None, max_clipped_frac=1.0, max_blockiness=None)
     boxes = [p.box for p in key_patches(masks, (H, W, 3), config(**dark_only), pixels=pixels)]
     assert boxes == [(34, 10, 64, 40), (70, 40, 110, 80)]
     # max_dark_frac = 1 keeps all; without pixels there is nothing to judge by.
@@ -168,7 +170,7 @@ def test_glare_and_noise_gates_drop_crops_by_physical_measures():
         record(50, 5, 80, 35, iou=0.9),  # clean tissue
     ]
     assert [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)] == [(50, 5, 80, 35)]  # on by default
-    off = dict(max_bright_frac=1.0, max_noise_sigma=None)
+    off = dict(max_bright_frac=1.0, max_noise_sigma=None, max_clipped_frac=1.0, max_blockiness=None)
     assert len(key_patches(masks, (H, W, 3), config(**off), pixels=pixels)) == 3
     kept = key_patches(masks, (H, W, 3), config(max_bright_frac=0.5, max_noise_sigma=8.0), pixels=pixels)
     assert [p.box for p in kept] == [(50, 5, 80, 35)]
@@ -191,3 +193,42 @@ def test_noise_estimate_against_a_hand_computation():
     assert noise_sigma(noise_residual(grey), (0, 0, 3, 3)) == pytest.approx(
         np.sqrt(np.pi / 2) / 6 * abs((n * patch).sum()), rel=1e-4
     )
+
+
+def test_over_exposure_and_compression_gates_drop_crops_by_physical_measures():
+    rng = np.random.default_rng(2)
+    tissue = np.clip(rng.normal((170, 90, 70), 3, (H, W, 3)), 0, 254)
+    tissue[:, 40:80, 0] = 255  # over-exposed: the red channel clipped, the others not
+    pixels = tissue.astype(np.uint8)
+    blocks = rng.integers(60, 200, (H // 8 + 1, 40 // 8, 3))  # heavy compression: flat 8 x 8 blocks
+    pixels[:, 80:120] = np.kron(blocks, np.ones((8, 8, 1)))[:H].astype(np.uint8)
+    masks = [
+        record(45, 10, 75, 40, iou=0.99),  # all over-exposed, no pixel white
+        record(84, 50, 114, 80, iou=0.95),  # all blocks
+        record(5, 50, 35, 80, iou=0.9),  # plain tissue
+    ]
+    assert [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)] == [(5, 50, 35, 80)]  # on by default
+    off = dict(max_clipped_frac=1.0, max_blockiness=None)
+    assert len(key_patches(masks, (H, W, 3), config(**off), pixels=pixels)) == 3
+    assert len(key_patches(masks, (H, W, 3), config(**{**off, "max_clipped_frac": 0.4}), pixels=pixels)) == 2
+    assert len(key_patches(masks, (H, W, 3), config(**{**off, "max_blockiness": 2.0}), pixels=pixels)) == 2
+
+
+def test_blockiness_against_a_hand_computation():
+    rng = np.random.default_rng(3)
+    ramp = np.add.outer(np.arange(48.0), 2 * np.arange(48.0))  # steps equal everywhere: no blocks
+    assert blockiness(ramp, (0, 0, 48, 48)) == pytest.approx(1.0)
+    # Flat 8 x 8 blocks: inside, no step; across an edge, the jump between neighbouring blocks.
+    levels = rng.integers(0, 255, (6, 6)).astype(np.float64)
+    blocky = np.kron(levels, np.ones((8, 8)))
+    box = (3, 5, 43, 45)  # off the grid: the edges stay where the frame's grid puts them
+    crop = levels[:6, :6]
+    across_x = np.abs(np.diff(crop[0:6, 0:6], axis=1))  # x edges at 8 .. 40, blocks 0..5 in the crop
+    across_y = np.abs(np.diff(crop, axis=0))
+    # rows of the crop: frame y 5..44, that is 3 rows of block 0, 8 each of 1..4, 5 of block 5
+    row_weights = np.array([3, 8, 8, 8, 8, 5]) / 40
+    col_weights = np.array([5, 8, 8, 8, 8, 3]) / 40  # frame x 3..42
+    expected_x = (row_weights @ across_x).mean() + 1.0
+    expected_y = (across_y @ col_weights).mean() + 1.0
+    assert blockiness(blocky, box) == pytest.approx((expected_x + expected_y) / 2)
+    assert blockiness(blocky + rng.normal(0, 20, blocky.shape), box) < blockiness(blocky, box)
