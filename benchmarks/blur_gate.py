@@ -25,28 +25,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-from gate_measures import candidate_frames, clean_crops
-from learnability import rewrite_scores
+from gate_measures import candidate_frames, clean_crops, take_last
 from PIL import Image
 
 from optidel.eval import artefacts
-from optidel.eval.labeled import load_image
-from optidel.pipeline.partitions import PASS1_DIR
+from optidel.stages.keypatch import grey_levels
 
 SCALE = 64
 THRESHOLDS = (3.0, 4.0, 5.0, 6.0, 7.0)
-GREY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def sharpness(pixels: np.ndarray, box: tuple[int, int, int, int]) -> float:
     """Mean gradient magnitude (grey levels per pixel) of the box, resized to SCALE x SCALE."""
     x0, y0, x1, y1 = box
     crop = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1])).resize((SCALE, SCALE), Image.BOX)
-    dy, dx = np.gradient(np.asarray(crop, np.float32) @ GREY)
+    dy, dx = np.gradient(grey_levels(np.asarray(crop)))
     return float(np.hypot(dx, dy).mean())
 
 
@@ -79,25 +74,8 @@ def measure(args) -> int:
 
 
 def reselect(args) -> int:
-    names = sorted(p.name for p in Path(args.scored_out, PASS1_DIR).glob("part-*.parquet"))
-    parts = [pq.read_table(Path(args.scored_out, PASS1_DIR, name)) for name in names]
-    scores = [t.column("score").to_numpy(zero_copy_only=False).astype(np.float64) for t in parts]
-    finite = np.concatenate([s[np.isfinite(s)] for s in scores])
-    shift = finite.max() - finite.min() + 1  # below the floor: under the lowest score
-    below = 0
-    for part, score in zip(parts, scores):
-        rows = part.select(["patch_index", "input_index", "uri", "x0", "y0", "x1", "y1"]).to_pydict()
-        uri_of = {i: u for i, u, p in zip(rows["input_index"], rows["uri"], rows["patch_index"]) if p < 0}
-        pixels_of = {}
-        for r, (patch, source) in enumerate(zip(rows["patch_index"], rows["input_index"])):
-            if patch < 0 or not np.isfinite(score[r]):
-                continue
-            if source not in pixels_of:
-                pixels_of = {source: load_image(Path(uri_of[source]))}
-            if sharpness(pixels_of[source], (rows["x0"][r], rows["y0"][r], rows["x1"][r], rows["y1"][r])) < args.below:
-                score[r] -= shift
-                below += 1
-    rewrite_scores(args.scored_out, args.new_out, args.settings, names, parts, scores)
+    below = take_last(args.scored_out, args.new_out, args.settings, lambda pixels: pixels,
+                      lambda pixels, box: sharpness(pixels, box) < args.below)
     print(f"{args.new_out}: {below} candidates below sharpness {args.below:g} are taken last; run optidel on it with the same settings")
     return 0
 

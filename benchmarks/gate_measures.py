@@ -178,20 +178,18 @@ def clean_images(args) -> int:
     return 0
 
 
-def reselect(args) -> int:
+def take_last(scored_out: str, new_out: str, settings: list[str], measures_of, gated) -> int:
+    """Seed NEW_OUT with SCORED_OUT's pass 1 (learnability.rewrite_scores, `settings` its
+    selection's), every candidate for which `gated(measure(box))` holds moved under all others:
+    `measures_of(pixels)` gives the frame's measure of a box. Returns the candidates moved."""
     from learnability import rewrite_scores
 
-    limits = dict(gate.split("=", 1) for gate in args.gate)
-    unknown = sorted(set(limits) - set(GATES))
-    if unknown:
-        raise SystemExit(f"--gate {unknown[0]}: not a gate (one of {', '.join(GATES)})")
-    limits = {key: float(value) for key, value in limits.items()}
-    names = sorted(p.name for p in Path(args.scored_out, PASS1_DIR).glob("part-*.parquet"))
-    parts = [pq.read_table(Path(args.scored_out, PASS1_DIR, name)) for name in names]
+    names = sorted(p.name for p in Path(scored_out, PASS1_DIR).glob("part-*.parquet"))
+    parts = [pq.read_table(Path(scored_out, PASS1_DIR, name)) for name in names]
     scores = [t.column("score").to_numpy(zero_copy_only=False).astype(np.float64) for t in parts]
     finite = np.concatenate([s[np.isfinite(s)] for s in scores])
     shift = finite.max() - finite.min() + 1  # below the floor: under the lowest score
-    gated, pixels_of = 0, FramePixels()
+    moved, pixels_of = 0, FramePixels()
     for part, score in zip(parts, scores):
         rows = part.select(["patch_index", "input_index", "uri", "frame_index", "x0", "y0", "x1", "y1"]).to_pydict()
         source_of = {i: (u, f) for i, u, f, p in zip(rows["input_index"], rows["uri"], rows["frame_index"], rows["patch_index"]) if p < 0}
@@ -200,13 +198,23 @@ def reselect(args) -> int:
             if patch < 0 or not np.isfinite(score[r]):
                 continue
             if source not in measured:
-                measured = {source: box_measures(pixels_of(*source_of[source]), limits)}
-            box = (rows["x0"][r], rows["y0"][r], rows["x1"][r], rows["y1"][r])
-            if any(of(box) > limits[key] for key, of in measured[source].items()):
+                measured = {source: measures_of(pixels_of(*source_of[source]))}
+            if gated(measured[source], (rows["x0"][r], rows["y0"][r], rows["x1"][r], rows["y1"][r])):
                 score[r] -= shift
-                gated += 1
-    rewrite_scores(args.scored_out, args.new_out, args.settings, names, parts, scores)
-    print(f"{args.new_out}: {gated} candidates over {', '.join(args.gate)} are taken last; run optidel on it with the same settings")
+                moved += 1
+    rewrite_scores(scored_out, new_out, settings, names, parts, scores)
+    return moved
+
+
+def reselect(args) -> int:
+    limits = dict(gate.split("=", 1) for gate in args.gate)
+    unknown = sorted(set(limits) - set(GATES))
+    if unknown:
+        raise SystemExit(f"--gate {unknown[0]}: not a gate (one of {', '.join(GATES)})")
+    limits = {key: float(value) for key, value in limits.items()}
+    moved = take_last(args.scored_out, args.new_out, args.settings, lambda pixels: box_measures(pixels, limits),
+                      lambda measure, box: any(of(box) > limits[key] for key, of in measure.items()))
+    print(f"{args.new_out}: {moved} candidates over {', '.join(args.gate)} are taken last; run optidel on it with the same settings")
     return 0
 
 
