@@ -152,6 +152,7 @@ def choose(
             verdict.decided = IdTable(ids, reason=np.full(len(ids), "", dtype=object))
             verdict.chosen = _chosen(ids, np.full(len(ids), -1, np.int32))
             return verdict
+        del keys, ids  # a noise tail and a budget of keys (O(pool)): not held through round 3
     n_groups = max(verdict.k, 1) if selector.quotas else 1
     lengths = dict.fromkeys(range(n_groups), shortlist or _first_length(budget, n_groups))
     threshold = config.near_duplicate_cosine if selector.near_duplicates else None
