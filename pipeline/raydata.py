@@ -244,7 +244,16 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig, put: Callable[[object],
         raise StageFailure(_cause(exc)) from exc
 
 
-def result_ref(fn, args: tuple, config: RayConfig) -> ray.ObjectRef:
+ObjectRef = ray.ObjectRef  # what a task's result stays in the object store as, for later tasks
+
+
+def dump(value, file) -> None:
+    """`value` pickled to `file` as ray.put serialises it: by cloudpickle, so that a function
+    goes by value where Ray's would (one a test registers)."""
+    ray.cloudpickle.dump(value, file, protocol=5)
+
+
+def result_ref(fn, args: tuple, config: RayConfig) -> ObjectRef:
     """fn(*args) as a Ray task whose result stays in the object store: its reference alone,
     for later tasks to take as an argument."""
     return ray.remote(**_task_options(config))(fn).remote(*args)

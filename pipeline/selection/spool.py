@@ -14,7 +14,6 @@ from functools import partial
 from typing import Callable, Iterator
 
 import pyarrow as pa
-import ray
 
 from ...manifests.layout import WORK_DIR, Output
 from .. import raydata
@@ -83,14 +82,14 @@ def _pickled(fn, output: Output, path: str, *args) -> str:
     return path
 
 
-def _put_through_file(output: Output, folder: str, config: RayConfig, value) -> ray.ObjectRef:
+def _put_through_file(output: Output, folder: str, config: RayConfig, value) -> raydata.ObjectRef:
     """`value` in the object store, as the argument every task of a run shares (the plan's rows,
     the chosen ids), put there by a task that reads it from a file of the run's `folder`, which
     the run removes when done. Put by the driver itself, its pages would stay mapped in the
     driver's RSS: 19 MiB for the plan's rows at 16M candidate patches (benchmarks/scale.py)."""
     path = f"{folder}/shared-{uuid.uuid4().hex}.pickle"
-    with output.open_atomic(path) as f:  # by cloudpickle, as ray.put: a function goes by value where Ray's would
-        ray.cloudpickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+    with output.open_atomic(path) as f:
+        raydata.dump(value, f)
     return raydata.result_ref(_unpickled, (output, path), config)
 
 
