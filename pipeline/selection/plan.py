@@ -1,8 +1,9 @@
 """The selection's plan, between pass 1 and pass 2: the duplicates found, the budget chosen by
 the configured selector over the pass-1 parts (rows.py, engine.py), the chosen patches grouped
 into mosaics (an image is a sample of its own), and every sample named. The plan holds a few
-fixed-width columns of the chosen rows and each sample's key; pass 2 reads the rest of them and their sources from
-the parts (pass_two_rows), and both manifests are written from the parts (write.py)."""
+fixed-width columns of the chosen rows and each sample's key; pass 2 reads the rest of them and
+their sources from the parts (pass_two_rows), and both manifests are written from the parts
+(write.py)."""
 
 from __future__ import annotations
 
