@@ -23,11 +23,11 @@ def sample_rows(plan: Plan, config: Config) -> list[dict]:
     p, src = pass_two_rows(plan, config)
     where = {sid: i for i, sid in enumerate(src[C.SOURCE_ID]) if src[C.STATUS][i] == schema.OK}
     rows = []
-    for members in plan.samples.tolist():
+    for key, members in zip(plan.sample_keys.tolist(), plan.samples.tolist()):
         s = [where[p["source_id"][i]] for i in members]
         rows.append(
             {
-                "sample_key": plan.patches.column("sample_key", np.asarray(members[:1]))[0],
+                "sample_key": key.decode(),
                 "patch_ids": [p["patch_id"][i] for i in members],
                 "source_ids": [p["source_id"][i] for i in members],
                 "uris": [src[C.URI][j] for j in s],

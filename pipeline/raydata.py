@@ -22,7 +22,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import ray
@@ -227,13 +227,14 @@ def _freed_arrays_to_the_os() -> None:
     mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
-def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
+def run_tasks(fn, calls: list[tuple], config: RayConfig, put: Callable[[object], ray.ObjectRef] = ray.put) -> Iterator:
     """Yield fn(*call) for each call, in call order, each call a Ray task of ray.cpus_per_task
     CPUs (default one): the selection's steps over the pass-1 parts (pipeline/selection/).
     Results wait in the object store until the caller takes them, one
-    at a time, so it can fold them without holding them all."""
+    at a time, so it can fold them without holding them all. `put` stores each argument more
+    than one call passes (_shared_once)."""
     remote = ray.remote(**_task_options(config))(fn)
-    refs = [remote.remote(*call) for call in _shared_once(calls)]
+    refs = [remote.remote(*call) for call in _shared_once(calls, put)]
     try:
         for i in range(len(refs)):
             result = ray.get(refs[i])
@@ -241,6 +242,21 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig) -> Iterator:
             yield result
     except ray.exceptions.RayError as exc:
         raise StageFailure(_cause(exc)) from exc
+
+
+ObjectRef = ray.ObjectRef  # what a task's result stays in the object store as, for later tasks
+
+
+def dump(value, file) -> None:
+    """`value` pickled to `file` as ray.put serialises it: by cloudpickle, so that a function
+    goes by value where Ray's would (one a test registers)."""
+    ray.cloudpickle.dump(value, file, protocol=5)
+
+
+def result_ref(fn, args: tuple, config: RayConfig) -> ObjectRef:
+    """fn(*args) as a Ray task whose result stays in the object store: its reference alone,
+    for later tasks to take as an argument."""
+    return ray.remote(**_task_options(config))(fn).remote(*args)
 
 
 def shuffle(map_fn, calls: list[tuple], reduce_fn, buckets: int, config: RayConfig) -> tuple[list, list]:
@@ -299,15 +315,15 @@ def _mapped(map_fn, calls: list[tuple], buckets: int, config: RayConfig) -> list
     return [mapper.remote(map_fn, buckets, *call) for call in _shared_once(calls)]
 
 
-def _shared_once(calls: list[tuple]) -> list[tuple]:
+def _shared_once(calls: list[tuple], put: Callable[[object], ray.ObjectRef] = ray.put) -> list[tuple]:
     """The calls, with each argument that more than one call passes (the same object: a loader,
-    a verdict, a plan's rows) put in the object store once and passed as its reference, which
-    the task receives resolved. Passed as itself, Ray would serialise and store it again for
-    every task: O(tasks x budget) for a verdict the size of the budget."""
+    a verdict, a plan's rows) put in the object store once, by `put`, and passed as its
+    reference, which the task receives resolved. Passed as itself, Ray would serialise and
+    store it again for every task: O(tasks x budget) for a verdict the size of the budget."""
     calls = [tuple(call) for call in calls]
     args = {id(arg): arg for call in calls for arg in call if not isinstance(arg, _PASSED_AS_IS)}
     uses = Counter(id(arg) for call in calls for arg in call)
-    refs = {key: ray.put(arg) for key, arg in args.items() if uses[key] > 1}
+    refs = {key: put(arg) for key, arg in args.items() if uses[key] > 1}
     return [tuple(refs.get(id(arg), arg) for arg in call) for call in calls]
 
 

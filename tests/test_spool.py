@@ -1,7 +1,9 @@
 """The manifests' pieces, and the selection's results, reach the driver through files in
 OUT/work/spool, not the object store: every table or result comes back whole and in call
 order, only paths cross the object store, and no file outlives the run of pieces, nor what an
-interrupted run left, nor a run of results its caller stopped early."""
+interrupted run left, nor a run of results its caller stopped early. What every task of a run
+shares (the plan's rows) reaches the object store from a file, put there by a task, never by
+the driver."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import ray
 
 from optidel.manifests.layout import Output
 from optidel.pipeline.selection import spool
+from optidel.stages.id_table import IdTable
 from optidel.pipeline.config import RayConfig
 
 
@@ -69,3 +73,28 @@ def test_a_result_task_hands_on_its_path_alone(tmp_path):
     output = Output(str(tmp_path))
     path = spool._pickled(_result, output, f"{spool.SPOOL_DIR}/run/000004.pickle", 2)
     assert path == f"{spool.SPOOL_DIR}/run/000004.pickle" and output.exists(path)
+
+
+def _looked_up(table: IdTable, ids: list[str]) -> tuple[list[int], bool]:
+    """A task's look-up in the table every call shares, and whether it reads the store's copy."""
+    found = table.find(ids)
+    return table.columns["slot"][found].tolist(), table.ids.flags.writeable
+
+
+@pytest.mark.parametrize("run", [spool.run_through_files, spool.run_spooled])
+def test_an_argument_the_tasks_share_is_put_by_a_task_from_a_file(ray_local, tmp_path, monkeypatch, run):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    output = Output(str(tmp_path))
+    table = IdTable(["b", "a", "c"], slot=np.array([1, 0, 2], dtype=np.int32))
+    through_files = []
+    put = spool._put_through_file
+    monkeypatch.setattr(spool, "_put_through_file", lambda *args: through_files.append(args[-1]) or put(*args))
+    if run is spool.run_spooled:
+        taken = list(run(lambda *call: [pa.table({"slot": _looked_up(*call)[0]})], [(table, ["c", "a"]), (table, ["b"])], output, RayConfig()))
+        assert [piece.column("slot").to_pylist() for piece in taken] == [[2, 0], [1]]
+        assert not output.exists(spool.SPOOL_DIR)
+    else:
+        taken = list(run(_looked_up, [(table, ["c", "a"]), (table, ["b"])], output, RayConfig()))
+        assert taken == [([2, 0], False), ([1], False)]  # zero-copy from the object store: read-only
+        assert output.fs.ls(output.path(spool.SPOOL_DIR)) == []
+    assert any(value is table for value in through_files)  # once, for both calls

@@ -152,6 +152,7 @@ def choose(
             verdict.decided = IdTable(ids, reason=np.full(len(ids), "", dtype=object))
             verdict.chosen = _chosen(ids, np.full(len(ids), -1, np.int32))
             return verdict
+        del keys, ids  # a noise tail and a budget of keys (O(pool)): not held through round 3
     n_groups = max(verdict.k, 1) if selector.quotas else 1
     lengths = dict.fromkeys(range(n_groups), shortlist or _first_length(budget, n_groups))
     threshold = config.near_duplicate_cosine if selector.near_duplicates else None
@@ -179,7 +180,7 @@ def choose(
         merged = shortlists.laid_out()
         n = len(merged["group"])
         selected = np.zeros(n, dtype=bool)
-        reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+        reason = _reasons(n, schema.DROP_BUDGET)
         cap = config.per_source_cap if selector.per_source_cap else None
         looked = take_round_robin(np.arange(n), merged["group"], merged[SOURCE], budget, cap, selected, reason, shortlists.guard)
         short = {g: lengths[g] for g in totals if totals[g] > lengths[g] and looked.get(g, 0) >= lengths[g]}
@@ -203,7 +204,7 @@ def parts_selection(load, parts: Sequence, verdict: Verdict, ranks: Sequence[np.
         if len(rank) != len(ids):
             raise ValueError(f"part {part!r}: {len(rank)} ranks for {len(ids)} rows")
         n = len(ids)
-        reason = np.full(n, schema.DROP_BUDGET, dtype=object)
+        reason = _reasons(n, schema.DROP_BUDGET)
         cluster = _clusters(rows, ids, verdict) if verdict.selector.clusters else np.full(n, -1, dtype=np.int32)
         labelled_by_key = verdict.last_in_reach is not None or verdict.last_trimmed is not None
         keys = primary(rows, ids, verdict.by) if labelled_by_key else None
@@ -572,6 +573,14 @@ def _first_length(budget: int, groups: int) -> int:
     """A first shortlist per group: twice an even share of the budget, plus room for the rows the
     per-source cap and the near-duplicate rule skip; fetched again when too short."""
     return 2 * math.ceil(budget / groups) + 16
+
+
+def _reasons(n: int, reason: str) -> np.ndarray:
+    """n rows of `reason`, one str object for all: np.full(n, reason, dtype=object) would make a
+    str of every row (about 60 B a row: 43 MB over the shortlists at 16M candidate patches)."""
+    rows = np.empty(n, dtype=object)
+    rows[:] = reason
+    return rows
 
 
 def _unit(rows, ids, verdict: Verdict) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The selection's plan, between pass 1 and pass 2: the duplicates found, the budget chosen by
 the configured selector over the pass-1 parts (rows.py, engine.py), the chosen patches grouped
 into mosaics (an image is a sample of its own), and every sample named. The plan holds a few
-fixed-width columns of the chosen rows; pass 2 reads the rest of them and their sources from
-the parts (pass_two_rows), and both manifests are written from the parts (write.py)."""
+fixed-width columns of the chosen rows and each sample's key; pass 2 reads the rest of them and
+their sources from the parts (pass_two_rows), and both manifests are written from the parts
+(write.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ...manifests import schema
 from ...stages import columns as C
 from ...stages import exact_mean
 from ...stages.compose import group_patches, sample_key
-from ...stages.id_table import IdTable
+from ...stages.id_table import IdTable, utf8
 from ..config import Config
 from ..partitions import PartStore
 from . import duplicates, rows
@@ -30,10 +31,13 @@ log = logging.getLogger("optidel")
 @dataclass
 class Plan:
     # The chosen rows by the engine's id (their patch ids; source ids for images): cluster, rank,
-    # score, and the plan's selected, reason, sample_key and slot. About 80 B a row, all the
-    # driver holds of them; pass 2 reads the rest from the parts (pass_two_rows).
+    # score, and the plan's selected, sample (its row of `samples`, -1: none) and slot. About
+    # 41 B a row, all the driver holds of them; pass 2 reads the rest from the parts
+    # (pass_two_rows). A chosen row not selected is one left over by the grouping into full
+    # mosaics (schema.DROP_INCOMPLETE_GROUP): its reason is not held per row.
     patches: IdTable
     samples: np.ndarray  # per output sample (a row), its rows of `patches` in slot order
+    sample_keys: np.ndarray  # per output sample, its key (UTF-8 bytes)
     grid: int
     accounting: dict
     chosen: rows.Chosen  # for patches.parquet's labels of every row of the pool
@@ -53,16 +57,16 @@ def plan(store: PartStore, config: Config) -> Plan:
     del keys  # held by `patches` alone from here, in its order
     patch_ids, source_ids = (patches.columns.pop(name) for name in (C.PATCH_ID, C.SOURCE_ID))  # for the samples alone
     n = len(patches)
-    selected, reason = np.ones(n, bool), np.full(n, "", dtype=object)
+    selected = np.ones(n, bool)
     rank = patches.columns["rank"]
     if mosaics:
         samples, leftover = group_patches(source_ids, patches.columns["cluster"], rank, config.mosaic, config.seed)
-        selected[leftover], reason[leftover] = False, schema.DROP_INCOMPLETE_GROUP
+        selected[leftover] = False
     else:  # one image a sample, in rank order, so that the output never depends on listing order
         samples = np.argsort(rank, kind="stable").reshape(-1, 1)
-    sample_keys, slots = _sample_keys(patch_ids, samples)
-    patches.add(selected=selected, reason=reason, sample_key=sample_keys, slot=slots)
-    result = Plan(patches, samples, grid=config.grid if mosaics else 1,
+    sample_keys, sample, slots = _samples_named(patch_ids, samples)
+    patches.add(selected=selected, sample=sample, slot=slots)
+    result = Plan(patches, samples, sample_keys, grid=config.grid if mosaics else 1,
                   accounting=_accounting(patches, chosen.verdict), chosen=chosen, duplicates=found, by_status=by_status)
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(samples))
     if len(samples) < n_samples:
@@ -80,14 +84,16 @@ def pass_two_rows(plan: Plan, config: Config) -> tuple[dict, dict]:
     return C.take(chosen_rows, np.argsort(plan.patches.find(chosen_rows[plan.chosen.unit.id_column]))), sources
 
 
-def _sample_keys(patch_ids: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's sample key (from its sample's patch ids in slot order) and slot; "" and -1 for
-    a row in no sample."""
-    keys, slots = np.full(len(patch_ids), "", dtype=object), np.full(len(patch_ids), -1, np.int64)
-    for members in samples:
-        keys[members] = sample_key(np.char.decode(patch_ids[members], "utf-8").tolist())
+def _samples_named(patch_ids: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sample's key (from its patch ids in slot order), and each row's sample and slot (-1
+    for a row in no sample). int32, as patches.parquet's slot: the driver holds them for every
+    chosen row."""
+    keys = [sample_key(np.char.decode(patch_ids[members], "utf-8").tolist()) for members in samples]
+    sample, slots = np.full(len(patch_ids), -1, np.int32), np.full(len(patch_ids), -1, np.int32)
+    for s, members in enumerate(samples):
+        sample[members] = s
         slots[members] = np.arange(len(members))
-    return keys, slots
+    return utf8(np.asarray(keys, dtype=object)), sample, slots
 
 
 def _accounting(patches: IdTable, verdict) -> dict:

@@ -214,15 +214,18 @@ def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *r
     return C.concat(rows), C.concat(sources)
 
 
-def manifest_pieces(chosen: Chosen, plan_rows: IdTable, store: PartStore, config: Config) -> Iterator[pa.Table]:
+def manifest_pieces(chosen: Chosen, plan_rows: IdTable, sample_keys: np.ndarray, store: PartStore, config: Config) -> Iterator[pa.Table]:
     """patches.parquet's rows, one table per part in part order, each group of parts labelled by
     a task, given the plan's word on the chosen rows (`plan_rows`: the engine's id -> selected,
-    reason, sample_key, slot); through the spool: the driver holds one part's piece at a time."""
-    calls = [(chosen.unit, chosen.verdict, plan_rows, group, *chosen.ranks.of(g)) for g, group in enumerate(chosen.ranks.groups)]
+    sample, slot; `sample_keys`: each sample's key); through the spool: the driver holds one
+    part's piece at a time."""
+    calls = [(chosen.unit, chosen.verdict, plan_rows, sample_keys, group, *chosen.ranks.of(g))
+             for g, group in enumerate(chosen.ranks.groups)]
     yield from spool.run_spooled(_labelled_pieces, calls, store.output, config.ray)
 
 
-def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows: IdTable, group: list[int], *rank_pieces) -> list[pa.Table]:
+def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows: IdTable, sample_keys: np.ndarray,
+                     group: list[int], *rank_pieces) -> list[pa.Table]:
     """The patches.parquet rows of the parts in `group`."""
     pieces = []
     for partition, selection in zip(group, engine.parts_selection(unit, group, verdict, part_ranks(len(group), *rank_pieces))):
@@ -239,8 +242,10 @@ def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows:
         planned = competing & (found >= 0)
         at = found[planned]
         selected[planned], slot[planned] = plan_rows.column("selected", at), plan_rows.column("slot", at)
-        reason[planned] = plan_rows.column("reason", at).tolist()
-        sample_key[planned] = plan_rows.column("sample_key", at).tolist()
+        # A chosen row the plan did not select was left over by the grouping into full mosaics.
+        reason[planned] = np.where(selected[planned], "", schema.DROP_INCOMPLETE_GROUP).tolist()
+        in_sample = plan_rows.column("sample", at)
+        sample_key[np.flatnonzero(planned)[in_sample >= 0]] = np.char.decode(sample_keys[in_sample[in_sample >= 0]], "utf-8").tolist()
         rows.update(cluster=cluster, rank=rank, selected=selected, reason=reason, sample_key=sample_key, slot=slot)
         pieces.append(schema.to_table("patches", rows))
     return pieces

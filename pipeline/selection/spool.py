@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from functools import partial
 from typing import Callable, Iterator
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ def run_spooled(fn: Callable[..., list[pa.Table]], calls: list[tuple], output: O
     call is a Ray task (raydata.run_tasks) that writes its tables to the spool. The driver holds
     one table at a time. Then the spool is removed, with whatever an interrupted run left there."""
     spooled = [(fn, output, index, *call) for index, call in enumerate(calls)]
-    for paths in raydata.run_tasks(_spool, spooled, config):
+    for paths in raydata.run_tasks(_spool, spooled, config, put=partial(_put_through_file, output, SPOOL_DIR, config)):
         for path in paths:
             yield _take(output, path)
     if output.exists(SPOOL_DIR):
@@ -67,7 +68,7 @@ def run_through_files(fn: Callable, calls: list[tuple], output: Output, config: 
     folder = f"{SPOOL_DIR}/{uuid.uuid4().hex}"  # a name no output holds: free to be random
     pickled = [(fn, output, f"{folder}/{index:06d}.pickle", *call) for index, call in enumerate(calls)]
     try:
-        for path in raydata.run_tasks(_pickled, pickled, config):
+        for path in raydata.run_tasks(_pickled, pickled, config, put=partial(_put_through_file, output, folder, config)):
             yield pickle.loads(_read_and_delete(output, path))
     finally:  # also when the caller stops early (zip over fewer calls, next() of the first)
         if output.exists(folder):
@@ -79,3 +80,20 @@ def _pickled(fn, output: Output, path: str, *args) -> str:
     with output.open_atomic(path) as f:
         pickle.dump(fn(*args), f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
+
+
+def _put_through_file(output: Output, folder: str, config: RayConfig, value) -> raydata.ObjectRef:
+    """`value` in the object store, as the argument every task of a run shares (the plan's rows,
+    the chosen ids), put there by a task that reads it from a file of the run's `folder`, which
+    the run removes when done. Put by the driver itself, its pages would stay mapped in the
+    driver's RSS: 19 MiB for the plan's rows at 16M candidate patches (benchmarks/scale.py)."""
+    path = f"{folder}/shared-{uuid.uuid4().hex}.pickle"
+    with output.open_atomic(path) as f:
+        raydata.dump(value, f)
+    return raydata.result_ref(_unpickled, (output, path), config)
+
+
+def _unpickled(output: Output, path: str):
+    """The task: the value, read back. The file stays until the run ends: a retried task reads it again."""
+    with output.fs.open(output.path(path), "rb") as f:
+        return pickle.load(f)

@@ -28,7 +28,7 @@ def patches(output: Output, plan: Plan, store: PartStore, config: Config) -> int
             written += piece.num_rows
             yield piece
 
-    output.write_manifest_pieces("patches", counted(rows.manifest_pieces(plan.chosen, plan.patches, store, config)))
+    output.write_manifest_pieces("patches", counted(rows.manifest_pieces(plan.chosen, plan.patches, plan.sample_keys, store, config)))
     return written
 
 
