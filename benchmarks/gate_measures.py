@@ -40,6 +40,7 @@ from optidel.eval.labeled import load_image
 from optidel.manifests import layout, schema
 from optidel.pipeline.config import ProposeConfig
 from optidel.pipeline.partitions import PASS1_DIR
+from optidel.stages import keypatch
 from optidel.stages.keypatch import GATES
 
 MEASURED = ("max_bright_frac", "max_clipped_frac", "max_noise_sigma", "max_blockiness")
@@ -55,8 +56,7 @@ UNIT = {"max_bright_frac": "share", "max_clipped_frac": "share", "max_noise_sigm
 
 def box_measures(pixels: np.ndarray, keys=MEASURED):
     """The frame's measure of a box for each gate key, at the default config's levels."""
-    config = ProposeConfig()
-    return {key: GATES[key](np.asarray(pixels), config) for key in keys}
+    return keypatch.box_measures(pixels, ProposeConfig(), keys)
 
 
 class FramePixels:

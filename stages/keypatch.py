@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -110,28 +110,44 @@ def _share_of(flags: np.ndarray) -> Callable[[tuple[int, int, int, int]], float]
     return share
 
 
+class _Frame:
+    """A frame's pixels (uint8 H x W x 3) and, computed once for the gates that read it, its grey levels."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = np.asarray(pixels)
+
+    @cached_property
+    def grey(self) -> np.ndarray:
+        return grey_levels(self.pixels)
+
+
 # Each gate's ProposeConfig key (the most a crop may measure), and how its measure of a box is
-# built from the frame's pixels (uint8 H x W x 3) and the config. A frame has a few dozen candidate
-# boxes, so measuring each box directly is as fast as a summed-area table, at 1 byte a pixel.
+# built from the frame (_Frame) and the config. A frame has a few dozen candidate boxes, so
+# measuring each box directly is as fast as a summed-area table, at 1 byte a pixel.
 GATES: dict[str, Callable] = {
     # The black frame, text and overlay boxes around an endoscope's view.
-    "max_dark_frac": lambda pixels, config: _share_of(pixels.max(axis=2) <= config.dark_level),
+    "max_dark_frac": lambda frame, config: _share_of(frame.pixels.max(axis=2) <= config.dark_level),
     # Specular glare: every channel clipped at the sensor's top.
-    "max_bright_frac": lambda pixels, config: _share_of(pixels.min(axis=2) >= config.bright_level),
+    "max_bright_frac": lambda frame, config: _share_of(frame.pixels.min(axis=2) >= config.bright_level),
     # Over-exposure: one channel (red, in endoscopy) clipped over much of the crop, short of white.
-    "max_clipped_frac": lambda pixels, config: _share_of(pixels.max(axis=2) >= config.bright_level),
-    "max_noise_sigma": lambda pixels, config: partial(noise_sigma, noise_residual(pixels)),
-    "max_blockiness": lambda pixels, config: partial(blockiness, grey_levels(pixels)),
+    "max_clipped_frac": lambda frame, config: _share_of(frame.pixels.max(axis=2) >= config.bright_level),
+    "max_noise_sigma": lambda frame, config: partial(noise_sigma, _immerkaer_residual(frame.grey)),
+    "max_blockiness": lambda frame, config: partial(blockiness, frame.grey),
 }
+
+
+def box_measures(pixels: np.ndarray, config, keys) -> dict[str, Callable[[tuple[int, int, int, int]], float]]:
+    """The frame's measure of a box for each gate key in `keys`, the grey levels taken once."""
+    frame = _Frame(pixels)
+    return {key: GATES[key](frame, config) for key in keys}
 
 
 def _gates(pixels: np.ndarray, config) -> list[tuple]:
     """(measure of a box, the most it may be) for each gate that is on: a share below 1, any
     other limit not null."""
-    pixels = np.asarray(pixels)
     on = [(key, getattr(config, key)) for key in GATES]
-    on = [(key, limit) for key, limit in on if limit is not None and not (key.endswith("_frac") and limit >= 1)]
-    return [(GATES[key](pixels, config), limit) for key, limit in on]
+    on = {key: limit for key, limit in on if limit is not None and not (key.endswith("_frac") and limit >= 1)}
+    return [(measure, on[key]) for key, measure in box_measures(pixels, config, on).items()]
 
 
 def grey_levels(pixels: np.ndarray) -> np.ndarray:
@@ -144,7 +160,11 @@ def noise_residual(pixels: np.ndarray) -> np.ndarray:
     (J. Immerkaer, "Fast Noise Variance Estimation", CVIU 1996): the difference of two
     Laplacians, blind to flat and linearly shaded surfaces, so what remains is mostly noise.
     float32 (H-2, W-2); entry (i, j) is centred on pixel (i+1, j+1)."""
-    grey = grey_levels(pixels)
+    return _immerkaer_residual(grey_levels(pixels))
+
+
+def _immerkaer_residual(grey: np.ndarray) -> np.ndarray:
+    """noise_residual of the grey levels."""
     n = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     h, w = grey.shape
     out = np.zeros((h - 2, w - 2), np.float32)
