@@ -76,11 +76,14 @@ esac
 # The proposer's artefact gates. `optidel-ungated` has none but the black border's (the default
 # until 2026-12-07, the `optidel` of the tables committed before then); `optidel-gates` the glare
 # and noise gates at 1% blown-out pixels and 10 grey levels (the default from then until
-# 2026-12-08, the `optidel` of the tables committed in between); `optidel` and `optidel-allgates`
-# today's default, which adds over-exposure and heavy compression and takes noise from 6 grey levels.
+# 2026-12-08, the `optidel` of the tables committed in between); `optidel-allgates` adds over-exposure
+# and heavy compression and takes noise from 6 grey levels (the default for part of 2026-12-08); `optidel` and
+# `optidel-frameclip30` today's default, which adds the frame-wide over-exposure gate.
+NO_FRAME_GATE=(--set propose.max_frame_clipped_frac=1)
 UNGATED=(--set propose.max_bright_frac=1 --set propose.max_noise_sigma=null --set propose.max_clipped_frac=1
-         --set propose.max_blockiness=null)
-TWO_GATES=(--set propose.max_noise_sigma=10 --set propose.max_clipped_frac=1 --set propose.max_blockiness=null)
+         --set propose.max_blockiness=null "${NO_FRAME_GATE[@]}")
+TWO_GATES=(--set propose.max_noise_sigma=10 --set propose.max_clipped_frac=1 --set propose.max_blockiness=null
+           "${NO_FRAME_GATE[@]}")
 
 # Arms that differ from another arm only after pass 1: that arm, then their selection settings.
 reselected() {
@@ -134,7 +137,8 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
             # the dirty train pool: none, glare only, sensor noise only, both (the default until
             # 2026-12-08); then over the two, heavy compression (block-edge ratio above 2),
             # over-exposure (a channel clipped on more than 40% of the crop), noise above 6 grey
-            # levels instead of 10, and all three (today's default).
+            # levels instead of 10, and all three; then a frame with a channel clipped on more than
+            # 30% of its lit pixels loses every crop (today's default).
             optidel-ungated) sets=(--selector optidel "${UNGATED[@]}") ;;
             optidel-glare) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_noise_sigma=null) ;;
             optidel-noise) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_bright_frac=1) ;;
@@ -142,7 +146,8 @@ build() {  # build NAME: the arm's `optidel run` output under $WORK (a finished 
             optidel-block2) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_blockiness=2) ;;
             optidel-clip40) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_clipped_frac=0.4) ;;
             optidel-noise6) sets=(--selector optidel "${TWO_GATES[@]}" --set propose.max_noise_sigma=6) ;;
-            optidel-allgates) sets=(--selector optidel) ;;
+            optidel-allgates) sets=(--selector optidel "${NO_FRAME_GATE[@]}") ;;
+            optidel-frameclip30) sets=(--selector optidel --set propose.max_frame_clipped_frac=0.3) ;;
             # Hardness over a Gaussian low-pass of the patch (sigma in proxy pixels): fine detail
             # that no model predicts (noise, compression blocks) no longer counts as hard.
             optidel-lowpass1 | optidel-lowpass2) sets=(--selector optidel --set "score.lowpass_sigma=${arm#optidel-lowpass}") ;;

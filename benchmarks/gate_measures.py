@@ -43,14 +43,16 @@ from optidel.pipeline.partitions import PASS1_DIR
 from optidel.stages import keypatch
 from optidel.stages.keypatch import GATES
 
-MEASURED = ("max_bright_frac", "max_clipped_frac", "max_noise_sigma", "max_blockiness")
+MEASURED = ("max_bright_frac", "max_clipped_frac", "max_frame_clipped_frac", "max_noise_sigma", "max_blockiness")
 LIMITS = {
     "max_bright_frac": (0.01, 0.02, 0.05, 0.1),
     "max_clipped_frac": (0.2, 0.3, 0.4, 0.5),
+    "max_frame_clipped_frac": (0.2, 0.3, 0.4, 0.5),
     "max_noise_sigma": (4.0, 6.0, 8.0, 10.0, 12.0),
     "max_blockiness": (1.5, 2.0, 2.5, 3.0),
 }
-UNIT = {"max_bright_frac": "share", "max_clipped_frac": "share", "max_noise_sigma": "grey levels",
+UNIT = {"max_bright_frac": "share", "max_clipped_frac": "share", "max_frame_clipped_frac": "share of the frame",
+        "max_noise_sigma": "grey levels",
         "max_blockiness": "ratio"}
 
 

@@ -53,6 +53,7 @@ VOLATILE_KEYS = frozenset(
 BEFORE_ADDED = {
     "score.lowpass_sigma": None,
     "propose.max_clipped_frac": 1.0,
+    "propose.max_frame_clipped_frac": 1.0,
     "propose.max_blockiness": None,
 }
 MAX_DIFFERENCES = 5  # named in a refusal; the rest are counted

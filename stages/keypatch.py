@@ -42,8 +42,9 @@ def key_patches(masks: list[dict], image_shape: tuple[int, ...], config, pixels:
     `config` is a ProposeConfig (min/max_area_frac, patch_nms_thresh, max_patches_per_image,
     margin, min_patch_side and the artefact gates). With the image's `pixels`, a square crop is
     dropped before NMS and the cap when it has more than max_dark_frac near-black pixels, more
-    than max_bright_frac blown-out ones, more than max_clipped_frac with a channel clipped, an
-    estimated noise above max_noise_sigma grey levels, or a blockiness above max_blockiness."""
+    than max_bright_frac blown-out ones, more than max_clipped_frac with a channel clipped (or its
+    frame more than max_frame_clipped_frac of its lit pixels), an estimated noise above
+    max_noise_sigma grey levels, or a blockiness above max_blockiness."""
     height, width = image_shape[:2]
     image_area = height * width
     gates = _gates(pixels, config) if pixels is not None else []
@@ -110,11 +111,29 @@ def _share_of(flags: np.ndarray) -> Callable[[tuple[int, int, int, int]], float]
     return share
 
 
+def _the_frame(value: float) -> Callable[[tuple[int, int, int, int]], float]:
+    """A measure of the whole frame, the same for every box."""
+    return lambda box: value
+
+
+def _lit_share_clipped(brightest: np.ndarray, config) -> float:
+    """The share of the frame's lit pixels (a channel above dark_level) with a channel at
+    bright_level or above, given each pixel's brightest channel; 0 for a frame with no lit pixel."""
+    lit = brightest > config.dark_level
+    n_lit = np.count_nonzero(lit)
+    return np.count_nonzero(lit & (brightest >= config.bright_level)) / n_lit if n_lit else 0.0
+
+
 class _Frame:
-    """A frame's pixels (uint8 H x W x 3) and, computed once for the gates that read it, its grey levels."""
+    """A frame's pixels (uint8 H x W x 3) and, computed once for the gates that read them, its grey
+    levels and each pixel's brightest channel."""
 
     def __init__(self, pixels: np.ndarray):
         self.pixels = np.asarray(pixels)
+
+    @cached_property
+    def brightest(self) -> np.ndarray:
+        return self.pixels.max(axis=2)
 
     @cached_property
     def grey(self) -> np.ndarray:
@@ -126,11 +145,15 @@ class _Frame:
 # measuring each box directly is as fast as a summed-area table, at 1 byte a pixel.
 GATES: dict[str, Callable] = {
     # The black frame, text and overlay boxes around an endoscope's view.
-    "max_dark_frac": lambda frame, config: _share_of(frame.pixels.max(axis=2) <= config.dark_level),
+    "max_dark_frac": lambda frame, config: _share_of(frame.brightest <= config.dark_level),
     # Specular glare: every channel clipped at the sensor's top.
     "max_bright_frac": lambda frame, config: _share_of(frame.pixels.min(axis=2) >= config.bright_level),
     # Over-exposure: one channel (red, in endoscopy) clipped over much of the crop, short of white.
-    "max_clipped_frac": lambda frame, config: _share_of(frame.pixels.max(axis=2) >= config.bright_level),
+    "max_clipped_frac": lambda frame, config: _share_of(frame.brightest >= config.bright_level),
+    # Over-exposure is frame-wide: gated crop by crop, a frame whose most clipped crops go proposes
+    # its less clipped ones. So the frame's own share, over its lit pixels (the black frame around
+    # an endoscope's view is not the scene), gates every crop of it.
+    "max_frame_clipped_frac": lambda frame, config: _the_frame(_lit_share_clipped(frame.brightest, config)),
     "max_noise_sigma": lambda frame, config: partial(noise_sigma, _immerkaer_residual(frame.grey)),
     "max_blockiness": lambda frame, config: partial(blockiness, frame.grey),
 }

@@ -170,7 +170,7 @@ def test_glare_and_noise_gates_drop_crops_by_physical_measures():
         record(50, 5, 80, 35, iou=0.9),  # clean tissue
     ]
     assert [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)] == [(50, 5, 80, 35)]  # on by default
-    off = dict(max_bright_frac=1.0, max_noise_sigma=None, max_clipped_frac=1.0, max_blockiness=None)
+    off = dict(max_bright_frac=1.0, max_noise_sigma=None, max_clipped_frac=1.0, max_blockiness=None, max_frame_clipped_frac=1.0)
     assert len(key_patches(masks, (H, W, 3), config(**off), pixels=pixels)) == 3
     kept = key_patches(masks, (H, W, 3), config(max_bright_frac=0.5, max_noise_sigma=8.0), pixels=pixels)
     assert [p.box for p in kept] == [(50, 5, 80, 35)]
@@ -207,8 +207,9 @@ def test_over_exposure_and_compression_gates_drop_crops_by_physical_measures():
         record(84, 50, 114, 80, iou=0.95),  # all blocks
         record(5, 50, 35, 80, iou=0.9),  # plain tissue
     ]
-    assert [p.box for p in key_patches(masks, (H, W, 3), config(), pixels=pixels)] == [(5, 50, 35, 80)]  # on by default
-    off = dict(max_clipped_frac=1.0, max_blockiness=None)
+    crop_gates = config(max_frame_clipped_frac=1.0)  # a third of the frame is clipped: the frame gate would drop all
+    assert [p.box for p in key_patches(masks, (H, W, 3), crop_gates, pixels=pixels)] == [(5, 50, 35, 80)]  # on by default
+    off = dict(max_clipped_frac=1.0, max_blockiness=None, max_frame_clipped_frac=1.0)
     assert len(key_patches(masks, (H, W, 3), config(**off), pixels=pixels)) == 3
     assert len(key_patches(masks, (H, W, 3), config(**{**off, "max_clipped_frac": 0.4}), pixels=pixels)) == 2
     assert len(key_patches(masks, (H, W, 3), config(**{**off, "max_blockiness": 2.0}), pixels=pixels)) == 2
@@ -232,3 +233,22 @@ def test_blockiness_against_a_hand_computation():
     expected_y = (across_y @ col_weights).mean() + 1.0
     assert blockiness(blocky, box) == pytest.approx((expected_x + expected_y) / 2)
     assert blockiness(blocky + rng.normal(0, 20, blocky.shape), box) < blockiness(blocky, box)
+
+
+def test_the_frame_wide_over_exposure_gate_drops_every_crop_of_the_frame():
+    pixels = np.zeros((H, W, 3), np.uint8)  # columns 0..19 stay black: the frame around the view
+    pixels[:, 20:] = (170, 90, 70)
+    pixels[:, 20:55, 0] = 255  # the red channel clipped on 35 of the 100 lit columns
+    masks = [
+        record(25, 10, 50, 35, iou=0.99),  # in the clipped band
+        record(70, 50, 100, 80, iou=0.9),  # plain tissue, but in the same frame
+    ]
+    lit_share = 35 / 100  # over the lit pixels; over the whole frame 35 / 120 = 0.29
+    crop_gate_off = dict(max_clipped_frac=1.0)
+    assert key_patches(masks, (H, W, 3), config(**crop_gate_off), pixels=pixels) == []  # on by default, at 0.3
+    for limit, kept in ((lit_share - 0.01, 0), (lit_share + 0.01, 2), (1.0, 2)):
+        gate = dict(crop_gate_off, max_frame_clipped_frac=limit)
+        assert len(key_patches(masks, (H, W, 3), config(**gate), pixels=pixels)) == kept, limit
+    black = np.zeros((H, W, 3), np.uint8)  # no lit pixel: nothing to call over-exposed
+    gate = dict(max_frame_clipped_frac=0.0, max_dark_frac=1.0)
+    assert len(key_patches(masks, (H, W, 3), config(**gate), pixels=black)) == 2
