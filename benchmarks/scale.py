@@ -123,6 +123,7 @@ def select_and_write(pool: Path, n_sources: int, scratch: Path, sets: list[str])
     manifests = Output(str(scratch))
     write.sources(manifests, plan.duplicates, store, config)
     candidate_patches = write.patches(manifests, plan, store, config)
+    plan.chosen.ranks.remove()  # as the runner does: not left in the kept pool
     stage_done("manifests")
     return {
         "candidate_patches": candidate_patches,

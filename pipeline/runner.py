@@ -101,6 +101,7 @@ def _run(inputs: list[str], out: str, config: Config, listing_path: str) -> dict
     with timer.stage("manifests"):
         selection_write.sources(output, plan.duplicates, store, config)
         n_candidates = selection_write.patches(output, plan, store, config)
+        plan.chosen.ranks.remove()  # their last reader done
         output.write_manifest("samples", schema.to_table("samples", samples))
         output.write_manifest("shards", shards_table(records))
 

@@ -7,6 +7,7 @@ sources.parquet written in pieces with the bytes of the one-shot write."""
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 
 import numpy as np
@@ -15,8 +16,9 @@ import pytest
 from optidel.manifests import layout, schema
 from optidel.manifests.layout import Output
 from optidel.pipeline import config as config_mod
-from optidel.pipeline.selection import duplicates, write
+from optidel.pipeline.selection import duplicates, rows, write
 from optidel.pipeline.selection.duplicates import bucketed, first_occurrences, joined, marked
+from optidel.pipeline.selection.selectors import selector
 from optidel.pipeline.partitions import PartStore
 from optidel.stages import columns as C
 from selection_reference import read_pool
@@ -127,3 +129,15 @@ def test_on_ray_over_parts(ray_local, tmp_path, monkeypatch, with_patches):
     write.sources(Output(str(tmp_path / "over_parts")), found, store, config)
     written = (tmp_path / "in_memory" / layout.manifest_relpath("sources")).read_bytes()
     assert (tmp_path / "over_parts" / layout.manifest_relpath("sources")).read_bytes() == written
+
+
+@pytest.mark.parametrize("unit", ["Patches", "Images"])
+def test_the_unit_every_task_is_handed_carries_the_duplicates_positions_alone(tmp_path, unit):
+    """The selection hands its unit (the loader) to every task over the parts: of the duplicates
+    it needs their listing positions, not the ids they repeat, which sources.parquet alone takes."""
+    found = duplicates.Duplicates(np.array([3, 7], dtype=np.int64), np.array(["a" * 64, "b" * 64], dtype=object))
+    store = PartStore(Output(str(tmp_path)), n_sources=8, partition_size=4)
+    loader = getattr(rows, unit)(store, found, selector("dedup"), 1.0)
+    pickled = pickle.dumps(loader)
+    assert b"a" * 64 not in pickled and b"b" * 64 not in pickled
+    assert np.array_equal(loader.duplicate_positions, found.positions)

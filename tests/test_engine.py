@@ -344,3 +344,19 @@ def test_a_kept_row_the_cap_skips_is_worked_out_again_when_it_blocked_one(twin):
     take_round_robin(np.arange(4), merged["group"], merged["source"], 4, 1, np.zeros(4, dtype=bool), decided, shortlists.guard)
     assert decided.tolist() == reason.tolist()
     assert shortlists.worked_again == int(twin)
+
+
+def test_the_sample_comes_back_as_utf8_and_its_cuts_as_text():
+    """The driver holds the k-means sample's ids through round 3: as UTF-8 bytes (a quarter of
+    numpy's unicode for ASCII ids), in the order of their text; a cut read off it is the id's
+    text, which the parts compare with their own ids."""
+    rng = np.random.default_rng(0)
+    ids = np.array([f"{i:04d}-é" for i in rng.permutation(300)])
+    emb = rng.normal(size=(300, 8)).astype(np.float32)
+    piece = (rng.integers(0, 2**63, 300).astype(np.uint64), ids, emb, -rng.random(300))
+    keys, sample_ids, cluster, _ = engine._trained_sample(np.zeros(8), 4, 200, 0, piece)
+    assert sample_ids.dtype.kind == "S" and len(sample_ids) == 200
+    text = np.char.decode(sample_ids, "utf-8")
+    assert np.array_equal(engine.key_order(keys, text), np.arange(200))  # in the order, as text
+    cut = engine._cut((keys, sample_ids), 0.5, 100)
+    assert cut == (keys[engine.CUT_SLACK + 75], text[engine.CUT_SLACK + 75]) and isinstance(cut[1], str)

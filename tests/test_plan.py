@@ -20,7 +20,7 @@ from optidel.pipeline import config as config_mod, pass2, raydata
 from optidel.pipeline.partitions import PartStore
 from optidel.pipeline.selection import write
 from optidel.pipeline.selection.plan import Plan, pass_two_rows, plan
-from optidel.pipeline.selection.ranks import part_ranks, pool_ranks
+from optidel.pipeline.selection.ranks import RANKS_DIR, pool_ranks, ranks_from_files
 from optidel.stages import columns as C
 from optidel.stages.write import shards_table
 from selection_reference import plain_ranks, read_pool, reference
@@ -168,23 +168,27 @@ class KeyParts:
 
 
 @pytest.mark.parametrize("sizes", [[50], [30, 0, 45, 12, 0, 60, 33, 8, 21, 40]])
-def test_pool_ranks_on_ray_are_the_pool_order(ray_local, sizes):
+def test_pool_ranks_on_ray_are_the_pool_order(ray_local, tmp_path, sizes):
     """The sort by ranges as Ray runs it (one group and one range; groups of parts and as many
-    ranges): the pieces the group tasks take give every row its rank in the pool's order, by
-    hardness and by the seeded draw."""
+    ranges): the pieces the group tasks read back from their files give every row its rank in the
+    pool's order, by hardness and by the seeded draw; once removed, no file is left."""
     ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers' KeyParts
     try:
         load = KeyParts(sizes, seed=len(sizes))
         config = config_mod.load(sets=[]).ray
+        output = Output(str(tmp_path))
         for by in ("hardness", ("draw", 3)):
             expected = plain_ranks({"id": load.ids, "score": load.scores}, by)
-            ranks = pool_ranks(load, list(range(len(sizes))), by, config)
-            assert len(ranks.pieces) == len(ranks.groups) == {1: 1, 10: 4}[len(sizes)]  # ranges, groups of parts
-            found = raydata.run_tasks(part_ranks, [(len(g), *ranks.of(i)) for i, g in enumerate(ranks.groups)], config)
+            ranks = pool_ranks(load, list(range(len(sizes))), by, output, config)
+            assert len(ranks.paths) == len(ranks.groups) == {1: 1, 10: 4}[len(sizes)]  # ranges, groups of parts
+            found = raydata.run_tasks(ranks_from_files, [(len(g), *ranks.of(i)) for i, g in enumerate(ranks.groups)], config)
             out = np.full(sum(sizes), -1, dtype=np.int32)
             for group, of_group in zip(ranks.groups, found):
                 for part, rank in zip(group, of_group):
                     out[load.rows[part]] = rank
             assert np.array_equal(out, expected)
+            assert all(isinstance(path, str) and output.exists(path) for paths in ranks.paths for path in paths)
+            ranks.remove()
+            assert not output.exists(RANKS_DIR)
     finally:
         ray_local.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

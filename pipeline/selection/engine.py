@@ -113,7 +113,7 @@ class _Sample:
     the head's and the shortlists' cuts are read."""
 
     primary: np.ndarray
-    ids: np.ndarray
+    ids: np.ndarray  # UTF-8 bytes: numpy's unicode took 256 B a row for a 64-character source id
     cluster: np.ndarray
     share: float
 
@@ -158,11 +158,13 @@ def choose(
     threshold = config.near_duplicate_cosine if selector.near_duplicates else None
     shortlists = _Shortlists(run, threshold, -(-budget // n_groups))
     queues = _sample_queues(sample, verdict)
+    share = None if sample is None else sample.share
+    del sample  # its rows live on in the queues, each in its group's: held once through round 3
     reach = dict.fromkeys(lengths, 1)  # how far past the estimate each group's cut goes
     pending = list(lengths)
     calls = [[part] for part in parts] if groups is None else [list(group) for group in groups]
     while True:
-        cuts = {g: _cut(queues.get(g), sample, reach[g] * lengths[g]) for g in pending}
+        cuts = {g: _cut(queues.get(g), share, reach[g] * lengths[g]) for g in pending}
         verdict.fetches += 1
         fetch = {g: lengths[g] for g in pending}
         pieces, notes = split(_shortlist_pieces, [(load, group, verdict, fetch, cuts, n_groups) for group in calls], n_groups)
@@ -289,7 +291,7 @@ def _trained_sample(mean: np.ndarray, k: int, size: int, seed: int, *pieces):
     cluster = np.empty(len(ids), dtype=np.int32)
     cluster[by_id] = embeddings.assign_clusters(unit, centroids)
     first = key_order(keys, ids)  # the order both cuts read the sample in
-    return keys[first], ids[first], cluster[first], centroids
+    return keys[first], utf8(ids[first]), cluster[first], centroids
 
 
 def _sample_draws(ids: np.ndarray, seed: int) -> np.ndarray:
@@ -304,7 +306,7 @@ def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample | None, 
     queue = (sample.primary, sample.ids) if sample is not None else None
     reach = 1
     while True:
-        cut = _cut(queue, sample, reach * count, verdict)
+        cut = _cut(queue, None if sample is None else sample.share, reach * count, verdict)
         verdict.head_fetches += 1
         heads = run(_head, [(load, part, verdict.by, count, cut) for part in parts])
         keys, ids = _first_keys(_tally(heads, verdict.rows_received, "head", lambda head: len(head[1])), count)
@@ -528,26 +530,27 @@ def _sample_queues(sample: _Sample | None, verdict: Verdict) -> dict[int, tuple[
         return {}
     order = np.arange(len(sample.ids))  # the sample is in the order
     if verdict.last_trimmed is not None:
-        order = order[~at_or_before(sample.primary, sample.ids, verdict.last_trimmed)]
+        last_key, last_id = verdict.last_trimmed
+        order = order[~at_or_before(sample.primary, sample.ids, (last_key, last_id.encode()))]
     group = sample.cluster[order] if verdict.selector.quotas else np.zeros(len(order), dtype=np.int32)
     return {int(g): (sample.primary[order[group == g]], sample.ids[order[group == g]]) for g in np.unique(group).tolist()}
 
 
-def _cut(queue: tuple[np.ndarray, np.ndarray] | None, sample: _Sample | None, length: int, verdict: Verdict | None = None) -> Key | None:
+def _cut(queue: tuple[np.ndarray, np.ndarray] | None, share: float | None, length: int, verdict: Verdict | None = None) -> Key | None:
     """The key a fetch of `length` rows stops at (None: none): the queue's sample row at about
     CUT_MARGIN times the sample's rows among the first `length`; without a sample, for the draw
     (uniform 64-bit hashes), the value below which about that many of the pool's rows fall."""
-    if sample is None:
+    if share is None:  # no sample
         rows = CUT_MARGIN * length + CUT_SLACK
         if verdict is None or verdict.by == "hardness" or rows >= verdict.n:
             return None
         # With the id "": the draws below the value (no id is empty, so none equal to it passes).
         return (np.uint64(min(int(rows / verdict.n * 2**64), 2**64 - 1)), "")
-    if sample.share >= 1 or queue is None:  # the sample is the pool, or holds none of the group: no estimate
+    if share >= 1 or queue is None:  # the sample is the pool, or holds none of the group: no estimate
         return None
     keys, ids = queue
-    at = math.ceil(CUT_MARGIN * sample.share * length) + CUT_SLACK
-    return (keys[at], ids[at]) if at < len(ids) else None
+    at = math.ceil(CUT_MARGIN * share * length) + CUT_SLACK
+    return (keys[at], ids[at].decode()) if at < len(ids) else None
 
 
 def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:

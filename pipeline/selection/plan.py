@@ -17,6 +17,7 @@ from ...stages import columns as C
 from ...stages import exact_mean
 from ...stages.compose import group_patches, sample_key
 from ...stages.id_table import IdTable, utf8
+from .. import raydata
 from ..config import Config
 from ..partitions import PartStore
 from . import duplicates, rows
@@ -69,6 +70,7 @@ def plan(store: PartStore, config: Config) -> Plan:
     result = Plan(patches, samples, sample_keys, grid=config.grid if mosaics else 1,
                   accounting=_accounting(patches, chosen.verdict), chosen=chosen, duplicates=found, by_status=by_status)
     result.accounting.update(n_ok=n_ok, samples_target=n_samples, samples=len(samples))
+    raydata.freed_heap_to_the_os()  # the selection's working arrays, freed: before the manifests' peak
     if len(samples) < n_samples:
         log.warning(
             "shortfall: the pool gave %d samples of the %d asked for (keep=%s of %d ok sources)",

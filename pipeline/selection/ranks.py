@@ -6,19 +6,21 @@ Map tasks, one per group of parts (partitions.part_groups), send a sample of the
 (key_sample), from which the driver takes the bounds of as many ranges as groups (range_bounds);
 then each row's key, and where the row is, to its range, counting the rows per range
 (range_pieces). The driver sums the counts into each range's offset (range_offsets); a reduce
-task per range sorts its keys and ranks them (ranked_range), in one piece per group, kept in
-the object store until the group's task takes them (part_ranks). Each part's keys are read
-twice, a reduce holds about a group's keys, and the driver holds the sample, the bounds, the
-counts and the pieces' references: about 2 per part.
+task per range sorts its keys and ranks them (ranked_range), in one piece per group, each
+written to a file under OUT/work/ranks until the group's task reads it (ranks_from_files). Each
+part's keys are read twice, a reduce holds about a group's keys, and the driver holds the
+sample, the bounds, the counts and the pieces' paths: about 2 per part.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ...manifests.layout import WORK_DIR, Output
 from .. import raydata
 from ..config import RayConfig
 from ..partitions import part_groups
@@ -26,37 +28,46 @@ from .keys import ID, SCORE, ids_of, key_order
 from .keys import primary as primary_of
 
 SAMPLE_PER_RANGE = 4  # a map's sampled keys per range: bounds within about a quarter range
+RANKS_DIR = f"{WORK_DIR}/ranks"
 
 
 @dataclass
 class PoolRanks:
-    """The parts in groups, and the references of each group's ranked pieces, one per range
-    (part_ranks turns them into each part's ranks)."""
+    """The parts in groups, and the files of each group's ranked pieces, one per range
+    (ranks_from_files turns them into each part's ranks)."""
 
     groups: list[list]
-    pieces: list[list]  # [range][group]
+    paths: list[list[str]]  # [range][group]
+    output: Output
 
     def of(self, group: int) -> tuple:
-        """The references to pass, as arguments, to the task of groups[group]."""
-        return tuple(pieces[group] for pieces in self.pieces)
+        """What to pass, as arguments, to the task of groups[group] for ranks_from_files."""
+        return (self.output, *(paths[group] for paths in self.paths))
+
+    def remove(self) -> None:
+        """The pieces' files, once their last reader is done (patches.parquet written)."""
+        remove_ranks(self.output)
 
 
-def pool_ranks(load, parts: Sequence, by, config: RayConfig) -> PoolRanks:
+def pool_ranks(load, parts: Sequence, by, output: Output, config: RayConfig) -> PoolRanks:
     """The ranks of the competing rows of `parts` (load(part), as the engine reads them), in
-    the `by` order ("hardness", or ("draw", seed))."""
+    the `by` order ("hardness", or ("draw", seed)); the pieces are written under OUT/work/ranks,
+    replacing what an earlier plan (an interrupted run's) left there."""
     groups = [[parts[i] for i in group] for group in part_groups(len(parts))]
     ranges = len(groups)
+    remove_ranks(output)
     if not ranges:
-        return PoolRanks([], [])
+        return PoolRanks([], [], output)
     samples = raydata.run_tasks(key_sample, [(load, group, by, SAMPLE_PER_RANGE * ranges) for group in groups], config)
     bounds = range_bounds(samples, ranges)
-    calls = [(load, group, by, bounds, ranges) for group in groups]
+    pieces, counts = raydata.split(range_pieces, [(load, group, by, bounds, ranges) for group in groups], ranges, config)
+    reduces = [(output, r, int(offset), *(of_map[r] for of_map in pieces)) for r, offset in enumerate(range_offsets(counts))]
+    return PoolRanks(groups, list(raydata.run_tasks(ranked_files, reduces, config)), output)
 
-    def offsets(counts):
-        return [(int(offset),) for offset in range_offsets(counts)]
 
-    pieces = raydata.shuffle_kept(range_pieces, calls, ranked_range, offsets, ranges, len(groups), config)
-    return PoolRanks(groups, pieces)
+def remove_ranks(output: Output) -> None:
+    if output.exists(RANKS_DIR):
+        output.fs.rm(output.path(RANKS_DIR), recursive=True)
 
 
 def key_sample(load, parts: Sequence, by, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,6 +128,29 @@ def ranked_range(offset: int, *pieces: dict) -> list[dict]:
     rank[key_order(primary, ids)] = offset + np.arange(len(ids))
     ranks = np.split(rank, np.cumsum([len(piece["id"]) for piece in pieces])[:-1])
     return [{"part": piece["part"], "position": piece["position"], "rank": r} for piece, r in zip(pieces, ranks)]
+
+
+def ranked_files(output: Output, r: int, offset: int, *pieces: dict) -> list[str]:
+    """The reduce as a task: ranked_range's pieces, each written to a file of RANKS_DIR; returns
+    their paths. Returned as values, the pieces smaller than Ray's inline limit (100 KiB) would
+    be held in the driver's own memory until the manifests are written: for an image selector,
+    most of them, 12 B a competing row (+22 MiB at 16M candidate patches, `dedup`:
+    benchmarks/scale.py)."""
+    paths = []
+    for g, piece in enumerate(ranked_range(offset, *pieces)):
+        paths.append(f"{RANKS_DIR}/{r:06d}-{g:06d}.pickle")
+        with output.open_atomic(paths[-1]) as f:
+            pickle.dump(piece, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return paths
+
+
+def ranks_from_files(n_parts: int, output: Output, *paths: str) -> list[np.ndarray]:
+    """part_ranks, from a group's pieces as ranked_files wrote them (PoolRanks.of)."""
+    pieces = []
+    for path in paths:
+        with output.fs.open(output.path(path), "rb") as f:
+            pieces.append(pickle.load(f))
+    return part_ranks(n_parts, *pieces)
 
 
 def part_ranks(n_parts: int, *pieces: dict) -> list[np.ndarray]:

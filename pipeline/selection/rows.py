@@ -25,7 +25,7 @@ from ..partitions import MASK_COLUMNS, PartStore, part_groups, patch_masks
 from . import engine, spool
 from .duplicates import Duplicates
 from .keys import EMBEDDING, ID, SCORE, SOURCE, rank_order
-from .ranks import PoolRanks, part_ranks, pool_ranks
+from .ranks import PoolRanks, pool_ranks, ranks_from_files
 from .selectors import Selector
 
 # What competes reads of a part.
@@ -55,7 +55,10 @@ class _Unit:
     id_column: str  # the part's column the engine's ID reads
 
     def __init__(self, store: PartStore, duplicates: Duplicates, selector: Selector, cap_window_s: float):
-        self.store, self.duplicates, self.selector = store, duplicates, selector
+        self.store, self.selector = store, selector
+        # Their listing positions alone: every task over the parts is handed the unit, and the ids
+        # the duplicates repeat (sources.parquet's) were 9 in 10 of its bytes.
+        self.duplicate_positions = duplicates.positions
         self.cap_window_s = cap_window_s
 
     def __call__(self, partition: int, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
@@ -95,7 +98,7 @@ class Patches(_Unit):
         is_patch = part[C.PATCH_INDEX] >= 0
         ok = part[C.INPUT_INDEX][~is_patch & (part[C.STATUS] == schema.OK)]
         position = part[C.INPUT_INDEX][is_patch]
-        return np.isin(position, ok) & (self.duplicates.at(position) < 0)
+        return np.isin(position, ok) & ~np.isin(position, self.duplicate_positions)
 
     def chosen(self, partition: int, keep_ids: IdTable) -> tuple[dict, dict, np.ndarray]:
         """The plan rows of the part's competing patches, their sources' rows, and where each is
@@ -119,7 +122,7 @@ class Images(_Unit):
 
     def rows(self, partition: int, columns: tuple[str, ...]) -> dict:
         rows = self.store.source_rows(partition, tuple(dict.fromkeys((*columns, C.INPUT_INDEX, C.STATUS))))
-        keep = (rows[C.STATUS] == schema.OK) & (self.duplicates.at(rows[C.INPUT_INDEX]) < 0)
+        keep = (rows[C.STATUS] == schema.OK) & ~np.isin(rows[C.INPUT_INDEX], self.duplicate_positions)
         return {name: rows[name][keep] for name in columns}
 
     def with_cap_groups(self, partition: int, columns: tuple[str, ...]) -> tuple[dict, np.ndarray]:
@@ -156,7 +159,7 @@ class Images(_Unit):
 @dataclass
 class Chosen:
     """A selector's choice over the parts: the verdict (for_labels), and every competing row's
-    rank (kept in the object store, for the labels and pass 2)."""
+    rank (in files under OUT/work/ranks, for the labels and pass 2: ranks.py)."""
 
     unit: Patches | Images
     verdict: engine.Verdict
@@ -175,7 +178,7 @@ def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget:
         unit, parts, run, partial(raydata.split, config=config.ray), budget=budget, selector=selector,
         config=config.select, seed=config.seed, pool=competing_images, groups=part_groups(len(parts)),
     )
-    ranks = pool_ranks(unit, parts, rank_order(selector, config.seed), config.ray)
+    ranks = pool_ranks(unit, parts, rank_order(selector, config.seed), store.output, config.ray)
     keys = run(_plan_keys, [(unit, group, verdict.chosen, *ranks.of(g)) for g, group in enumerate(ranks.groups)])
     return Chosen(unit, verdict.for_labels(), ranks), C.concat(list(keys))
 
@@ -190,20 +193,20 @@ def pass_two_rows(chosen: Chosen, keep_ids: IdTable, config: Config) -> tuple[di
     return C.concat(list(rows)), C.concat(list(sources))
 
 
-def _plan_keys(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_pieces) -> dict:
+def _plan_keys(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_files) -> dict:
     """What the plan holds of the chosen rows of the parts in `group`, fixed-width (about 120 B a
     row, its ids as UTF-8 bytes): the engine's id (keys.ID), patch and source ids, score, cluster
     and rank."""
-    rows, _ = _chosen_rows(unit, group, keep_ids, *rank_pieces)
+    rows, _ = _chosen_rows(unit, group, keep_ids, *rank_files)
     return {ID: utf8(rows[unit.id_column]), C.PATCH_ID: utf8(rows[C.PATCH_ID]), C.SOURCE_ID: utf8(rows[C.SOURCE_ID]),
             **{name: rows[name] for name in (C.SCORE, "cluster", "rank")}}
 
 
-def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_pieces) -> tuple[dict, dict]:
+def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_files) -> tuple[dict, dict]:
     """The plan rows of the chosen rows of the parts in `group`, with their cluster and rank (from
     the group's ranked pieces), and the source rows they come from: one read of each part."""
     rows, sources = [], []
-    for partition, rank in zip(group, part_ranks(len(group), *rank_pieces)):
+    for partition, rank in zip(group, ranks_from_files(len(group), *rank_files)):
         part_rows, part_sources, at = unit.chosen(partition, keep_ids)
         keep = at >= 0
         picked = C.take(part_rows, keep)
@@ -225,10 +228,10 @@ def manifest_pieces(chosen: Chosen, plan_rows: IdTable, sample_keys: np.ndarray,
 
 
 def _labelled_pieces(unit: Patches | Images, verdict: engine.Verdict, plan_rows: IdTable, sample_keys: np.ndarray,
-                     group: list[int], *rank_pieces) -> list[pa.Table]:
+                     group: list[int], *rank_files) -> list[pa.Table]:
     """The patches.parquet rows of the parts in `group`."""
     pieces = []
-    for partition, selection in zip(group, engine.parts_selection(unit, group, verdict, part_ranks(len(group), *rank_pieces))):
+    for partition, selection in zip(group, engine.parts_selection(unit, group, verdict, ranks_from_files(len(group), *rank_files))):
         rows, competing = unit.manifest(partition)
         n = len(rows[C.PATCH_ID])
         cluster, rank, selected = np.full(n, -1, np.int32), np.full(n, -1, np.int32), np.zeros(n, bool)
