@@ -245,7 +245,7 @@ def test_the_frame_wide_over_exposure_gate_drops_every_crop_of_the_frame():
     ]
     lit_share = 35 / 100  # over the lit pixels; over the whole frame 35 / 120 = 0.29
     crop_gate_off = dict(max_clipped_frac=1.0)
-    assert key_patches(masks, (H, W, 3), config(**crop_gate_off), pixels=pixels) == []  # on by default, at 0.3
+    assert key_patches(masks, (H, W, 3), config(**crop_gate_off), pixels=pixels) == []  # on by default, at 0.3 < 0.35
     for limit, kept in ((lit_share - 0.01, 0), (lit_share + 0.01, 2), (1.0, 2)):
         gate = dict(crop_gate_off, max_frame_clipped_frac=limit)
         assert len(key_patches(masks, (H, W, 3), config(**gate), pixels=pixels)) == kept, limit
