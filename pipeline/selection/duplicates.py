@@ -58,7 +58,6 @@ def find(store: PartStore, config: Config) -> tuple[Duplicates, dict[str, int]]:
 
 
 def _bucketed_parts(store: PartStore, group: list[int], buckets: int) -> tuple[list[dict], Counter]:
-    """The map task: the source rows of the parts in `group`, bucketed, and counted by status."""
     rows = C.concat([store.source_rows(p, ROW_COLUMNS) for p in group])
     return bucketed(rows, buckets), Counter(rows[C.STATUS].tolist())
 

@@ -211,8 +211,7 @@ def parts_selection(load, parts: Sequence, verdict: Verdict, ranks: Sequence[np.
         ids = ids_of(rows)
         if len(rank) != len(ids):
             raise ValueError(f"part {part!r}: {len(rank)} ranks for {len(ids)} rows")
-        n = len(ids)
-        reason = _reasons(n, schema.DROP_BUDGET)
+        reason = _reasons(len(ids), schema.DROP_BUDGET)
         cluster, _ = _clusters(rows, ids, verdict)
         labelled_by_key = verdict.last_in_reach is not None or verdict.last_trimmed is not None
         keys = primary(rows, ids, verdict.by) if labelled_by_key else None
@@ -234,7 +233,7 @@ def _summarised(load, parts, run: Run, split: Split, selector: Selector, by, con
     received: dict[str, int] = {}
     n, sums, score_sum, draws = 0, None, 0, np.zeros(0, dtype=np.uint64)
     summaries = run(_summary, [(load, part, seed, size) for part in parts])
-    for rows, part_sums, part_score_sum, part_draws in _tally(summaries, received, "draws", lambda summary: len(summary[3])):
+    for rows, part_sums, part_score_sum, part_draws in tally(summaries, received, "draws", lambda summary: len(summary[3])):
         n += rows
         sums = part_sums if sums is None else exact_mean.add_sums(sums, part_sums)
         score_sum += part_score_sum
@@ -252,7 +251,7 @@ def _summarised(load, parts, run: Run, split: Split, selector: Selector, by, con
     verdict.mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
     verdict.k = min(config.clusters, n, size)  # the sample holds min(size, n) rows
     trained = run(_trained_sample, [(verdict.mean, verdict.k, size, seed, *(of_part[0] for of_part in pieces))])
-    [(keys, ids, cluster, verdict.centroids)] = _tally(trained, received, "sample", lambda result: len(result[1]))
+    [(keys, ids, cluster, verdict.centroids)] = tally(trained, received, "sample", lambda result: len(result[1]))
     return verdict, _Sample(keys, ids, cluster, len(ids) / n)
 
 
@@ -314,7 +313,7 @@ def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample | None, 
         cut = _cut(queue, None if sample is None else sample.share, reach * count, verdict)
         verdict.head_fetches += 1
         heads = run(_head, [(load, part, verdict.by, count, cut) for part in parts])
-        heads = _tally(heads, verdict.rows_received, "head", lambda head: len(head[1]))
+        heads = tally(heads, verdict.rows_received, "head", lambda head: len(head[1]))
         keys, ids = None, None
         for batch in _batched(heads, lambda head: len(head[1]), count):  # the parts' heads, folded as they arrive
             kept = [] if keys is None else [(keys, ids)]  # keeps the keys' dtype (uint64 draws)
@@ -442,7 +441,7 @@ class _Shortlists:
         self.pieces.update({g: [of_map[g] for of_map in pieces] for g in groups})
         self.lengths.update(lengths)
         calls = [(lengths[g], self.threshold, self.capacity, (), *self.pieces[g]) for g in groups]
-        self.queues.update(zip(groups, _tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get(ID, ())))))
+        self.queues.update(zip(groups, tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get(ID, ())))))
 
     def length(self, group: int) -> int:
         return len(self.queues[group].get(ID, ()))
@@ -535,8 +534,8 @@ def _cut(queue: tuple[np.ndarray, np.ndarray] | None, share: float | None, lengt
     return (keys[at], ids[at].decode()) if at < len(ids) else None
 
 
-def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:
-    """The results, passed on as they arrive, adding rows(result) to received[name]."""
+def tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:
+    """The results, passed on as they arrive, adding rows(result) to received[name] (from 0)."""
     received.setdefault(name, 0)
     for result in results:
         received[name] += rows(result)

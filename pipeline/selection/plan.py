@@ -58,8 +58,7 @@ def plan(store: PartStore, config: Config) -> Plan:
     patches = IdTable(keys.pop(ID), **keys)
     del keys  # held by `patches` alone from here, in its order
     patch_ids, source_ids = (patches.columns.pop(name) for name in (C.PATCH_ID, C.SOURCE_ID))  # for the samples alone
-    n = len(patches)
-    selected = np.ones(n, bool)
+    selected = np.ones(len(patches), bool)
     rank = patches.columns["rank"]
     if mosaics:
         samples, leftover = group_patches(source_ids, patches.columns["cluster"], rank, config.mosaic, config.seed)

@@ -109,7 +109,6 @@ class QueueGuard:
         self.window = np.zeros(0, dtype=np.float32)  # and each row's largest cosine to those
 
     def near_at(self, position: int) -> bool:
-        """Is the queue's row at `position` near a kept vector?"""
         return self.cosine_at(position) > self.threshold
 
     def cosine_at(self, position: int) -> float:
