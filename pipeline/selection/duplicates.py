@@ -17,6 +17,7 @@ from ...stages import columns as C
 from .. import raydata
 from ..config import Config
 from ..partitions import PartStore, part_groups
+from .keys import split_by
 
 ROW_COLUMNS = (C.INPUT_INDEX, C.SOURCE_ID, C.STATUS)  # what the map reads of a source row
 
@@ -57,7 +58,6 @@ def find(store: PartStore, config: Config) -> tuple[Duplicates, dict[str, int]]:
 
 
 def _bucketed_parts(store: PartStore, group: list[int], buckets: int) -> tuple[list[dict], Counter]:
-    """The map task: the source rows of the parts in `group`, bucketed, and counted by status."""
     rows = C.concat([store.source_rows(p, ROW_COLUMNS) for p in group])
     return bucketed(rows, buckets), Counter(rows[C.STATUS].tolist())
 
@@ -69,12 +69,7 @@ def bucketed(rows: dict[str, np.ndarray], buckets: int) -> list[dict[str, np.nda
     ids, positions = rows[C.SOURCE_ID][ok], rows[C.INPUT_INDEX][ok]
     # crc32, not hash(): Python salts str hashes per process, and the map tasks run in many.
     bucket = np.fromiter((zlib.crc32(i.encode()) % buckets for i in ids.tolist()), np.int64, len(ids))
-    order = np.argsort(bucket, kind="stable")
-    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
-    return [
-        {C.INPUT_INDEX: positions[order[a:b]], C.SOURCE_ID: ids[order[a:b]]}
-        for a, b in zip(bounds[:-1], bounds[1:])
-    ]
+    return [{C.INPUT_INDEX: positions[rows], C.SOURCE_ID: ids[rows]} for rows in split_by(bucket, buckets)]
 
 
 def first_occurrences(*pieces: dict[str, np.ndarray]) -> Duplicates:

@@ -8,7 +8,6 @@ the pass-1 parts, which sees the pool part by part, agrees with a selection over
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import faiss
@@ -53,8 +52,12 @@ def train_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
         min_points_per_centroid=1,  # small pools are fine; silences faiss's "too few points" warning
         verbose=False,
     )
-    with _one_faiss_thread():
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # faiss's multi-threaded reductions may sum in a different order per run
+    try:
         kmeans.train(x)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return kmeans.centroids
 
 
@@ -75,17 +78,6 @@ def assign_clusters(x: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
     for rows in chunks(len(x), CHUNK * 32 // len(centroids) or 1):  # about 16 MB of products
         labels[rows] = (x[rows, None, :] * centroids[None, :, :]).sum(axis=2).argmax(axis=1)
     return labels
-
-
-@contextlib.contextmanager
-def _one_faiss_thread():
-    """One thread: faiss's multi-threaded reductions may sum in a different order per run."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(threads)
 
 
 def embedding_rows(embeddings, n: int) -> np.ndarray:

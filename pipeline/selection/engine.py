@@ -28,7 +28,7 @@ shortlists; what it receives is counted per round (Verdict.rows_received).
    too soon is fetched again with a cut twice as far; one the round-robin ran to the end of, twice
    as long. Then every row it looked at, and every decision, is what a selection holding the
    whole pool would make (tests/selection_reference.py). The driver holds the shortlists as
-   fixed-width columns, about 44 B a row (_compact), and no Python object per row.
+   fixed-width columns, about 44 B a row (group_queue), and no Python object per row.
 4. parts_selection labels every row of some parts (cluster, rank, selected, reason) from the
    verdict and the parts' ranks (ranks.py).
 """
@@ -46,10 +46,14 @@ import numpy as np
 from optidel import seeding
 
 from ...manifests import schema
+from ...stages import columns as C
 from ...stages import exact_mean
 from ...stages.id_table import IdTable, utf8
 from . import embeddings
-from .keys import EMBEDDING, ID, SCORE, SOURCE, Key, at_or_before, ids_of, key_order, order_of, primary, source_digests
+from .keys import (
+    EMBEDDING, ID, SCORE, SOURCE, Key, at_or_before, ids_of, key_order, order_of, part_keys, primary, source_digests,
+    split_by,
+)
 from .round_robin import speculate_queue, take_round_robin
 from .selectors import Selector
 
@@ -154,7 +158,9 @@ def choose(
             return verdict
         del keys, ids  # a noise tail and a budget of keys (O(pool)): not held through round 3
     n_groups = max(verdict.k, 1) if selector.quotas else 1
-    lengths = dict.fromkeys(range(n_groups), shortlist or _first_length(budget, n_groups))
+    # A first shortlist per group: twice an even share of the budget, plus room for the rows the
+    # per-source cap and the near-duplicate rule skip; fetched again when too short.
+    lengths = dict.fromkeys(range(n_groups), shortlist or 2 * math.ceil(budget / n_groups) + 16)
     threshold = config.near_duplicate_cosine if selector.near_duplicates else None
     shortlists = _Shortlists(run, threshold, -(-budget // n_groups))
     queues = _sample_queues(sample, verdict)
@@ -205,9 +211,8 @@ def parts_selection(load, parts: Sequence, verdict: Verdict, ranks: Sequence[np.
         ids = ids_of(rows)
         if len(rank) != len(ids):
             raise ValueError(f"part {part!r}: {len(rank)} ranks for {len(ids)} rows")
-        n = len(ids)
-        reason = _reasons(n, schema.DROP_BUDGET)
-        cluster = _clusters(rows, ids, verdict) if verdict.selector.clusters else np.full(n, -1, dtype=np.int32)
+        reason = _reasons(len(ids), schema.DROP_BUDGET)
+        cluster, _ = _clusters(rows, ids, verdict)
         labelled_by_key = verdict.last_in_reach is not None or verdict.last_trimmed is not None
         keys = primary(rows, ids, verdict.by) if labelled_by_key else None
         if verdict.last_in_reach is not None:
@@ -228,13 +233,11 @@ def _summarised(load, parts, run: Run, split: Split, selector: Selector, by, con
     received: dict[str, int] = {}
     n, sums, score_sum, draws = 0, None, 0, np.zeros(0, dtype=np.uint64)
     summaries = run(_summary, [(load, part, seed, size) for part in parts])
-    for rows, part_sums, part_score_sum, part_draws in _tally(summaries, received, "draws", lambda summary: len(summary[3])):
+    for rows, part_sums, part_score_sum, part_draws in tally(summaries, received, "draws", lambda summary: len(summary[3])):
         n += rows
         sums = part_sums if sums is None else exact_mean.add_sums(sums, part_sums)
         score_sum += part_score_sum
-        draws = np.r_[draws, part_draws]
-        if len(draws) > size:
-            draws = np.partition(draws, size - 1)[:size] if size else draws[:0]
+        draws = _smallest(np.r_[draws, part_draws], size)
     verdict = Verdict(selector, by, n, score_sum=score_sum, rows_received=received)
     if n == 0 or not selector.clusters:
         return verdict, None
@@ -248,7 +251,7 @@ def _summarised(load, parts, run: Run, split: Split, selector: Selector, by, con
     verdict.mean = exact_mean.mean_of_sums(sums, n) if n > 1 else np.zeros(len(sums))
     verdict.k = min(config.clusters, n, size)  # the sample holds min(size, n) rows
     trained = run(_trained_sample, [(verdict.mean, verdict.k, size, seed, *(of_part[0] for of_part in pieces))])
-    [(keys, ids, cluster, verdict.centroids)] = _tally(trained, received, "sample", lambda result: len(result[1]))
+    [(keys, ids, cluster, verdict.centroids)] = tally(trained, received, "sample", lambda result: len(result[1]))
     return verdict, _Sample(keys, ids, cluster, len(ids) / n)
 
 
@@ -260,10 +263,7 @@ def _summary(load, part, seed: int, sample_size: int):
     emb = embeddings.embedding_rows(rows[EMBEDDING], len(ids))
     primary(rows, ids, "hardness")  # names a non-finite score before it is summed
     score_sum = exact_mean.column_sums(np.asarray(rows[SCORE], dtype=np.float32).reshape(-1, 1))[0]
-    draws = _sample_draws(ids, seed)
-    if len(draws) > sample_size:
-        draws = np.partition(draws, sample_size - 1)[:sample_size] if sample_size else draws[:0]
-    return len(ids), exact_mean.column_sums(emb), score_sum, draws
+    return len(ids), exact_mean.column_sums(emb), score_sum, _smallest(_sample_draws(ids, seed), sample_size)
 
 
 def _sample_rows(load, part, seed: int, by, last_draw):
@@ -298,6 +298,10 @@ def _sample_draws(ids: np.ndarray, seed: int) -> np.ndarray:
     return np.array([seeding.derive(seed, "kmeans-sample", i) for i in ids.tolist()], dtype=np.uint64)
 
 
+def _smallest(draws: np.ndarray, size: int) -> np.ndarray:
+    return np.partition(draws, size - 1)[:size] if len(draws) > size else draws
+
+
 def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample | None, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Round 2: the pool's first `count` keys in the order, the ids as UTF-8 bytes (a noise tail
     and a budget of them: O(pool) rows in the driver). Parts send their keys only up to a cut
@@ -309,7 +313,13 @@ def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample | None, 
         cut = _cut(queue, None if sample is None else sample.share, reach * count, verdict)
         verdict.head_fetches += 1
         heads = run(_head, [(load, part, verdict.by, count, cut) for part in parts])
-        keys, ids = _first_keys(_tally(heads, verdict.rows_received, "head", lambda head: len(head[1])), count)
+        heads = tally(heads, verdict.rows_received, "head", lambda head: len(head[1]))
+        keys, ids = None, None
+        for batch in _batched(heads, lambda head: len(head[1]), count):  # the parts' heads, folded as they arrive
+            kept = [] if keys is None else [(keys, ids)]  # keeps the keys' dtype (uint64 draws)
+            keys, ids = (np.concatenate(column) for column in zip(*kept, *batch))
+            first = key_order(keys, ids)[:count]
+            keys, ids = keys[first], ids[first]
         if cut is None or len(ids) >= min(count, verdict.n):
             return keys, ids
         reach *= 2
@@ -317,25 +327,11 @@ def _pool_head(load, parts, run: Run, verdict: Verdict, sample: _Sample | None, 
 
 def _head(load, part, by, count: int, cut: Key | None):
     """A part's first `count` keys in the `by` order, at or before `cut` (None: no cut)."""
-    columns = (ID, SCORE) if by == "hardness" else (ID,)
-    rows = load(part, columns)
-    ids = ids_of(rows)
-    keys = primary(rows, ids, by)
+    keys, ids = part_keys(load, part, by)
     first = key_order(keys, ids)[:count]
     if cut is not None:
         first = first[at_or_before(keys[first], ids[first], cut)]
     return keys[first], utf8(ids[first])
-
-
-def _first_keys(heads: Iterable, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The parts' heads, folded as they arrive: the pool's first `count` keys."""
-    keys, ids = None, None
-    for batch in _batched(heads, lambda head: len(head[1]), count):
-        kept = [] if keys is None else [(keys, ids)]  # keeps the keys' dtype (uint64 draws)
-        keys, ids = (np.concatenate(column) for column in zip(*kept, *batch))
-        first = key_order(keys, ids)[:count]
-        keys, ids = keys[first], ids[first]
-    return keys, ids
 
 
 def _batched(results: Iterable, rows: Callable, capacity: int) -> Iterator[list]:
@@ -355,44 +351,40 @@ def _batched(results: Iterable, rows: Callable, capacity: int) -> Iterator[list]
 
 
 def _shortlist_pieces(load, parts: Sequence, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None], n_groups: int):
-    """Round 3's map over a group of parts: per group fetched, the parts' piece of its shortlist;
-    as the note, their eligible rows per group, and the pieces' rows."""
+    """Round 3's map over a group of parts: per group fetched, the parts' piece of its shortlist,
+    their first lengths[group] rows in the order; as the note, their eligible rows per group, and
+    the pieces' rows."""
     rows, totals = [], Counter()
     for part in parts:
-        part_rows, part_totals = _shortlist_rows(load, part, verdict, lengths, cuts)
+        part_rows, part_totals = _shortlist_rows(load, part, verdict, cuts)
         rows.append(part_rows)
         totals.update(part_totals)
-    columns = {name: np.concatenate([piece[name] for piece in rows]) for name in rows[0]}
+    columns = C.concat(rows)
     order = key_order(columns["primary"], columns[ID])
-    order = order[_first_per_group(columns["group"][order], lengths)]
-    group = columns["group"][order]
-    pieces = [{name: values[order[group == g]] for name, values in columns.items()} for g in range(n_groups)]
-    return pieces, (dict(totals), len(order))
+    by_group = split_by(columns["group"][order], n_groups)
+    pieces = [C.take(columns, order[at[: lengths.get(g, 0)]]) for g, at in enumerate(by_group)]
+    return pieces, (dict(totals), sum(len(piece[ID]) for piece in pieces))
 
 
-def _shortlist_rows(load, part, verdict: Verdict, lengths: dict[int, int], cuts: dict[int, Key | None]):
-    """A part's piece of the shortlists: per group fetched, its first lengths[group] rows in the
-    order past the noise tail, at or before cuts[group] (None: no cut), with their unit rows when
-    the near-duplicate rule needs them; and its eligible rows per group."""
+def _shortlist_rows(load, part, verdict: Verdict, cuts: dict[int, Key | None]):
+    """A part's rows for the shortlists: per group fetched, those past the noise tail at or before
+    cuts[group] (None: no cut), with their unit rows when the near-duplicate rule needs them; and
+    its eligible rows per group."""
     selector = verdict.selector
     rows = load(part)
     ids = ids_of(rows)
     keys = primary(rows, ids, verdict.by)
-    unit = _unit(rows, ids, verdict) if selector.clusters else None
-    cluster = embeddings.assign_clusters(unit, verdict.centroids) if selector.clusters else np.full(len(ids), -1, dtype=np.int32)
+    cluster, unit = _clusters(rows, ids, verdict)
     group = cluster if selector.quotas else np.zeros(len(ids), dtype=np.int32)
     eligible = np.ones(len(ids), dtype=bool)
     if verdict.last_trimmed is not None:
         eligible = ~at_or_before(keys, ids, verdict.last_trimmed)
-    order = key_order(keys, ids)
-    order = order[eligible[order]]
-    totals = dict(zip(*np.unique(group[order], return_counts=True)))
+    totals = dict(zip(*np.unique(group[eligible], return_counts=True)))
     sent = np.zeros(len(ids), dtype=bool)
     for g, cut in cuts.items():
         rows_of = np.flatnonzero(group == g)
         sent[rows_of] = True if cut is None else at_or_before(keys[rows_of], ids[rows_of], cut)
-    order = order[sent[order]]
-    kept = order[_first_per_group(group[order], lengths)]
+    kept = np.flatnonzero(eligible & sent)
     columns = {
         ID: ids[kept],
         SOURCE: np.asarray(rows[SOURCE], dtype=object)[kept],
@@ -408,31 +400,26 @@ def _shortlist_rows(load, part, verdict: Verdict, lengths: dict[int, int], cuts:
 def group_queue(length: int, threshold: float | None, capacity: int, skipped: Sequence[int], *pieces: dict) -> dict:
     """Round 3's reduce, one group: its pieces merged in the order, cut to `length` rows; with the
     near-duplicate rule, each row's decisions (speculate_queue) in place of the unit rows, which
-    stay here. Run again by _Speculated with the rows the per-source cap skipped. What it returns
-    the driver holds for every row of every shortlist, so each column is fixed-width (_compact)."""
+    stay here. Run again by _Speculated with the rows the per-source cap skipped. The driver holds
+    what it returns for every row of every shortlist, so each column is fixed-width, about 44 B a
+    row: its ids as UTF-8 bytes, the per-source cap's groups as 16-byte digests
+    (keys.source_digests), clusters and decisions; of the keys, the first alone (its primary as a
+    Python number), which places the group among the others."""
     pieces = [piece for piece in pieces if len(piece[ID])]
     if not pieces:
         return {}
     columns = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
     order = key_order(columns["primary"], columns[ID])[:length]
-    queue = {name: values[order] for name, values in columns.items()}
     if threshold is None:  # no near-duplicate rule: no row is near another
-        queue["near"] = queue["blocks"] = queue["borderline"] = np.zeros(len(order), dtype=bool)
+        near = blocks = borderline = np.zeros(len(order), dtype=bool)
     else:
-        queue["near"], queue["blocks"], queue["borderline"] = speculate_queue(queue.pop("unit"), threshold, capacity, skipped)
-    return _compact(queue)
-
-
-def _compact(queue: dict) -> dict:
-    """A group's queue as the driver keeps it, about 44 B a row: its ids as UTF-8 bytes, the
-    per-source cap's groups as 16-byte digests (keys.source_digests), clusters and decisions;
-    of the keys, the first alone, which places the group among the others."""
+        near, blocks, borderline = speculate_queue(columns["unit"][order], threshold, capacity, skipped)
     return {
-        ID: utf8(queue[ID]),
-        SOURCE: source_digests(queue[SOURCE]),
-        "cluster": queue["cluster"].astype(np.int32),
-        "near": queue["near"], "blocks": queue["blocks"], "borderline": queue["borderline"],
-        "first": (queue["primary"][0], queue[ID][0]),
+        ID: utf8(columns[ID][order]),
+        SOURCE: source_digests(columns[SOURCE][order]),
+        "cluster": columns["cluster"][order].astype(np.int32),
+        "near": near, "blocks": blocks, "borderline": borderline,
+        "first": (columns["primary"][order[0]].item(), columns[ID][order[0]]),
     }
 
 
@@ -454,7 +441,7 @@ class _Shortlists:
         self.pieces.update({g: [of_map[g] for of_map in pieces] for g in groups})
         self.lengths.update(lengths)
         calls = [(lengths[g], self.threshold, self.capacity, (), *self.pieces[g]) for g in groups]
-        self.queues.update(zip(groups, _tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get(ID, ())))))
+        self.queues.update(zip(groups, tally(self.run(group_queue, calls), received, "shortlists", lambda q: len(q.get(ID, ())))))
 
     def length(self, group: int) -> int:
         return len(self.queues[group].get(ID, ()))
@@ -463,7 +450,7 @@ class _Shortlists:
         """The shortlists laid out one group after another, the groups in the order of their first
         rows: each row's group and its cap group's digest, what the round-robin reads. Its turns
         and each group's queue are those of the shortlists merged in the order, without a merge."""
-        self.layout = sorted((g for g, queue in self.queues.items() if queue), key=lambda g: _key(self.queues[g]["first"]))
+        self.layout = sorted((g for g, queue in self.queues.items() if queue), key=lambda g: self.queues[g]["first"])
         lengths = [self.length(g) for g in self.layout]
         return {
             "group": np.repeat(np.asarray(self.layout, dtype=np.int32), lengths),
@@ -486,12 +473,6 @@ class _Shortlists:
         self.worked_again += 1
         call = (self.lengths[group], self.threshold, self.capacity, tuple(skipped), *self.pieces[group])
         return next(iter(self.run(group_queue, [call])))
-
-
-def _key(first: Key) -> tuple:
-    """A key, comparable with another of the same order (primary as a Python number)."""
-    primary, row_id = first
-    return primary.item() if isinstance(primary, np.generic) else primary, row_id
 
 
 class _Speculated:
@@ -553,29 +534,12 @@ def _cut(queue: tuple[np.ndarray, np.ndarray] | None, share: float | None, lengt
     return (keys[at], ids[at].decode()) if at < len(ids) else None
 
 
-def _tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:
-    """The results, passed on as they arrive, adding rows(result) to received[name]."""
+def tally(results: Iterable, received: dict[str, int], name: str, rows: Callable) -> Iterator:
+    """The results, passed on as they arrive, adding rows(result) to received[name] (from 0)."""
     received.setdefault(name, 0)
     for result in results:
         received[name] += rows(result)
         yield result
-
-
-def _first_per_group(groups: np.ndarray, lengths: dict[int, int]) -> np.ndarray:
-    """Positions (in the given order) of each group's first lengths[group] rows."""
-    by_group = np.argsort(groups, kind="stable")
-    ordered = groups[by_group]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(groups) else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, len(groups)])
-    within = np.arange(len(groups)) - np.repeat(starts, sizes)  # each row's place in its group
-    limit = np.repeat([lengths[g] for g in ordered[starts].tolist()], sizes)
-    return np.sort(by_group[within < limit])
-
-
-def _first_length(budget: int, groups: int) -> int:
-    """A first shortlist per group: twice an even share of the budget, plus room for the rows the
-    per-source cap and the near-duplicate rule skip; fetched again when too short."""
-    return 2 * math.ceil(budget / groups) + 16
 
 
 def _reasons(n: int, reason: str) -> np.ndarray:
@@ -586,9 +550,9 @@ def _reasons(n: int, reason: str) -> np.ndarray:
     return rows
 
 
-def _unit(rows, ids, verdict: Verdict) -> np.ndarray:
-    return embeddings.centred_unit_rows(embeddings.embedding_rows(rows[EMBEDDING], len(ids)), verdict.mean)
-
-
-def _clusters(rows, ids, verdict: Verdict) -> np.ndarray:
-    return embeddings.assign_clusters(_unit(rows, ids, verdict), verdict.centroids)
+def _clusters(rows, ids, verdict: Verdict) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each row's cluster (-1 when not clustered), and its unit row (None when not clustered)."""
+    if not verdict.selector.clusters:
+        return np.full(len(ids), -1, dtype=np.int32), None
+    unit = embeddings.centred_unit_rows(embeddings.embedding_rows(rows[EMBEDDING], len(ids)), verdict.mean)
+    return embeddings.assign_clusters(unit, verdict.centroids), unit

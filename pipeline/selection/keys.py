@@ -44,10 +44,24 @@ def primary(rows: dict, ids: np.ndarray, by) -> np.ndarray:
     return np.array([seeding.derive(seed, "draw", i) for i in ids.tolist()], dtype=np.uint64)
 
 
+def part_keys(load, part, by) -> tuple[np.ndarray, np.ndarray]:
+    """A part's (primary, id) keys in the `by` order, read from their columns alone."""
+    rows = load(part, (ID, SCORE) if by == "hardness" else (ID,))
+    ids = ids_of(rows)
+    return primary(rows, ids, by), ids
+
+
 def key_order(primary: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Row indices sorted by (primary, id)."""
     by_id = np.argsort(ids, kind="stable")
     return by_id[np.argsort(primary[by_id], kind="stable")]
+
+
+def split_by(values: np.ndarray, n: int) -> list[np.ndarray]:
+    """The positions of each value 0..n-1 in `values` (ints in that range), each ascending, by one
+    stable sort: np.unique's would add a sorted copy, an inverse and a mask."""
+    order = np.argsort(values, kind="stable")
+    return np.split(order, np.searchsorted(values[order], np.arange(1, n)))
 
 
 def at_or_before(primary: np.ndarray, ids: np.ndarray, key: Key) -> np.ndarray:

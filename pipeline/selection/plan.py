@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from ...stages.id_table import IdTable, utf8
 from .. import raydata
 from ..config import Config
 from ..partitions import PartStore
-from . import duplicates, rows
+from . import duplicates, rows, spool
 from .duplicates import Duplicates
 from .embeddings import diversity_stats
 from .keys import ID
@@ -57,8 +58,7 @@ def plan(store: PartStore, config: Config) -> Plan:
     patches = IdTable(keys.pop(ID), **keys)
     del keys  # held by `patches` alone from here, in its order
     patch_ids, source_ids = (patches.columns.pop(name) for name in (C.PATCH_ID, C.SOURCE_ID))  # for the samples alone
-    n = len(patches)
-    selected = np.ones(n, bool)
+    selected = np.ones(len(patches), bool)
     rank = patches.columns["rank"]
     if mosaics:
         samples, leftover = group_patches(source_ids, patches.columns["cluster"], rank, config.mosaic, config.seed)
@@ -80,10 +80,13 @@ def plan(store: PartStore, config: Config) -> Plan:
 
 
 def pass_two_rows(plan: Plan, config: Config) -> tuple[dict, dict]:
-    """The chosen rows' plan columns, aligned with plan.patches, and their sources' rows: what
-    pass 2 reads, read again from the parts (the plan does not hold them)."""
-    chosen_rows, sources = rows.pass_two_rows(plan.chosen, plan.patches, config)
-    return C.take(chosen_rows, np.argsort(plan.patches.find(chosen_rows[plan.chosen.unit.id_column]))), sources
+    """The chosen rows' plan columns (with cluster and rank), aligned with plan.patches, and their
+    sources' rows (C.SOURCE_COLUMNS): what pass 2 reads, read again from the parts by tasks (the
+    plan does not hold them)."""
+    chosen, run = plan.chosen, partial(spool.run_through_files, output=plan.chosen.unit.store.output, config=config.ray)
+    calls = [(chosen.unit, group, plan.patches, *chosen.ranks.of(g)) for g, group in enumerate(chosen.ranks.groups)]
+    chosen_rows, sources = (C.concat(list(pieces)) for pieces in zip(*run(rows.chosen_rows, calls)))
+    return C.take(chosen_rows, np.argsort(plan.patches.find(chosen_rows[chosen.unit.id_column]))), sources
 
 
 def _samples_named(patch_ids: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,8 +24,7 @@ from ...manifests.layout import WORK_DIR, Output
 from .. import raydata
 from ..config import RayConfig
 from ..partitions import part_groups
-from .keys import ID, SCORE, ids_of, key_order
-from .keys import primary as primary_of
+from .keys import key_order, part_keys, split_by
 
 SAMPLE_PER_RANGE = 4  # a map's sampled keys per range: bounds within about a quarter range
 RANKS_DIR = f"{WORK_DIR}/ranks"
@@ -73,7 +72,7 @@ def remove_ranks(output: Output) -> None:
 def key_sample(load, parts: Sequence, by, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The keys of some parts' rows in the `by` order at `count` evenly spaced places of their
     own order (at most one per row), each with its weight: the rows from it to the next."""
-    primary, ids = (np.concatenate(column) for column in zip(*_part_keys(load, parts, by)))
+    primary, ids = (np.concatenate(column) for column in zip(*(part_keys(load, part, by) for part in parts)))
     order = key_order(primary, ids)
     places = np.unique(np.arange(count) * len(ids) // count) if len(ids) else np.zeros(0, np.int64)
     return primary[order[places]], ids[order[places]], np.diff(np.r_[places, len(ids)])
@@ -98,16 +97,14 @@ def range_pieces(load, parts: Sequence, by, bounds: tuple[np.ndarray, np.ndarray
     """The map of the sort: some parts' keys, with where each row is (its part's place in
     `parts`, its position in the part), as one piece per range in part and row order; and the
     rows per range."""
-    keys = _part_keys(load, parts, by)
+    keys = [part_keys(load, part, by) for part in parts]
     primary, ids = (np.concatenate(column) for column in zip(*keys))
     part = np.repeat(np.arange(len(parts), dtype=np.int32), [len(i) for _, i in keys])
     position = np.concatenate([np.arange(len(i), dtype=np.int32) for _, i in keys])
     where = range_of(primary, ids, bounds)
-    order = np.argsort(where, kind="stable")
-    cuts = np.searchsorted(where[order], np.arange(ranges + 1))
     pieces = [
         {"primary": primary[rows], "id": ids[rows], "part": part[rows], "position": position[rows]}
-        for rows in (order[a:b] for a, b in zip(cuts[:-1], cuts[1:]))
+        for rows in split_by(where, ranges)
     ]
     return pieces, np.bincount(where, minlength=ranges)
 
@@ -159,25 +156,12 @@ def part_ranks(n_parts: int, *pieces: dict) -> list[np.ndarray]:
     part = np.concatenate([piece["part"] for piece in pieces])
     position = np.concatenate([piece["position"] for piece in pieces])
     rank = np.concatenate([piece["rank"] for piece in pieces])
-    by_part = np.argsort(part, kind="stable")
-    cuts = np.cumsum(np.bincount(part, minlength=n_parts))[:-1]
     ranks = []
-    for rows in np.split(by_part, cuts):
+    for rows in split_by(part, n_parts):
         ranked = np.empty(len(rows), dtype=np.int32)
         ranked[position[rows]] = rank[rows]
         ranks.append(ranked)
     return ranks
-
-
-def _part_keys(load, parts: Sequence, by) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each part's (primary, id) keys in the `by` order, read from their columns alone."""
-    columns = (ID, SCORE) if by == "hardness" else (ID,)
-    keys = []
-    for part in parts:
-        rows = load(part, columns)
-        ids = ids_of(rows)
-        keys.append((primary_of(rows, ids, by), ids))
-    return keys
 
 
 def range_of(primary: np.ndarray, ids: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

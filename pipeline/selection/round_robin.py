@@ -30,14 +30,35 @@ def take_round_robin(eligible, cluster, sources, budget: int, cap: int | None, s
     Returns how far it went down each group's queue (a queue cut short and run to its end could
     have gone on). The queues and the cap's counts are numpy arrays, not a Python object per
     row: the engine runs this in the driver over twice the budget's rows."""
-    queues = _queues(np.asarray(eligible), np.asarray(cluster))
+    # The engine runs this in the driver over twice the budget's rows, so its working arrays are
+    # built by one stable sort each, not np.unique's (a sorted copy, an inverse and a mask on top
+    # of the sort): 34 B a row at their peak, where np.unique took about 65 B. First each group's
+    # rows of `eligible`, in its order, the groups in the order of their first row.
+    eligible = np.asarray(eligible)
+    group = np.asarray(cluster)[eligible]
+    by_group = np.argsort(group, kind="stable")
+    ordered = group[by_group]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.zeros(0, np.int64)
+    groups, first = ordered[starts], by_group[starts]  # stable: a group's first row leads it
+    del group, ordered
+    split = np.split(eligible[by_group], starts[1:])
+    queues = {int(groups[g]): split[g] for g in np.argsort(first, kind="stable").tolist()}
+    del by_group, split
     position = dict.fromkeys(queues, 0)
     active = list(queues)
     # Each guard starts at an even share of the budget (at most its queue) and grows as needed.
     share = -(-budget // max(len(queues), 1))
     guards = {c: guard(c, q, min(len(q), share)) for c, q in queues.items()}
-    # Rows of one source share a code: the cap counts codes.
-    source_code = _codes(np.asarray(sources))
+    # Rows of one source share a code (0 for the smallest source), as np.unique's inverse: the cap
+    # counts codes.
+    order = np.argsort(sources, kind="stable")
+    ordered = np.asarray(sources)[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    del ordered
+    source_code = np.empty(len(order), dtype=np.int32)
+    source_code[order] = np.cumsum(new, dtype=np.int32) - 1
+    del order, new
     taken = np.zeros(len(source_code) and source_code.max() + 1, dtype=np.int32)
     n_selected = 0
     while active and n_selected < budget:
@@ -67,36 +88,6 @@ def take_round_robin(eligible, cluster, sources, budget: int, cap: int | None, s
     return position
 
 
-# The engine runs the round-robin in the driver over twice the budget's rows, so its working
-# arrays are built by one stable sort each, not np.unique's (a sorted copy, an inverse and a
-# mask on top of the sort): 34 B a row at their peak, where np.unique took about 65 B.
-
-
-def _queues(eligible: np.ndarray, cluster: np.ndarray) -> dict[int, np.ndarray]:
-    """Each group's rows of `eligible`, in its order, the groups in the order of their first row."""
-    group = cluster[eligible]
-    by_group = np.argsort(group, kind="stable")
-    ordered = group[by_group]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.zeros(0, np.int64)
-    groups, first = ordered[starts], by_group[starts]  # stable: a group's first row leads it
-    del group, ordered
-    queues = np.split(eligible[by_group], starts[1:])
-    return {int(groups[g]): queues[g] for g in np.argsort(first, kind="stable").tolist()}
-
-
-def _codes(values: np.ndarray) -> np.ndarray:
-    """Each value's code (int32, 0 for the smallest value, equal values one code), as np.unique's
-    inverse."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    new = np.ones(len(values), dtype=bool)
-    new[1:] = ordered[1:] != ordered[:-1]
-    del ordered
-    codes = np.empty(len(values), dtype=np.int32)
-    codes[order] = np.cumsum(new, dtype=np.int32) - 1
-    return codes
-
-
 _LOOKAHEAD = 32  # queue rows a group checks in one product
 
 
@@ -118,7 +109,6 @@ class QueueGuard:
         self.window = np.zeros(0, dtype=np.float32)  # and each row's largest cosine to those
 
     def near_at(self, position: int) -> bool:
-        """Is the queue's row at `position` near a kept vector?"""
         return self.cosine_at(position) > self.threshold
 
     def cosine_at(self, position: int) -> float:

@@ -65,18 +65,18 @@ class _Unit:
         columns = columns or ((ID, SOURCE, SCORE, EMBEDDING) if self.selector.needs_scores else (ID, SOURCE))
         names = {ID: self.id_column, SCORE: C.SCORE, EMBEDDING: C.EMBEDDING}
         wanted = tuple(dict.fromkeys(names[name] for name in columns if name != SOURCE))
-        if SOURCE not in columns:
-            rows = self.rows(partition, wanted)
-            return {name: rows[names[name]] for name in columns}
-        rows, groups = self.with_cap_groups(partition, wanted)
+        if SOURCE in columns:
+            rows, groups = self.with_cap_groups(partition, wanted)
+        else:
+            rows, groups = self.rows(partition, wanted), None
         return {name: groups if name == SOURCE else rows[names[name]] for name in columns}
 
 
 class Patches(_Unit):
     id_column = C.PATCH_ID
 
-    def rows(self, partition: int, columns: tuple[str, ...], source_columns: tuple[str, ...] = ()) -> dict:
-        return self.with_sources(partition, columns, source_columns)[0]
+    def rows(self, partition: int, columns: tuple[str, ...]) -> dict:
+        return self.with_sources(partition, columns, ())[0]
 
     def with_cap_groups(self, partition: int, columns: tuple[str, ...]) -> tuple[dict, np.ndarray]:
         rows, sources = self.with_sources(partition, (*columns, C.INPUT_INDEX), (C.INPUT_INDEX, *CAP_COLUMNS))
@@ -169,7 +169,7 @@ class Chosen:
 def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget: int, competing_images: int,
            config: Config) -> tuple[Chosen, dict[str, np.ndarray]]:
     """The choice, and what the plan holds of each chosen row (_plan_keys), in part order: the
-    rest of its row and its source's, what pass 2 reads, stay in the parts (pass_two_rows)."""
+    rest of its row and its source's, what pass 2 reads, stay in the parts (plan.pass_two_rows)."""
     unit = (Patches if selector.unit == "patch" else Images)(store, duplicates, selector, config.select.video_cap_window_s)
     parts = list(range(store.n_partitions))
     # The engine's run(fn, calls): its results, the size of the budget together, through files.
@@ -183,28 +183,19 @@ def choose(store: PartStore, duplicates: Duplicates, selector: Selector, budget:
     return Chosen(unit, verdict.for_labels(), ranks), C.concat(list(keys))
 
 
-def pass_two_rows(chosen: Chosen, keep_ids: IdTable, config: Config) -> tuple[dict, dict]:
-    """The chosen rows' plan columns (with cluster and rank) and their sources' rows
-    (C.SOURCE_COLUMNS), each in part order: what pass 2 reads, read again from the parts by
-    tasks. `keep_ids`: the chosen rows by the engine's id, with their cluster."""
-    run = partial(spool.run_through_files, output=chosen.unit.store.output, config=config.ray)
-    calls = [(chosen.unit, group, keep_ids, *chosen.ranks.of(g)) for g, group in enumerate(chosen.ranks.groups)]
-    rows, sources = zip(*run(_chosen_rows, calls))
-    return C.concat(list(rows)), C.concat(list(sources))
-
-
 def _plan_keys(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_files) -> dict:
     """What the plan holds of the chosen rows of the parts in `group`, fixed-width (about 120 B a
     row, its ids as UTF-8 bytes): the engine's id (keys.ID), patch and source ids, score, cluster
     and rank."""
-    rows, _ = _chosen_rows(unit, group, keep_ids, *rank_files)
+    rows, _ = chosen_rows(unit, group, keep_ids, *rank_files)
     return {ID: utf8(rows[unit.id_column]), C.PATCH_ID: utf8(rows[C.PATCH_ID]), C.SOURCE_ID: utf8(rows[C.SOURCE_ID]),
             **{name: rows[name] for name in (C.SCORE, "cluster", "rank")}}
 
 
-def _chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_files) -> tuple[dict, dict]:
-    """The plan rows of the chosen rows of the parts in `group`, with their cluster and rank (from
-    the group's ranked pieces), and the source rows they come from: one read of each part."""
+def chosen_rows(unit: Patches | Images, group: list[int], keep_ids: IdTable, *rank_files) -> tuple[dict, dict]:
+    """The plan rows of the chosen rows of the parts in `group` (`keep_ids`: by the engine's id,
+    with their cluster), with their cluster and rank (from the group's ranked pieces), and the
+    source rows they come from, each in part order: one read of each part."""
     rows, sources = [], []
     for partition, rank in zip(group, ranks_from_files(len(group), *rank_files)):
         part_rows, part_sources, at = unit.chosen(partition, keep_ids)

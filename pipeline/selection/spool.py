@@ -76,7 +76,6 @@ def run_through_files(fn: Callable, calls: list[tuple], output: Output, config: 
 
 
 def _pickled(fn, output: Output, path: str, *args) -> str:
-    """The task: fn's result, written; returns its path."""
     with output.open_atomic(path) as f:
         pickle.dump(fn(*args), f, protocol=pickle.HIGHEST_PROTOCOL)
     return path

@@ -12,6 +12,7 @@ from ..config import Config
 from ..partitions import PartStore, part_groups
 from . import rows, spool
 from .duplicates import Duplicates, marked
+from .engine import tally
 from .plan import Plan
 
 # What sources.parquet takes from a part's source rows; the selection adds duplicate_of.
@@ -20,16 +21,9 @@ PART_COLUMNS = schema.filled_by("sources", schema.LISTING, schema.INGEST)
 
 def patches(output: Output, plan: Plan, store: PartStore, config: Config) -> int:
     """patches.parquet; returns its rows (the candidate patches, or the competing images)."""
-    written = 0
-
-    def counted(pieces):
-        nonlocal written
-        for piece in pieces:
-            written += piece.num_rows
-            yield piece
-
-    output.write_manifest_pieces("patches", counted(rows.manifest_pieces(plan.chosen, plan.patches, plan.sample_keys, store, config)))
-    return written
+    pieces, written = rows.manifest_pieces(plan.chosen, plan.patches, plan.sample_keys, store, config), {}
+    output.write_manifest_pieces("patches", tally(pieces, written, "rows", lambda piece: piece.num_rows))
+    return written["rows"]
 
 
 def sources(output: Output, duplicates: Duplicates, store: PartStore, config: Config) -> None:
