@@ -254,6 +254,13 @@ def run_tasks(fn, calls: list[tuple], config: RayConfig, put: Callable[[object],
             yield result
     except ray.exceptions.RayError as exc:
         raise StageFailure(_cause(exc)) from exc
+    except GeneratorExit:
+        # The caller stopped early (and closed this): the tasks still in flight finish first, so
+        # that none writes a file after the caller has removed their folder (spool.run_through_files).
+        pending = [ref for ref in refs if ref is not None]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), fetch_local=False)
+        raise
 
 
 ObjectRef = ray.ObjectRef  # what a task's result stays in the object store as, for later tasks

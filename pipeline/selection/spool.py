@@ -67,10 +67,12 @@ def run_through_files(fn: Callable, calls: list[tuple], output: Output, config: 
     16M candidate patches (benchmarks/scale.py; 18 MiB through files)."""
     folder = f"{SPOOL_DIR}/{uuid.uuid4().hex}"  # a name no output holds: free to be random
     pickled = [(fn, output, f"{folder}/{index:06d}.pickle", *call) for index, call in enumerate(calls)]
+    paths = raydata.run_tasks(_pickled, pickled, config, put=partial(_put_through_file, output, folder, config))
     try:
-        for path in raydata.run_tasks(_pickled, pickled, config, put=partial(_put_through_file, output, folder, config)):
+        for path in paths:
             yield pickle.loads(_read_and_delete(output, path))
     finally:  # also when the caller stops early (zip over fewer calls, next() of the first)
+        paths.close()  # waits for the tasks in flight, which would write into the folder after it went
         if output.exists(folder):
             output.fs.rm(output.path(folder), recursive=True)
 
