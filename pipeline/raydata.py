@@ -220,11 +220,9 @@ def _freed_arrays_to_the_os() -> None:
     so far (up to 32 MiB); from then on the driver's arrays the size of the budget come from the
     heap, and their freed pages stay in its RSS. With the threshold fixed, the driver's peak at
     1M candidates fell from 401 to 369 MiB (benchmarks/scale.py). Not glibc: nothing to do."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def freed_heap_to_the_os() -> None:
@@ -232,11 +230,17 @@ def freed_heap_to_the_os() -> None:
     the heap's free pages back (glibc's malloc_trim). Freed blocks among live ones stay in its
     RSS otherwise: after the selection at 16M candidate patches (`dedup`), 18 MiB of its heap
     was free, 5 at 1M (benchmarks/scale.py). Not glibc: nothing to do."""
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _glibc(name: str):
+    """glibc's function `name`, or None where the C library is not glibc."""
     try:
-        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        return
-    malloc_trim(0)
+        return None
 
 
 def run_tasks(fn, calls: list[tuple], config: RayConfig, put: Callable[[object], ray.ObjectRef] = ray.put) -> Iterator:
